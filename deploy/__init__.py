@@ -1,0 +1,1 @@
+"""How pedstream processes start: the CLI, the embedded local stack, benchmarks and Dockerfiles."""

@@ -1,0 +1,1 @@
+"""Benchmarks behind ``pedstream bench ...``: each measures in one run and returns a JSON-able dict."""

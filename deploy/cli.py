@@ -1,0 +1,335 @@
+"""The ``pedstream`` command line: parses arguments, loads configuration, hands over to the parts."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from deploy import stack
+from deploy.bench import ingest
+from deploy.stack import endpoints_or_temporary_stack
+from streams.bus import read_dead_letters
+from streams.cameras.agent import CameraFleet
+from streams.cameras.config import CameraConfig, load_cameras, parse_cameras
+from streams.endpoints import resolve
+from streams.errors import PedstreamError
+from streams.monitor import FlowMonitor, render_table
+from streams.topics import Topics
+
+DATA_ENV = "PEDSTREAM_DATA"
+DEMO_CONFIG = Path(__file__).parent / "demo" / "cameras.yaml"
+
+log = logging.getLogger("pedstream")
+
+
+def _connection_flags() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("connections")
+    group.add_argument("--bootstrap", help="Kafka bootstrap servers host:port[,...] (default: embedded stack, then $PEDSTREAM_BOOTSTRAP)")
+    group.add_argument("--redis", help="Redis URL (default: $REDIS_URL, then the embedded stack, then redis://127.0.0.1:6379)")
+    group.add_argument("--topic-prefix", help="prefix of every topic name (default: $PEDSTREAM_TOPIC_PREFIX or 'pedstream')")
+    return parent
+
+
+def _data_dir(value: str | None) -> Path:
+    raw = value or os.environ.get(DATA_ENV)
+    if not raw:
+        raise PedstreamError(f"no data folder: pass --data DIR or set {DATA_ENV} (the folder holding PETS09-S2L1/, TUD-Campus/)")
+    path = Path(raw).expanduser().resolve()
+    if not path.is_dir():
+        raise PedstreamError(f"data folder {path} does not exist")
+    return path
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, sort_keys=False))
+
+
+def _live(text: str) -> None:
+    """Redraw in place on a terminal; print plain blocks otherwise (logs, CI)."""
+    if sys.stdout.isatty():
+        sys.stdout.write("\x1b[H\x1b[2J" + text + "\n")
+    else:
+        sys.stdout.write(text + "\n\n")
+    sys.stdout.flush()
+
+
+def _stop_on_signals(stop: Callable[[], None]) -> None:
+    def handler(signum: int, _frame: object) -> None:
+        log.info("received %s, stopping", signal.Signals(signum).name)
+        stop()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+# --- stack -------------------------------------------------------------------------------------
+
+
+def cmd_stack(args: argparse.Namespace) -> int:
+
+    home = Path(args.home).expanduser() if args.home else None
+    if args.action == "up":
+        state, started = stack.up(home, args.redis, Topics.from_env(args.topic_prefix))
+        info = {"started": started, **stack.status(home)}
+        if args.json:
+            _print_json(info)
+        else:
+            verb = "started" if started else "already up"
+            redis_note = " (started by the stack)" if state.redis_pid else ""
+            print(f"stack {verb}: kafka {state.bootstrap} (tansu), redis {state.redis_url}{redis_note}")
+        return 0
+    if args.action == "down":
+        state = stack.down(home)
+        if args.json:
+            _print_json({"stopped": state is not None})
+        else:
+            print("stack stopped" if state else "no stack was running")
+        return 0
+    info = stack.status(home)
+    if args.json:
+        _print_json(info)
+    elif not info.get("up") and "kafka" not in info:
+        print(f"stack down: {info['reason']}")
+    else:
+        kafka, redis_info = info["kafka"], info["redis"]
+        assert isinstance(kafka, dict) and isinstance(redis_info, dict)
+        print(f"stack {'up' if info['up'] else 'DEGRADED'} for {info['uptime_s']}s")
+        print(f"  kafka  {kafka['bootstrap']:<28} pid {kafka['pid']}  {'ok' if kafka['answers'] else 'NOT ANSWERING'}")
+        print(f"  redis  {redis_info['url']:<28} pid {redis_info['pid'] or '-'}  {'ok' if redis_info['answers'] else 'NOT ANSWERING'}")
+    return 0 if info.get("up") else 1
+
+
+# --- cameras -----------------------------------------------------------------------------------
+
+
+def _cameras_from_args(args: argparse.Namespace) -> list[CameraConfig]:
+
+    if args.config:
+        if args.source or args.id:
+            raise PedstreamError("give either --config FILE or --source/--id, not both")
+        return load_cameras(args.config)
+    if not args.source:
+        raise PedstreamError("give --config cameras.yaml, or --source URI with --id NAME (or --virtual N)")
+    options: dict[str, Any] = {
+        "fps": args.fps, "max_width": args.max_width, "jpeg_quality": args.jpeg_quality,
+        "loop": not args.once, "realtime": not args.fast,
+    }
+    options = {k: v for k, v in options.items() if v is not None}
+    if args.virtual:
+        group = {"id_prefix": args.id or "virtual", "source": args.source, "count": args.virtual, **options}
+        return parse_cameras({"virtual": [group]}, base_dir=Path.cwd(), origin="command line")
+    if not args.id:
+        raise PedstreamError("--source needs --id NAME (or --virtual N to derive N cameras)")
+    camera = {"id": args.id, "source": int(args.source) if args.source.isdigit() else args.source, **options}
+    if args.max_frames:
+        camera["max_frames"] = args.max_frames
+    return parse_cameras({"cameras": [camera]}, base_dir=Path.cwd(), origin="command line")
+
+
+def cmd_camera(args: argparse.Namespace) -> int:
+
+    cameras = _cameras_from_args(args)
+    if args.validate_config:
+        for cam in cameras:
+            print(f"{cam.id}: {cam.source} fps<={cam.option('fps')} max_width={cam.option('max_width')} look={cam.look.model_dump(exclude_defaults=True)}")
+        print(f"configuration valid: {len(cameras)} camera(s)")
+        return 0
+    endpoints = resolve(args.bootstrap, args.redis)
+    fleet = CameraFleet(cameras, endpoints.bootstrap, Topics.from_env(args.topic_prefix))
+    _stop_on_signals(fleet.stop_event.set)
+    log.info("publishing %d camera(s) to %s", len(cameras), endpoints.bootstrap)
+    fleet.start()
+    started = time.monotonic()
+
+    def report() -> None:
+        if time.monotonic() - started >= args.report_every:
+            rows = [f"{s['camera_id']}: {s['state']} published={s['published']} dropped={s['dropped']}"
+                    + (f" error={s['last_error']}" if s["last_error"] else "") for s in fleet.stats()]
+            log.info("cameras: %s", "; ".join(rows))
+
+    fleet.wait(args.seconds, on_tick=report, tick_s=args.report_every)
+    fleet.stop()
+    if args.json:
+        _print_json(fleet.stats())
+    return 0
+
+
+def cmd_frames_watch(args: argparse.Namespace) -> int:
+
+    endpoints = resolve(args.bootstrap, args.redis)
+    monitor = FlowMonitor(endpoints.bootstrap, Topics.from_env(args.topic_prefix), f"pedstream-watch-{os.getpid()}",
+                          from_beginning=args.from_beginning, camera=args.camera).start()
+    stopping = {"now": False}
+    _stop_on_signals(lambda: stopping.update(now=True))
+    deadline = None if args.seconds is None else time.monotonic() + args.seconds
+    try:
+        while not stopping["now"] and (deadline is None or time.monotonic() < deadline):
+            time.sleep(1.0)
+            if not args.json:
+                _live(f"frames on {endpoints.bootstrap} ({endpoints.origin})\n" + render_table(monitor.snapshot()))
+    finally:
+        monitor.stop()
+    if args.json:
+        _print_json({"cameras": monitor.snapshot(), "dead_lettered": monitor.dead_lettered})
+    return 0
+
+
+def cmd_dead_letters(args: argparse.Namespace) -> int:
+
+    endpoints = resolve(args.bootstrap, args.redis)
+    letters = read_dead_letters(endpoints.bootstrap, Topics.from_env(args.topic_prefix), timeout_s=args.timeout)
+    rows = [{"reason": d.reason, "topic": d.source_topic, "partition": d.source_partition, "offset": d.source_offset,
+             "key": d.key.decode(errors="replace") if d.key else None, "bytes": len(d.value or b""),
+             "at": d.dead_lettered_ts} for d in letters]
+    if args.json:
+        _print_json(rows)
+    else:
+        for r in rows:
+            print(f"{r['topic']}[{r['partition']}]@{r['offset']} key={r['key']} ({r['bytes']} B): {r['reason']}")
+        print(f"{len(rows)} dead letter(s)")
+    return 0
+
+
+# --- bench and demo ----------------------------------------------------------------------------
+
+
+def cmd_bench_ingest(args: argparse.Namespace) -> int:
+
+    source = args.source or str(_data_dir(args.data) / "PETS09-S2L1" / "vtest.avi")
+    topics = Topics.from_env(args.topic_prefix)
+
+    def progress(elapsed: float, stats: list[dict[str, object]]) -> None:
+        published = sum(int(s["published"]) for s in stats)  # type: ignore[call-overload]
+        print(f"[bench ingest] {elapsed:5.1f}s / {args.seconds}s  published {published}", file=sys.stderr, flush=True)
+
+    with endpoints_or_temporary_stack(args.bootstrap, args.redis, topics, announce=lambda m: print(m, file=sys.stderr)) as ep:
+        result = ingest.run(ep.bootstrap, topics, source, args.cameras, args.fps, args.seconds, progress)
+    if args.json:
+        _print_json(result)
+    else:
+        print(f"offered {result['offered_fps']} fps, achieved {result['achieved_fps']} fps, "
+              f"{result['bytes_per_s'] / 1e6:.2f} MB/s, publish latency p50 {result['publish_latency_ms']['p50']} ms "
+              f"p99 {result['publish_latency_ms']['p99']} ms")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+
+    os.environ[DATA_ENV] = str(_data_dir(args.data))
+    cameras = load_cameras(args.config or DEMO_CONFIG)
+    topics = Topics.from_env(args.topic_prefix)
+    with endpoints_or_temporary_stack(args.bootstrap, args.redis, topics) as ep:
+        monitor = FlowMonitor(ep.bootstrap, topics, f"pedstream-demo-{os.getpid()}").start()
+        fleet = CameraFleet(cameras, ep.bootstrap, topics)
+        _stop_on_signals(fleet.stop_event.set)
+        fleet.start()
+        started = time.monotonic()
+
+        def show() -> None:
+            _live(f"pedstream demo: {len(cameras)} virtual cameras -> kafka {ep.bootstrap} "
+                  f"[{time.monotonic() - started:4.0f}s / {args.seconds:.0f}s]\n" + render_table(monitor.snapshot()))
+
+        try:
+            fleet.wait(args.seconds, on_tick=show)
+        finally:
+            fleet.stop()
+            time.sleep(1.0)
+            snapshot = monitor.snapshot()
+            monitor.stop()
+    published = sum(int(s["published"]) for s in fleet.stats())  # type: ignore[call-overload]
+    received = sum(int(f["frames"]) for f in snapshot.values())  # type: ignore[call-overload]
+    print(f"\nsummary: {len(cameras)} cameras, {published} frames published, {received} received by the consumer, "
+          f"{sum(int(f['missing']) for f in snapshot.values())} missing")  # type: ignore[call-overload]
+    return 0 if received > 0 else 1
+
+
+# --- parser ------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    conn = _connection_flags()
+    parser = argparse.ArgumentParser(prog="pedstream", description="Multi-camera pedestrian detection as a stream.")
+    parser.add_argument("--log-level", default=os.environ.get("PEDSTREAM_LOG_LEVEL", "INFO"))
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("stack", parents=[conn], help="start, stop or inspect the embedded Kafka (tansu) + Redis stack")
+    p.add_argument("action", choices=["up", "down", "status"])
+    p.add_argument("--home", help="folder for the stack's state and logs (default: $PEDSTREAM_HOME or ~/.pedstream)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_stack)
+
+    p = sub.add_parser("camera", parents=[conn], help="run camera ingestion agents (many cameras in one process)")
+    p.add_argument("--config", help="cameras.yaml (see docs/cameras.md)")
+    p.add_argument("--source", help="one source: video file, rtsp/http URL, USB index, or image/MOT folder")
+    p.add_argument("--id", help="camera id for --source (with --virtual: the id prefix)")
+    p.add_argument("--virtual", type=int, metavar="N", help="derive N virtual cameras from --source")
+    p.add_argument("--fps", type=float, help="publish at most this many fps per camera (default 5)")
+    p.add_argument("--max-width", type=int, help="downscale wider frames (default 1280)")
+    p.add_argument("--jpeg-quality", type=int, help="1-100 (default 80)")
+    p.add_argument("--once", action="store_true", help="play a file once instead of looping")
+    p.add_argument("--fast", action="store_true", help="read files as fast as possible instead of in real time")
+    p.add_argument("--max-frames", type=int, help="stop a --source camera after this many frames")
+    p.add_argument("--seconds", type=float, help="stop after this long (default: run until stopped)")
+    p.add_argument("--report-every", type=float, default=10.0, help="seconds between progress lines")
+    p.add_argument("--validate-config", action="store_true", help="check the configuration and exit")
+    p.add_argument("--json", action="store_true", help="print per-camera counters as JSON at the end")
+    p.set_defaults(func=cmd_camera)
+
+    p = sub.add_parser("frames", parents=[conn], help="subscribe to frames")
+    frames_sub = p.add_subparsers(dest="frames_command", required=True)
+    w = frames_sub.add_parser("watch", parents=[conn], help="live per-camera fps, gaps and lag")
+    w.add_argument("--seconds", type=float)
+    w.add_argument("--camera")
+    w.add_argument("--from-beginning", action="store_true")
+    w.add_argument("--json", action="store_true", help="print a JSON summary at the end instead of a live table")
+    w.set_defaults(func=cmd_frames_watch)
+
+    p = sub.add_parser("dead-letters", parents=[conn], help="list messages rejected into the dead-letter topic")
+    p.add_argument("--timeout", type=float, default=3.0, help="stop after this many quiet seconds")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_dead_letters)
+
+    p = sub.add_parser("bench", help="benchmarks that print JSON")
+    bench_sub = p.add_subparsers(dest="bench_command", required=True)
+    b = bench_sub.add_parser("ingest", parents=[conn], help="virtual cameras publishing to Kafka")
+    b.add_argument("--cameras", type=int, default=8)
+    b.add_argument("--fps", type=float, default=5.0)
+    b.add_argument("--seconds", type=float, default=20.0)
+    b.add_argument("--source", help="video to derive cameras from (default: $PEDSTREAM_DATA/PETS09-S2L1/vtest.avi)")
+    b.add_argument("--data", help=f"data folder (default: ${DATA_ENV})")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=cmd_bench_ingest)
+
+    p = sub.add_parser("demo", parents=[conn], help="the stack, virtual cameras and a live consumer on embedded defaults")
+    p.add_argument("--seconds", type=float, default=30.0)
+    p.add_argument("--data", help=f"data folder (default: ${DATA_ENV})")
+    p.add_argument("--config", help="cameras.yaml to use instead of the bundled demo one")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+    try:
+        return int(args.func(args) or 0)
+    except PedstreamError as exc:
+        print(f"pedstream: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

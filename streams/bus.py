@@ -1,0 +1,224 @@
+"""Typed Kafka clients (kafka-python): one publisher or subscriber per topic and record type.
+
+A subscriber validates every message on the way in; a message that fails goes to the dead-letter
+topic with its reason, its original bytes and headers, and the subscriber goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka.admin import NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+from streams.errors import RecordError
+from streams.kafka_settings import admin_settings, consumer_settings, producer_settings
+from streams.records import CameraStatus, Frame, Record
+from streams.topics import Topics, TopicSpec
+from streams.wire import Headers, decode, encode, header_value
+
+log = logging.getLogger(__name__)
+
+R = TypeVar("R", bound=Record)
+
+DLQ_REASON = "pedstream-dlq-reason"
+DLQ_TOPIC = "pedstream-dlq-topic"
+DLQ_PARTITION = "pedstream-dlq-partition"
+DLQ_OFFSET = "pedstream-dlq-offset"
+DLQ_TS = "pedstream-dlq-ts"
+_DLQ_HEADERS = (DLQ_REASON, DLQ_TOPIC, DLQ_PARTITION, DLQ_OFFSET, DLQ_TS)
+
+
+def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec]) -> list[str]:
+    """Create the topics that do not exist yet, with their partition counts; return those created."""
+    admin = KafkaAdminClient(**admin_settings(bootstrap))
+    try:
+        existing = set(admin.list_topics())
+        missing = [s for s in specs if s.name not in existing]
+        if not missing:
+            return []
+        try:
+            admin.create_topics([NewTopic(s.name, s.partitions, 1) for s in missing])
+        except TopicAlreadyExistsError:
+            pass  # another process created them meanwhile
+        return [s.name for s in missing]
+    finally:
+        admin.close()
+
+
+def make_producer(bootstrap: str, **overrides: object) -> KafkaProducer:
+    return KafkaProducer(**producer_settings(bootstrap, **overrides))
+
+
+DeliveryCallback = Callable[[Exception | None], None]
+
+
+class RecordPublisher(Generic[R]):
+    """Publishes one record type to one topic. Several publishers may share one KafkaProducer."""
+
+    record_type: type[R]
+
+    def __init__(self, producer: KafkaProducer, topic: TopicSpec) -> None:
+        if topic.record_type is not self.record_type:
+            raise TypeError(f"{type(self).__name__} publishes {self.record_type.__name__}, topic {topic.name} carries another type")
+        self.producer = producer
+        self.topic = topic.name
+
+    def publish(self, record: R, on_delivery: DeliveryCallback | None = None) -> None:
+        """Send without waiting; ``on_delivery(None)`` on ack or ``on_delivery(error)`` on failure."""
+        if not isinstance(record, self.record_type):
+            raise TypeError(f"expected {self.record_type.__name__}, got {type(record).__name__}")
+        msg = encode(record)
+        future = self.producer.send(self.topic, key=msg.key, value=msg.value, headers=msg.headers)
+        if on_delivery is not None:
+            future.add_callback(lambda _meta: on_delivery(None))
+            future.add_errback(on_delivery)
+
+    def flush(self, timeout: float | None = None) -> None:
+        self.producer.flush(timeout=timeout)
+
+
+class FramePublisher(RecordPublisher[Frame]):
+    record_type = Frame
+
+
+class CameraStatusPublisher(RecordPublisher[CameraStatus]):
+    record_type = CameraStatus
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A message that failed validation, as kept on the dead-letter topic: nothing of it is lost."""
+
+    reason: str
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    dead_lettered_ts: float
+    key: bytes | None
+    value: bytes | None
+    headers: Headers
+
+    @classmethod
+    def from_message(cls, key: bytes | None, value: bytes | None, headers: Headers) -> DeadLetter:
+        def text(name: str) -> str:
+            raw = header_value(headers, name)
+            return raw.decode(errors="replace") if raw is not None else ""
+
+        return cls(
+            reason=text(DLQ_REASON),
+            source_topic=text(DLQ_TOPIC),
+            source_partition=int(text(DLQ_PARTITION) or -1),
+            source_offset=int(text(DLQ_OFFSET) or -1),
+            dead_lettered_ts=float(text(DLQ_TS) or 0.0),
+            key=key,
+            value=value,
+            headers=[(k, v) for k, v in headers if k not in _DLQ_HEADERS],
+        )
+
+
+class DeadLetterPublisher:
+    """Sends a rejected message, unchanged, to the dead-letter topic with why and where it came from."""
+
+    def __init__(self, producer: KafkaProducer, topics: Topics) -> None:
+        self.producer = producer
+        self.topic = topics.dead_letter.name
+
+    def publish(
+        self, reason: str, source_topic: str, partition: int, offset: int,
+        key: bytes | None, value: bytes | None, headers: Headers | None,
+    ) -> None:
+        dlq_headers = list(headers or []) + [
+            (DLQ_REASON, reason.encode()),
+            (DLQ_TOPIC, source_topic.encode()),
+            (DLQ_PARTITION, str(partition).encode()),
+            (DLQ_OFFSET, str(offset).encode()),
+            (DLQ_TS, f"{time.time():.3f}".encode()),
+        ]
+        self.producer.send(self.topic, key=key, value=value, headers=dlq_headers)
+        log.warning("dead-lettered %s[%d]@%d: %s", source_topic, partition, offset, reason)
+
+
+@dataclass(frozen=True)
+class Delivered(Generic[R]):
+    """A validated record with where it was read from."""
+
+    record: R
+    partition: int
+    offset: int
+    kafka_ts_ms: int
+
+
+class RecordSubscriber(Generic[R]):
+    """Reads one topic as one record type in a consumer group; bad messages go to the dead-letter topic.
+
+    Offsets are committed by ``commit()`` after the caller has handled what ``poll()`` returned
+    (at-least-once). Dead-lettered messages count as handled.
+    """
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topics: Topics,
+        topic: TopicSpec,
+        record_type: type[R],
+        group_id: str | None,
+        dead_letters: DeadLetterPublisher | None = None,
+        **consumer_overrides: object,
+    ) -> None:
+        if topic.record_type is not record_type:
+            raise TypeError(f"topic {topic.name} does not carry {record_type.__name__}")
+        self.record_type = record_type
+        self.topic = topic.name
+        self.consumer = KafkaConsumer(topic.name, **consumer_settings(bootstrap, group_id, **consumer_overrides))
+        self._own_producer = dead_letters is None
+        self.dead_letters = dead_letters or DeadLetterPublisher(make_producer(bootstrap), topics)
+        self.dead_lettered = 0
+
+    def poll(self, timeout_s: float = 1.0) -> list[Delivered[R]]:
+        batches = self.consumer.poll(timeout_ms=int(timeout_s * 1000))
+        out: list[Delivered[R]] = []
+        for tp, messages in batches.items():
+            for msg in messages:
+                headers = list(msg.headers or [])
+                try:
+                    record = decode(self.record_type, msg.value, headers)
+                except RecordError as exc:
+                    self.dead_letters.publish(str(exc), msg.topic, tp.partition, msg.offset, msg.key, msg.value, headers)
+                    self.dead_lettered += 1
+                    continue
+                out.append(Delivered(record, tp.partition, msg.offset, msg.timestamp))
+        return out
+
+    def commit(self) -> None:
+        try:
+            self.consumer.commit()
+        except KafkaError as exc:  # a rebalance in between: the next owner re-reads (at-least-once)
+            log.info("commit skipped after rebalance: %s", exc)
+
+    def close(self) -> None:
+        self.dead_letters.producer.flush(timeout=10)
+        self.consumer.close()
+        if self._own_producer:
+            self.dead_letters.producer.close(timeout=5)
+
+
+def read_dead_letters(bootstrap: str, topics: Topics, group_id: str | None = None, timeout_s: float = 5.0) -> list[DeadLetter]:
+    """Read the dead-letter topic from the beginning until it has been quiet for ``timeout_s``."""
+    consumer = KafkaConsumer(topics.dead_letter.name, **consumer_settings(bootstrap, group_id))
+    letters: list[DeadLetter] = []
+    try:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for messages in consumer.poll(timeout_ms=500).values():
+                for msg in messages:
+                    letters.append(DeadLetter.from_message(msg.key, msg.value, list(msg.headers or [])))
+                    deadline = time.monotonic() + timeout_s
+    finally:
+        consumer.close()
+    return letters

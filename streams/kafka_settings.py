@@ -1,0 +1,54 @@
+"""Kafka client settings for kafka-python, valid for Apache Kafka and for the embedded tansu broker.
+
+Tansu needs short group timeouts (joins otherwise wait half the session timeout) and raised fetch
+sizes for large frames; both are ordinary Kafka settings and safe on Apache Kafka.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+"""Largest message pedstream sends (a 4K JPEG is well under this). Apache Kafka brokers need
+``message.max.bytes`` at least this large; docker-compose.yml sets it."""
+
+CLIENT_ID = "pedstream"
+
+
+def producer_settings(bootstrap: str, **overrides: Any) -> dict[str, Any]:
+    """Settings for a KafkaProducer: acks from all replicas, small linger, large requests allowed."""
+    settings: dict[str, Any] = {
+        "bootstrap_servers": bootstrap.split(","),
+        "client_id": CLIENT_ID,
+        "acks": "all",
+        "linger_ms": 5,
+        "retries": 5,
+        "max_request_size": MAX_MESSAGE_BYTES,
+        "max_block_ms": 10_000,
+        "request_timeout_ms": 15_000,
+    }
+    settings.update(overrides)
+    return settings
+
+
+def consumer_settings(bootstrap: str, group_id: str | None, **overrides: Any) -> dict[str, Any]:
+    """Settings for a KafkaConsumer in a group with manual commits (commit after handling: at-least-once)."""
+    settings: dict[str, Any] = {
+        "bootstrap_servers": bootstrap.split(","),
+        "client_id": CLIENT_ID,
+        "group_id": group_id,
+        "auto_offset_reset": "earliest",
+        "enable_auto_commit": False,
+        "session_timeout_ms": 6000,
+        "heartbeat_interval_ms": 1000,
+        "max_partition_fetch_bytes": MAX_MESSAGE_BYTES,
+        "fetch_max_bytes": 4 * MAX_MESSAGE_BYTES,
+        "max_poll_records": 200,
+        "request_timeout_ms": 30_000,
+    }
+    settings.update(overrides)
+    return settings
+
+
+def admin_settings(bootstrap: str) -> dict[str, Any]:
+    return {"bootstrap_servers": bootstrap.split(","), "client_id": CLIENT_ID, "request_timeout_ms": 15_000}

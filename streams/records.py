@@ -1,0 +1,171 @@
+"""Typed, versioned records for everything that crosses a process boundary, validated strictly.
+
+Every record carries ``schema_version``; a reader refuses a version it does not know. The wire
+format of each record (what goes in the Kafka key, value and headers) lives in ``streams.wire``
+and is documented for other languages in ``docs/records.md``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+
+SCHEMA_VERSION = 1
+"""The one schema version this build writes and reads."""
+
+JPEG_MAGIC = b"\xff\xd8\xff"
+
+CameraId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+"""1-64 characters of letters, digits, dot, dash and underscore, starting with a letter or digit."""
+
+Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+PositiveInt = Annotated[int, Field(gt=0)]
+Timestamp = Annotated[float, Field(gt=0, description="Unix time in seconds")]
+
+
+class _StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class Record(_StrictModel):
+    """Base of every record on the bus."""
+
+    record_name: ClassVar[str] = "Record"
+    schema_version: Literal[1] = SCHEMA_VERSION
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _finite_numbers(cls, value: object) -> object:
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError("must be a finite number")
+        return value
+
+
+class CameraRecord(Record):
+    """A record about one camera; Kafka messages holding it are keyed by ``camera_id``."""
+
+    camera_id: CameraId
+
+
+class Box(_StrictModel):
+    """One detected or labelled box, in frame pixels (x1, y1) top-left to (x2, y2) bottom-right."""
+
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+    score: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0
+    class_id: NonNegativeInt = 0
+    track_id: int | None = None
+
+    @model_validator(mode="after")
+    def _ordered_corners(self) -> Box:
+        if not (self.x2 >= self.x1 and self.y2 >= self.y1):
+            raise ValueError(f"box corners out of order: ({self.x1},{self.y1})-({self.x2},{self.y2})")
+        return self
+
+
+class _ImageFields(CameraRecord):
+    """Fields shared by records whose Kafka value is a JPEG image."""
+
+    seq: NonNegativeInt = Field(description="Per-camera frame sequence number, increasing by one")
+    capture_ts: Timestamp
+    width: PositiveInt
+    height: PositiveInt
+    encoding: Literal["jpeg"] = "jpeg"
+    jpeg: bytes = Field(repr=False, min_length=4)
+
+    @field_validator("jpeg")
+    @classmethod
+    def _looks_like_jpeg(cls, data: bytes) -> bytes:
+        if not data.startswith(JPEG_MAGIC):
+            raise ValueError(f"not JPEG data: starts with {data[:4].hex() or 'nothing'}, expected ffd8ff")
+        return data
+
+
+class Frame(_ImageFields):
+    """One camera frame. On the wire the value is the JPEG itself and the rest travels in headers."""
+
+    record_name: ClassVar[str] = "Frame"
+    source_frame_index: NonNegativeInt = Field(description="Index of this frame in its source (0-based)")
+
+
+class Detections(CameraRecord):
+    """What a detector agent found in one frame, with the model version that found it."""
+
+    record_name: ClassVar[str] = "Detections"
+    seq: NonNegativeInt
+    capture_ts: Timestamp
+    width: PositiveInt
+    height: PositiveInt
+    source_frame_index: NonNegativeInt
+    model_version: str = Field(min_length=1)
+    boxes: list[Box]
+    latency_ms: dict[str, Annotated[float, Field(ge=0)]] = Field(
+        default_factory=dict, description="Per-stage latency: decode, preprocess, infer, postprocess, total"
+    )
+    agent_id: str = Field(min_length=1)
+    produced_ts: Timestamp
+
+
+class Alert(CameraRecord):
+    """An alert rule fired for a camera."""
+
+    record_name: ClassVar[str] = "Alert"
+    alert_id: str = Field(min_length=1)
+    rule: str = Field(min_length=1)
+    kind: Literal["count", "dwell"]
+    zone: str | None = None
+    seq: NonNegativeInt
+    capture_ts: Timestamp
+    count: NonNegativeInt
+    track_ids: list[int] = Field(default_factory=list)
+    message: str
+    model_version: str = Field(min_length=1)
+
+
+class HardExample(_ImageFields):
+    """A frame the edge model found hard, for the teacher to label. The value is the JPEG."""
+
+    record_name: ClassVar[str] = "HardExample"
+    source_frame_index: NonNegativeInt
+    model_version: str = Field(min_length=1)
+    detections: list[Box]
+    reasons: list[Literal["uncertain", "flicker", "random"]] = Field(min_length=1)
+    mined_ts: Timestamp
+
+
+class ModelAnnouncement(Record):
+    """A new model version was published to the registry; edge agents fetch, verify and swap."""
+
+    record_name: ClassVar[str] = "ModelAnnouncement"
+    version: str = Field(min_length=1)
+    sha256: Sha256Hex
+    size_bytes: PositiveInt
+    signature: str = Field(min_length=1, description="Ed25519 signature of the ONNX bytes, base64")
+    registry_key: str = Field(min_length=1, description="Redis key holding the ONNX bytes")
+    parent_version: str | None = None
+    model_format: str = Field(min_length=1)
+    published_ts: Timestamp
+    metrics: dict[str, float] = Field(default_factory=dict)
+
+
+class CameraStatus(CameraRecord):
+    """A camera ingestion agent's report on one camera: running, retrying after a failure, finished."""
+
+    record_name: ClassVar[str] = "CameraStatus"
+    state: Literal["starting", "running", "retrying", "finished", "stopped"]
+    reason: str | None = None
+    attempt: NonNegativeInt = 0
+    retry_in_s: Annotated[float, Field(ge=0)] | None = None
+    frames_published: NonNegativeInt = 0
+    source: str
+    ts: Timestamp
+
+
+JSON_RECORDS: tuple[type[Record], ...] = (Detections, Alert, ModelAnnouncement, CameraStatus)
+IMAGE_RECORDS: tuple[type[_ImageFields], ...] = (Frame, HardExample)
+ALL_RECORDS: dict[str, type[Record]] = {cls.record_name: cls for cls in (*JSON_RECORDS, *IMAGE_RECORDS)}
