@@ -7,7 +7,6 @@ and is documented for other languages in ``docs/records.md``.
 
 from __future__ import annotations
 
-import math
 from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
@@ -27,7 +26,7 @@ Timestamp = Annotated[float, Field(gt=0, description="Unix time in seconds")]
 
 
 class _StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class Record(_StrictModel):
@@ -35,13 +34,6 @@ class Record(_StrictModel):
 
     record_name: ClassVar[str] = "Record"
     schema_version: Literal[1] = SCHEMA_VERSION
-
-    @field_validator("*", mode="after")
-    @classmethod
-    def _finite_numbers(cls, value: object) -> object:
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError("must be a finite number")
-        return value
 
 
 class CameraRecord(Record):

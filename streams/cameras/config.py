@@ -68,8 +68,8 @@ class RetryPolicy(_Strict):
 class CameraOptions(_Strict):
     """Options a camera may set and ``defaults`` may give to every camera."""
 
-    fps: Annotated[float, Field(gt=0, le=240)] | None = Field(
-        None, description="Publish at most this many frames per second; extra frames are dropped, never queued"
+    fps: Annotated[float, Field(ge=0, le=240)] | None = Field(
+        None, description="Publish at most this many frames per second (0: no cap); extra frames are dropped, never queued"
     )
     max_width: Annotated[int, Field(ge=16, le=7680)] | None = Field(None, description="Downscale wider frames")
     jpeg_quality: Annotated[int, Field(ge=1, le=100)] | None = None

@@ -1,0 +1,1 @@
+"""Edge inference: backends, model adapters, pipeline stages, tiling, alert rules, hard-example mining."""

@@ -1,0 +1,92 @@
+"""The camera runner with a fake source and publisher: fps cap drops (never queues), failures back off."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+
+from streams.cameras.agent import CameraRunner
+from streams.cameras.config import parse_cameras
+from streams.cameras.sources import FrameSource
+from streams.errors import SourceError
+from streams.records import CameraStatus, Frame
+
+
+class FakePublisher:
+    def __init__(self) -> None:
+        self.records: list[object] = []
+
+    def publish(self, record: object, on_delivery=None) -> None:  # type: ignore[no-untyped-def]
+        self.records.append(record)
+        if on_delivery:
+            on_delivery(None)
+
+
+class CountingSource(FrameSource):
+    """Delivers numbered frames as fast as asked; ``fail_opens`` first opens raise."""
+
+    def __init__(self, frames: int, fail_opens: int = 0, native_fps: float | None = None, opens: list[int] | None = None) -> None:
+        super().__init__("fake")
+        self.frames, self.fail_opens, self.native_fps = frames, fail_opens, native_fps
+        self.opens = opens if opens is not None else []
+        self.i = 0
+
+    def open(self) -> None:
+        self.opens.append(1)
+        if len(self.opens) <= self.fail_opens:
+            raise SourceError("fake: cannot open")
+
+    def read(self):  # type: ignore[no-untyped-def]
+        if self.i >= self.frames:
+            return None
+        self.i += 1
+        return self.i - 1, np.zeros((24, 32, 3), np.uint8)
+
+
+def run(camera: dict[str, object], source_factory, seconds: float = 5.0):  # type: ignore[no-untyped-def]
+    [cfg] = parse_cameras({"cameras": [{"id": "c", "source": "rtsp://127.0.0.1:1/x", **camera}]})
+    frames, status, stop = FakePublisher(), FakePublisher(), threading.Event()
+    runner = CameraRunner(cfg, frames, status, stop, source_factory=source_factory)  # type: ignore[arg-type]
+    runner.thread.start()
+    runner.thread.join(timeout=seconds)
+    stop.set()
+    runner.thread.join(timeout=5)
+    return runner, frames.records, status.records
+
+
+def test_fast_source_without_cap_publishes_every_frame_in_order() -> None:
+    runner, frames, status = run({"fps": 0}, lambda cfg: CountingSource(50))
+    assert [f.seq for f in frames] == list(range(50))
+    assert [f.source_frame_index for f in frames] == list(range(50))
+    assert all(isinstance(f, Frame) and (f.width, f.height) == (32, 24) for f in frames)
+    assert [s.state for s in status] == ["starting", "running", "finished"]
+
+
+def test_fps_cap_drops_frames_instead_of_queueing() -> None:
+    started = time.monotonic()
+    runner, frames, _ = run({"fps": 10, "max_frames": 8}, lambda cfg: CountingSource(10**9))
+    elapsed = time.monotonic() - started
+    assert len(frames) == 8
+    assert runner.stats.dropped > 100  # the source is far faster than 10 fps: the rest were dropped
+    assert 0.5 < elapsed < 3.0  # ~0.7 s for 8 frames at 10 fps, not the time to read every frame
+
+
+def test_realtime_file_is_paced_at_its_native_rate() -> None:
+    started = time.monotonic()
+    _, frames, _ = run({"fps": 0, "realtime": True}, lambda cfg: CountingSource(10, native_fps=20.0))
+    assert len(frames) == 10 and 0.4 < time.monotonic() - started < 2.0
+
+
+def test_failing_source_is_reported_and_retried_with_backoff() -> None:
+    opens: list[int] = []
+    runner, frames, status = run(
+        {"fps": 0, "retry": {"initial_s": 0.05, "max_s": 0.2}},
+        lambda cfg: CountingSource(5, fail_opens=3, opens=opens),
+    )
+    retries = [s for s in status if isinstance(s, CameraStatus) and s.state == "retrying"]
+    assert [r.attempt for r in retries] == [1, 2, 3]
+    assert [r.retry_in_s for r in retries] == [0.05, 0.1, 0.2]
+    assert all("cannot open" in (r.reason or "") for r in retries)
+    assert len(frames) == 5 and status[-1].state == "finished"
