@@ -188,14 +188,19 @@ def build_source(source: str | int, loop: bool, start_s: float = 0.0, start_fram
     return CaptureSource(source, live=False, loop=loop, start_frame=first, fps_override=fps)
 
 
-def _container_fps(path: Path) -> float | None:
+def _container_property(path: Path, prop: int) -> float:
+    """One property (frame rate, frame count) from a video file's container; 0 when unreadable."""
     if not path.is_file():
-        return None
+        return 0.0
     capture = cv2.VideoCapture(str(path))
     try:
-        fps = capture.get(cv2.CAP_PROP_FPS) if capture.isOpened() else 0.0
+        return float(capture.get(prop)) if capture.isOpened() else 0.0
     finally:
         capture.release()
+
+
+def _container_fps(path: Path) -> float | None:
+    fps = _container_property(path, cv2.CAP_PROP_FPS)
     return fps if 0 < fps < 1000 else None
 
 
@@ -209,10 +214,6 @@ def probe_duration_s(source: str | int) -> float | None:
         return seq.length / seq.frame_rate
     if not path.is_file() or path.suffix.lower() not in VIDEO_SUFFIXES:
         return None
-    capture = cv2.VideoCapture(str(path))
-    try:
-        frames = capture.get(cv2.CAP_PROP_FRAME_COUNT) if capture.isOpened() else 0
-    finally:
-        capture.release()
+    frames = _container_property(path, cv2.CAP_PROP_FRAME_COUNT)
     fps = seqinfo_fps(path) or _container_fps(path)
     return frames / fps if frames > 0 and fps else None
