@@ -1,0 +1,1 @@
+"""Model adapters: preprocessing and decoding that turn one detector family's tensors into person boxes."""

@@ -1,0 +1,93 @@
+"""A detector: one ONNX model on one backend with its adapter, split into the stages the pipeline runs."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from detectors.adapters.base import ImageMeta, ModelAdapter
+from detectors.adapters.registry import detect_format, make_adapter
+from detectors.backends.base import Backend, BackendError
+from detectors.backends.ort import OrtBackend
+from detectors.results import BoxArray
+
+VERSION_METADATA_KEY = "pedstream_version"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What identifies a model: its bytes' sha256, format, version and ONNX metadata."""
+
+    sha256: str
+    format: str
+    version: str
+    metadata: dict[str, str]
+    size_bytes: int
+
+
+def onnx_metadata(model_bytes: bytes) -> dict[str, str]:
+    """The ONNX model's ``metadata_props`` as a dict."""
+    try:
+        model = onnx.load_model_from_string(model_bytes)
+    except Exception as exc:  # onnx raises DecodeError and friends
+        raise BackendError(f"not an ONNX model: {exc}") from exc
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def read_model(path: str | Path) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise BackendError(f"{path}: cannot read model ({exc.strerror})") from None
+
+
+class Detector:
+    """Frames in, person boxes out. ``preprocess``, ``infer`` and ``postprocess`` are the pipeline's stages."""
+
+    def __init__(self, backend: Backend, adapter: ModelAdapter, info: ModelInfo) -> None:
+        self.backend = backend
+        self.adapter = adapter
+        self.info = info
+
+    @property
+    def version(self) -> str:
+        return self.info.version
+
+    @classmethod
+    def from_bytes(
+        cls, model_bytes: bytes, backend: Backend | None = None, fmt: str | None = None,
+        version: str | None = None, name: str = "model", threads: int = 0,
+    ) -> Detector:
+        backend = backend or OrtBackend(model_bytes, intra_threads=threads)
+        metadata = onnx_metadata(model_bytes)
+        fmt = fmt or detect_format(backend.inputs, backend.outputs, metadata)
+        sha = hashlib.sha256(model_bytes).hexdigest()
+        version = version or metadata.get(VERSION_METADATA_KEY) or f"{name}-{sha[:8]}"
+        adapter = make_adapter(fmt, backend.inputs, backend.outputs)
+        return cls(backend, adapter, ModelInfo(sha, fmt, version, metadata, len(model_bytes)))
+
+    def preprocess(self, images: list[np.ndarray]) -> tuple[np.ndarray, list[ImageMeta]]:
+        return self.adapter.preprocess(images)
+
+    def infer(self, batch: np.ndarray) -> list[np.ndarray]:
+        """Run the backend on a batch; models with a fixed batch of 1 run image by image."""
+        fixed = self.backend.fixed_batch
+        if fixed is None or fixed == len(batch):
+            return self.backend.run({self.adapter.input_name: batch})
+        if fixed != 1:
+            raise BackendError(f"model wants batches of exactly {fixed}, got {len(batch)}")
+        runs = [self.backend.run({self.adapter.input_name: batch[i : i + 1]}) for i in range(len(batch))]
+        return [np.concatenate(parts, axis=0) for parts in zip(*runs)]
+
+    def postprocess(self, outputs: list[np.ndarray], metas: list[ImageMeta]) -> list[BoxArray]:
+        return self.adapter.postprocess(outputs, metas)
+
+    def detect(self, images: list[np.ndarray]) -> list[BoxArray]:
+        if not images:
+            return []
+        batch, metas = self.preprocess(images)
+        return self.postprocess(self.infer(batch), metas)
