@@ -7,12 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnx
 
 from detectors.adapters.base import ImageMeta, ModelAdapter
 from detectors.adapters.registry import detect_format, make_adapter
 from detectors.backends.base import Backend, BackendError
-from detectors.backends.ort import OrtBackend
+from detectors.backends.onnx_graph import load_model
+from detectors.backends.selection import choose_backend
 from detectors.results import BoxArray
 
 VERSION_METADATA_KEY = "pedstream_version"
@@ -31,11 +31,7 @@ class ModelInfo:
 
 def onnx_metadata(model_bytes: bytes) -> dict[str, str]:
     """The ONNX model's ``metadata_props`` as a dict."""
-    try:
-        model = onnx.load_model_from_string(model_bytes)
-    except Exception as exc:  # onnx raises DecodeError and friends
-        raise BackendError(f"not an ONNX model: {exc}") from exc
-    return {p.key: p.value for p in model.metadata_props}
+    return {p.key: p.value for p in load_model(model_bytes).metadata_props}
 
 
 def read_model(path: str | Path) -> bytes:
@@ -52,6 +48,7 @@ class Detector:
         self.backend = backend
         self.adapter = adapter
         self.info = info
+        self.backend_reason = "given"
 
     @property
     def version(self) -> str:
@@ -59,16 +56,22 @@ class Detector:
 
     @classmethod
     def from_bytes(
-        cls, model_bytes: bytes, backend: Backend | None = None, fmt: str | None = None,
+        cls, model_bytes: bytes, backend: Backend | str = "ort", fmt: str | None = None,
         version: str | None = None, name: str = "model", threads: int = 0,
     ) -> Detector:
-        backend = backend or OrtBackend(model_bytes, intra_threads=threads)
+        """A detector for ONNX ``model_bytes`` on ``backend`` (an instance, or ``ort``/``tvm``/``auto``)."""
+        reason = "given"
+        if isinstance(backend, str):
+            choice = choose_backend(backend, model_bytes, threads=threads)
+            backend, reason = choice.backend, choice.reason
         metadata = onnx_metadata(model_bytes)
         fmt = fmt or detect_format(backend.inputs, backend.outputs, metadata)
         sha = hashlib.sha256(model_bytes).hexdigest()
         version = version or metadata.get(VERSION_METADATA_KEY) or f"{name}-{sha[:8]}"
         adapter = make_adapter(fmt, backend.inputs, backend.outputs)
-        return cls(backend, adapter, ModelInfo(sha, fmt, version, metadata, len(model_bytes)))
+        detector = cls(backend, adapter, ModelInfo(sha, fmt, version, metadata, len(model_bytes)))
+        detector.backend_reason = reason
+        return detector
 
     def preprocess(self, images: list[np.ndarray]) -> tuple[np.ndarray, list[ImageMeta]]:
         return self.adapter.preprocess(images)

@@ -1,0 +1,184 @@
+"""Apache TVM (Relax) backend: import ONNX, compile for this CPU, cache the library, reload without compiling.
+
+Compiled artefacts are cached under ``cache_dir/<key>/`` where the key covers the model's sha256,
+the target (with the host's ``-mcpu``), the input shape and the schedule (the default schedule, or
+the MetaSchedule tuning database). A cached library loads with the TVM runtime alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+os.environ.setdefault("TVM_NUM_THREADS", str(os.cpu_count() or 1))  # TVM reads it once, at import
+
+import numpy as np  # noqa: E402
+import tvm  # noqa: E402
+from tvm import relax  # noqa: E402
+from tvm.relax.backend.cpu_generic import pipeline as cpu_pipeline  # noqa: E402
+from tvm.relax.frontend.onnx import from_onnx  # noqa: E402
+from tvm.relax.pipeline import zero_pipeline  # noqa: E402
+from tvm.target import codegen  # noqa: E402
+
+from detectors.backends.base import Backend, BackendError, TensorSpec  # noqa: E402
+from detectors.backends.onnx_graph import fold_constants, load_model, signature  # noqa: E402
+from detectors.backends.tvm_schedule import default_cpu_schedule  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+SCHEDULE_VERSION = "default-v1"
+DEFAULT_CACHE = Path(os.environ.get("PEDSTREAM_CACHE") or Path.home() / ".cache" / "pedstream") / "tvm"
+
+
+def host_target(num_cores: int | None = None) -> tvm.target.Target:
+    """An LLVM target for this machine's CPU (``-mcpu`` detected at run time, e.g. znver4)."""
+    return tvm.target.Target(
+        {"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu(), "num-cores": num_cores or os.cpu_count() or 1}
+    )
+
+
+def database_digest(work_dir: Path | None) -> str | None:
+    """A digest of a MetaSchedule database folder's JSON files, or None when there is none."""
+    if work_dir is None:
+        return None
+    files = sorted(work_dir.glob("*.json"))
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(f.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def static_shapes(inputs: list[TensorSpec]) -> dict[str, list[int]]:
+    """Input shapes with batch 1; other symbolic dimensions are refused (TVM needs static shapes here)."""
+    shapes = {}
+    for spec in inputs:
+        dims = [1 if (i == 0 and d is None) else d for i, d in enumerate(spec.shape)]
+        if any(d is None for d in dims):
+            raise BackendError(f"input {spec.name} has symbolic dimensions {spec.shape}; TVM needs a static shape")
+        shapes[spec.name] = [int(d) for d in dims if d is not None]
+    return shapes
+
+
+def import_relax(model_bytes: bytes) -> tuple[tvm.IRModule, list[np.ndarray], list[TensorSpec], list[TensorSpec]]:
+    """The model as a Relax module with weights detached, plus its static signature."""
+    folded = fold_constants(model_bytes)
+    inputs, outputs = signature(load_model(model_bytes))
+    shapes = static_shapes(inputs)
+    try:
+        mod = from_onnx(folded, shape_dict=shapes, keep_params_in_input=True)
+    except Exception as exc:  # the importer raises many kinds (OpNotImplemented, TypeError, ...)
+        raise BackendError(f"TVM cannot import the model: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from exc
+    mod, params = relax.frontend.detach_params(mod)
+    weights = [p.numpy() for p in params.get("main", [])]
+    static_inputs = [TensorSpec(s.name, tuple(shapes[s.name]), s.dtype) for s in inputs]
+    return mod, weights, static_inputs, outputs
+
+
+def _pipeline(target: tvm.target.Target, legalize: bool) -> tvm.transform.Pass:
+    @tvm.transform.module_pass(opt_level=0, name="PedstreamCpuPipeline")
+    def run(mod: tvm.IRModule, _ctx: object) -> tvm.IRModule:
+        with target:
+            passes = cpu_pipeline.library_dispatch_passes(target)
+            if legalize:
+                passes += cpu_pipeline.legalize_passes(target)
+            passes += [default_cpu_schedule]
+            passes += cpu_pipeline.dataflow_lower_passes(target) + cpu_pipeline.finalize_passes(target)
+            return tvm.transform.Sequential(passes)(mod)
+
+    return run
+
+
+def compile_module(mod: tvm.IRModule, target: tvm.target.Target, tuning_dir: Path | None) -> relax.Executable:
+    """Compile with the tuned schedules when a database is given, the default schedule for the rest."""
+    if tuning_dir is not None and database_digest(tuning_dir):
+        with target:
+            mod = tvm.transform.Sequential([
+                relax.transform.DecomposeOpsForInference(),
+                relax.transform.CanonicalizeBindings(),
+                zero_pipeline(),
+                relax.transform.MetaScheduleApplyDatabase(str(tuning_dir)),
+            ])(mod)
+        return tvm.compile(mod, target=target, relax_pipeline=_pipeline(target, legalize=False))
+    return tvm.compile(mod, target=target, relax_pipeline=_pipeline(target, legalize=True))
+
+
+class TvmBackend(Backend):
+    """A model compiled by TVM for this CPU, batch 1, from the cache when it is there."""
+
+    name = "tvm"
+
+    def __init__(self, model_bytes: bytes, cache_dir: Path | None = None, tuning_dir: Path | None = None,
+                 target: tvm.target.Target | None = None) -> None:
+        super().__init__(model_bytes)
+        self.target = target or host_target()
+        self.tuning_dir = tuning_dir
+        self.cache_dir = cache_dir or DEFAULT_CACHE
+        sha = hashlib.sha256(model_bytes).hexdigest()
+        schedule = f"ms-{database_digest(tuning_dir)}" if database_digest(tuning_dir) else SCHEDULE_VERSION
+        key_source = json.dumps({"sha": sha, "target": str(self.target), "schedule": schedule, "tvm": tvm.__version__})
+        self.key = hashlib.sha256(key_source.encode()).hexdigest()[:24]
+        self.schedule = schedule
+        self.artifact_dir = self.cache_dir / self.key
+        self.compile_s: float | None = None
+        self.from_cache = (self.artifact_dir / "model.so").is_file()
+        if not self.from_cache:
+            self._compile_into_cache()
+        self._load()
+
+    def _compile_into_cache(self) -> None:
+        started = time.perf_counter()
+        mod, weights, inputs, outputs = import_relax(self.model_bytes)
+        try:
+            executable = compile_module(mod, self.target, self.tuning_dir)
+        except Exception as exc:
+            raise BackendError(f"TVM cannot compile the model: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from exc
+        tmp = self.artifact_dir.with_name(self.artifact_dir.name + f".tmp{os.getpid()}")
+        tmp.mkdir(parents=True, exist_ok=True)
+        executable.export_library(str(tmp / "model.so"))
+        tvm.runtime.save_param_dict_to_file({f"p{i}": tvm.runtime.tensor(w) for i, w in enumerate(weights)}, str(tmp / "params.bin"))
+        (tmp / "signature.json").write_text(json.dumps({
+            "inputs": [[s.name, list(s.shape), s.dtype] for s in inputs],
+            "outputs": [[s.name, list(s.shape), s.dtype] for s in outputs],
+            "weights": len(weights), "target": str(self.target), "schedule": self.schedule,
+        }))
+        try:
+            tmp.rename(self.artifact_dir)
+        except OSError:  # another process cached it first
+            pass
+        self.compile_s = time.perf_counter() - started
+        log.info("TVM compiled %s in %.1fs into %s", self.key, self.compile_s, self.artifact_dir)
+
+    def _load(self) -> None:
+        sig = json.loads((self.artifact_dir / "signature.json").read_text())
+        self._inputs = [TensorSpec(n, tuple(s), d) for n, s, d in sig["inputs"]]
+        self._outputs = [TensorSpec(n, tuple(s), d) for n, s, d in sig["outputs"]]
+        params = tvm.runtime.load_param_dict_from_file(str(self.artifact_dir / "params.bin"))
+        self._weights = [params[f"p{i}"] for i in range(sig["weights"])]
+        self.device = tvm.cpu()
+        self.vm = relax.VirtualMachine(tvm.runtime.load_module(str(self.artifact_dir / "model.so")), self.device)
+        self._main = self.vm["main"]
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return self._inputs
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return self._outputs
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        args = [tvm.runtime.tensor(np.ascontiguousarray(feeds[s.name]), self.device) for s in self._inputs]
+        result = self._main(*args, *self._weights)
+        if isinstance(result, tvm.runtime.Tensor):
+            return [result.numpy()]
+        return [r.numpy() for r in result]
+
+    def describe(self) -> dict[str, object]:
+        return {"backend": self.name, "target": str(self.target), "schedule": self.schedule, "cache_key": self.key,
+                "from_cache": self.from_cache, "compile_s": self.compile_s, "threads": os.environ.get("TVM_NUM_THREADS")}
