@@ -16,12 +16,18 @@ from typing import Any
 from deploy import stack
 from deploy.bench import ingest
 from deploy.stack import endpoints_or_temporary_stack
-from streams.bus import read_dead_letters
+from detectors.agent import AgentSettings, DetectorAgent
+from detectors.backends.selection import BACKEND_CHOICES
+from detectors.detector import Detector, read_model
+from detectors.evaluation import evaluate_sequence
+from streams.bus import RecordSubscriber, read_dead_letters
 from streams.cameras.agent import CameraFleet
 from streams.cameras.config import CameraConfig, load_cameras, parse_cameras
 from streams.endpoints import resolve
 from streams.errors import PedstreamError
 from streams.monitor import FlowMonitor, render_table
+from streams.mot import MotSequence
+from streams.records import Alert
 from streams.topics import Topics
 
 DATA_ENV = "PEDSTREAM_DATA"
@@ -199,6 +205,85 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- detection -------------------------------------------------------------------------------
+
+
+def _load_detector(args: argparse.Namespace) -> Detector:
+    path = Path(args.model)
+    return Detector.from_bytes(read_model(path), backend=args.backend, fmt=args.format, name=path.stem, threads=args.threads)
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    cameras = load_cameras(args.cameras) if args.cameras else []
+    detector = _load_detector(args)
+    endpoints = resolve(args.bootstrap, args.redis)
+    settings = AgentSettings(
+        bootstrap=endpoints.bootstrap, topics=Topics.from_env(args.topic_prefix), group=args.group,
+        **({"agent_id": args.agent_id} if args.agent_id else {}), max_batch=args.batch, max_wait_ms=args.batch_wait_ms,
+        publish_threshold=args.publish_threshold, track_threshold=args.score_threshold,
+    )
+    print(f"detector agent {settings.agent_id}: model {detector.version} ({detector.info.format}) on "
+          f"{detector.backend.name}: {detector.backend_reason}", file=sys.stderr, flush=True)
+    DetectorAgent(settings, detector, cameras).run()
+    return 0
+
+
+def cmd_alerts_tail(args: argparse.Namespace) -> int:
+    endpoints = resolve(args.bootstrap, args.redis)
+    topics = Topics.from_env(args.topic_prefix)
+    subscriber = RecordSubscriber(endpoints.bootstrap, topics, topics.alerts, Alert, f"pedstream-alerts-{os.getpid()}")
+    since = 0.0 if args.from_beginning else time.time() - 1.0
+    stopping = {"now": False}
+    _stop_on_signals(lambda: stopping.update(now=True))
+    deadline = None if args.seconds is None else time.monotonic() + args.seconds
+    try:
+        while not stopping["now"] and (deadline is None or time.monotonic() < deadline):
+            for item in subscriber.poll(0.5):
+                alert = item.record
+                if alert.capture_ts < since or (args.camera and alert.camera_id != args.camera):
+                    continue
+                if args.json:
+                    print(alert.model_dump_json(), flush=True)
+                else:
+                    stamp = time.strftime("%H:%M:%S", time.localtime(alert.capture_ts))
+                    print(f"{stamp} {alert.camera_id:<14} {alert.rule:<16} {alert.message} tracks={alert.track_ids}", flush=True)
+    finally:
+        subscriber.close()
+    return 0
+
+
+def _frame_range(text: str | None) -> tuple[int, int | None]:
+    if not text:
+        return 1, None
+    try:
+        first, _, last = text.partition(":")
+        return int(first or 1), int(last) if last else None
+    except ValueError:
+        raise PedstreamError(f"--frames {text!r}: use A:B (1-based, inclusive), A: or :B") from None
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    detector = _load_detector(args)
+    sequence = MotSequence.load(args.sequence)
+    start, stop = _frame_range(args.frames)
+    total = len(range(start, (stop or sequence.length) + 1, args.every))
+
+    def progress(done: int) -> None:
+        if done % 25 == 0 or done == total:
+            print(f"[eval] {done}/{total} frames", file=sys.stderr, flush=True)
+
+    result = evaluate_sequence(detector.detect, sequence, start, stop, args.every, progress)
+    out = {**result.as_dict(), "model": detector.version, "format": detector.info.format,
+           "backend": detector.backend.name, "backend_reason": detector.backend_reason,
+           "sequence": sequence.name, "frame_range": [start, stop or sequence.length], "every": args.every}
+    if args.json:
+        _print_json(out)
+    else:
+        print(f"{sequence.name} frames {start}-{stop or sequence.length} every {args.every}: AP50 {result.ap50:.3f}, "
+              f"best recall {result.recall:.3f}, {result.fps:.1f} fps ({detector.backend.name})")
+    return 0
+
+
 # --- bench and demo ----------------------------------------------------------------------------
 
 
@@ -297,6 +382,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=3.0, help="stop after this many quiet seconds")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_dead_letters)
+
+    model = argparse.ArgumentParser(add_help=False)
+    group = model.add_argument_group("model")
+    group.add_argument("--model", required=True, help="ONNX model file")
+    group.add_argument("--format", help="model family if it cannot be told from the ONNX signature")
+    group.add_argument("--backend", choices=BACKEND_CHOICES, default="ort",
+                       help="ort, tvm (falls back to ort with the reason), or auto (measure both, serve the faster)")
+    group.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: all cores)")
+
+    p = sub.add_parser("detect", parents=[conn, model], help="run an edge detector agent (faust)")
+    p.add_argument("--cameras", help="cameras.yaml with per-camera alert rules, tiling and mining budget")
+    p.add_argument("--group", default="pedstream-detectors", help="agents in one group split the cameras")
+    p.add_argument("--agent-id")
+    p.add_argument("--batch", type=int, default=4, help="micro-batch up to this many images")
+    p.add_argument("--batch-wait-ms", type=float, default=10.0, help="...or until this long has passed")
+    p.add_argument("--publish-threshold", type=float, default=0.3, help="publish boxes at or above this score")
+    p.add_argument("--score-threshold", type=float, default=0.5, help="boxes that count for tracking and alerts")
+    p.set_defaults(func=cmd_detect)
+
+    p = sub.add_parser("alerts", help="subscribe to alerts")
+    alerts_sub = p.add_subparsers(dest="alerts_command", required=True)
+    a = alerts_sub.add_parser("tail", parents=[conn], help="print alerts as they fire")
+    a.add_argument("--camera")
+    a.add_argument("--json", action="store_true", help="one JSON record per line")
+    a.add_argument("--from-beginning", action="store_true")
+    a.add_argument("--seconds", type=float)
+    a.set_defaults(func=cmd_alerts_tail)
+
+    p = sub.add_parser("eval", parents=[model], help="AP50 of a model on a MOT-style sequence")
+    p.add_argument("--sequence", required=True, help="MOT-style sequence folder")
+    p.add_argument("--frames", help="A:B, 1-based inclusive (default: all)")
+    p.add_argument("--every", type=int, default=1)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("bench", help="benchmarks that print JSON")
     bench_sub = p.add_subparsers(dest="bench_command", required=True)

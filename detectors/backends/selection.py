@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import time
 from dataclasses import dataclass
@@ -13,14 +14,6 @@ from detectors.backends.base import Backend, BackendError, TensorSpec
 from detectors.backends.ort import OrtBackend
 
 log = logging.getLogger(__name__)
-
-try:  # TVM is optional at run time: without it, pedstream serves with ONNX Runtime and says so
-    from detectors.backends.tvm import TvmBackend
-except ImportError as exc:  # pragma: no cover - depends on the installation
-    TvmBackend = None  # type: ignore[assignment,misc]
-    _TVM_MISSING = f"TVM is not installed ({exc})"
-else:
-    _TVM_MISSING = ""
 
 BACKEND_CHOICES = ("ort", "tvm", "auto")
 
@@ -60,9 +53,13 @@ def time_backend(backend: Backend, feeds: dict[str, np.ndarray], runs: int = 5, 
 
 
 def make_tvm(model_bytes: bytes, cache_dir: Path | None = None, tuning_dir: Path | None = None) -> Backend:
-    if TvmBackend is None:
-        raise BackendError(_TVM_MISSING)
-    return TvmBackend(model_bytes, cache_dir=cache_dir, tuning_dir=tuning_dir)
+    """A TVM backend. TVM is imported only here: it is optional, slow to import (seconds), and reads
+    ``TVM_NUM_THREADS`` once at import; without it pedstream serves with ONNX Runtime and says so."""
+    try:
+        tvm_backend = importlib.import_module("detectors.backends.tvm")
+    except ImportError as exc:
+        raise BackendError(f"TVM is not installed ({exc})") from None
+    return tvm_backend.TvmBackend(model_bytes, cache_dir=cache_dir, tuning_dir=tuning_dir)
 
 
 def choose_backend(

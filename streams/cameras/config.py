@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from streams.cameras.sources import probe_duration_s
 from streams.errors import ConfigError
 from streams.records import CameraId
 
-__all__ = ["CameraOptions", "Look", "RetryPolicy", "CameraConfig", "VirtualCameras", "CamerasFile", "load_cameras", "DEFAULT_VARIANTS"]
+__all__ = ["AlertRule", "CameraOptions", "DetectSettings", "Look", "Tiling", "RetryPolicy", "CameraConfig", "VirtualCameras", "CamerasFile", "load_cameras", "DEFAULT_VARIANTS"]
 
 
 class _Strict(BaseModel):
@@ -56,6 +56,53 @@ class Look(_Strict):
     @property
     def is_identity(self) -> bool:
         return self == Look()
+
+
+class AlertRule(_Strict):
+    """One alert rule of a camera: enough people (in a zone), or someone staying too long in it."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    zone: list[tuple[float, float]] | None = Field(
+        None, description="polygon in frame pixels of the published frame; none = the whole frame"
+    )
+    count_at_least: Annotated[int, Field(ge=1)] | None = Field(None, description="fire when this many people are in the zone")
+    dwell_at_least_s: Annotated[float, Field(gt=0)] | None = Field(None, description="fire when a person stays this long in the zone")
+    cooldown_s: float = Field(30.0, ge=0, description="quiet time after the rule fired")
+    min_score: float = Field(0.5, gt=0, le=1, description="detections below this score do not count")
+
+    @field_validator("zone")
+    @classmethod
+    def _polygon(cls, zone: list[tuple[float, float]] | None) -> list[tuple[float, float]] | None:
+        if zone is not None and len(zone) < 3:
+            raise ValueError("a zone needs at least 3 points")
+        return zone
+
+    @model_validator(mode="after")
+    def _one_condition(self) -> AlertRule:
+        if (self.count_at_least is None) == (self.dwell_at_least_s is None):
+            raise ValueError("give exactly one of count_at_least or dwell_at_least_s")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return "count" if self.count_at_least is not None else "dwell"
+
+
+class Tiling(_Strict):
+    """Split each frame into overlapping tiles for a small-input model; results merge with NMS."""
+
+    rows: int = Field(2, ge=1, le=8)
+    cols: int = Field(2, ge=1, le=8)
+    overlap: int = Field(96, ge=0, description="pixels shared by neighbouring tiles: at least the tallest person expected")
+    include_full_frame: bool = Field(False, description="also run the whole frame, to keep people larger than a tile")
+
+
+class DetectSettings(_Strict):
+    """How detector agents treat this camera."""
+
+    alerts: list[AlertRule] = Field(default_factory=list)
+    tiling: Tiling | None = None
+    hard_examples_per_minute: float = Field(6.0, ge=0, description="budget of hard examples mined from this camera")
 
 
 class RetryPolicy(_Strict):
@@ -98,6 +145,7 @@ class CameraConfig(CameraOptions):
     start_frame: int = Field(0, ge=0, description="Start at this frame of a file source (added to start_s)")
     max_frames: Annotated[int, Field(gt=0)] | None = Field(None, description="Stop after publishing this many frames")
     look: Look = Look()
+    detect: DetectSettings = DetectSettings()
 
     def option(self, name: str) -> Any:
         value = getattr(self, name)
@@ -112,6 +160,7 @@ class VirtualCameras(CameraOptions):
     count: int = Field(ge=1, le=256)
     spread: bool = Field(True, description="Spread start offsets evenly over the source's length")
     looks: list[Look] = Field(default_factory=list, description="Looks given to the cameras in turn")
+    detect: DetectSettings = DetectSettings()
 
 
 DEFAULT_VARIANTS: tuple[Look, ...] = (

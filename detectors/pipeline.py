@@ -1,0 +1,214 @@
+"""Task-level pipeline parallelism: decode, preprocess, inference and postprocess as threads joined by
+bounded queues, with micro-batching across cameras in front of inference.
+
+Each stage is one thread, so items leave in the order they entered (the agent relies on that to
+acknowledge Kafka messages without gaps). A full queue blocks the stage before it: back-pressure,
+never unbounded buffering. The detector can be swapped between batches (``swap``).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+
+from detectors.adapters.base import ImageMeta, ModelAdapter
+from detectors.detector import Detector
+from detectors.results import BoxArray
+from detectors.tiling import Tile, merge, plan_tiles, split
+from streams.cameras.config import Tiling
+
+log = logging.getLogger(__name__)
+
+_STOP = object()
+
+
+@dataclass
+class WorkItem:
+    """One frame on its way through the pipeline; ``token`` is the caller's (e.g. the Kafka event)."""
+
+    token: Any
+    camera_id: str
+    jpeg: bytes
+    tiling: Tiling | None = None
+    image: np.ndarray | None = None
+    tiles: list[Tile] | None = None
+    tensors: list[np.ndarray] = field(default_factory=list, repr=False)
+    metas: list[ImageMeta] = field(default_factory=list, repr=False)
+    outputs: list[np.ndarray] = field(default_factory=list, repr=False)
+    boxes: BoxArray | None = None
+    adapter: ModelAdapter | None = field(default=None, repr=False)  # the one that made ``tensors``
+    model_version: str = ""
+    batch_size: int = 0
+    error: str | None = None
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    entered: float = field(default_factory=time.perf_counter)
+
+
+class DetectionPipeline:
+    """Four stage threads; ``submit`` blocks when the first queue is full; ``on_result`` gets every item,
+    in submission order, from the postprocess thread (errors included, with ``error`` set)."""
+
+    def __init__(
+        self, detector: Detector, on_result: Callable[[WorkItem], None], max_batch: int = 4,
+        max_wait_ms: float = 10.0, queue_size: int = 8,
+    ) -> None:
+        self.detector = detector
+        self.on_result = on_result
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_ms / 1000.0
+        self._pending: Detector | None = None
+        self._swap_lock = threading.Lock()
+        self.q_decode: queue.Queue[Any] = queue.Queue(queue_size)
+        self.q_pre: queue.Queue[Any] = queue.Queue(queue_size)
+        self.q_infer: queue.Queue[Any] = queue.Queue(queue_size)
+        self.q_post: queue.Queue[Any] = queue.Queue(queue_size)
+        self.batches: list[int] = []
+        self._threads = [
+            threading.Thread(target=self._stage, args=(self.q_decode, self.q_pre, self._decode), name="pipe-decode", daemon=True),
+            threading.Thread(target=self._stage, args=(self.q_pre, self.q_infer, self._preprocess), name="pipe-pre", daemon=True),
+            threading.Thread(target=self._infer_loop, name="pipe-infer", daemon=True),
+            threading.Thread(target=self._stage, args=(self.q_post, None, self._postprocess), name="pipe-post", daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
+
+    # --- public -------------------------------------------------------------------------------
+
+    def submit(self, item: WorkItem, timeout: float | None = None) -> None:
+        self.q_decode.put(item, timeout=timeout)
+
+    def swap(self, detector: Detector) -> None:
+        """Serve with ``detector`` from the next batch on; frames already batched finish on the old one."""
+        with self._swap_lock:
+            self._pending = detector
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Finish what was submitted, then stop the threads."""
+        self.q_decode.put(_STOP)
+        for t in self._threads:
+            t.join(timeout=timeout)
+
+    # --- stages -------------------------------------------------------------------------------
+
+    def _stage(self, inbox: queue.Queue[Any], outbox: queue.Queue[Any] | None, work: Callable[[WorkItem], None]) -> None:
+        while True:
+            item = inbox.get()
+            if item is _STOP:
+                if outbox is not None:
+                    outbox.put(_STOP)
+                return
+            if item.error is None:
+                started = time.perf_counter()
+                try:
+                    work(item)
+                except Exception as exc:  # a bad frame must not stop the pipeline
+                    log.exception("pipeline stage failed for camera %s", item.camera_id)
+                    item.error = f"{type(exc).__name__}: {exc}"
+                item.timings_ms[work.__name__.strip("_")] = (time.perf_counter() - started) * 1000.0
+            if outbox is not None:
+                outbox.put(item)
+            else:
+                self._deliver(item)
+
+    def _decode(self, item: WorkItem) -> None:
+        image = cv2.imdecode(np.frombuffer(item.jpeg, np.uint8), cv2.IMREAD_COLOR)
+        if image is None:
+            item.error = "corrupt JPEG: cannot decode the frame"
+            return
+        item.image = image
+
+    def _preprocess(self, item: WorkItem, adapter: ModelAdapter | None = None) -> None:
+        assert item.image is not None
+        adapter = adapter or self.detector.adapter
+        item.adapter = adapter
+        item.tensors, item.metas = [], []
+        if item.tiling is not None:
+            h, w = item.image.shape[:2]
+            item.tiles = plan_tiles(w, h, item.tiling)
+            crops = split(item.image, item.tiles)
+        else:
+            crops = [item.image]
+        for crop in crops:
+            tensor, meta = adapter.preprocess_one(crop)
+            item.tensors.append(tensor)
+            item.metas.append(meta)
+
+    def _infer_loop(self) -> None:
+        stopping = False
+        while not stopping:
+            first = self.q_infer.get()
+            if first is _STOP:
+                break
+            batch = [first]
+            images = len(first.tensors)
+            deadline = time.perf_counter() + self.max_wait_s
+            while images < self.max_batch:
+                remaining = deadline - time.perf_counter()
+                try:
+                    nxt = self.q_infer.get(timeout=max(remaining, 0.0)) if remaining > 0 else self.q_infer.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is _STOP:
+                    stopping = True
+                    break
+                batch.append(nxt)
+                images += len(nxt.tensors)
+            self._run_batch(batch)
+            for item in batch:
+                self.q_post.put(item)
+        self.q_post.put(_STOP)
+
+    def _run_batch(self, batch: list[WorkItem]) -> None:
+        with self._swap_lock:
+            if self._pending is not None:
+                self.detector, self._pending = self._pending, None
+        detector = self.detector
+        ready = [item for item in batch if item.error is None and item.tensors]
+        for item in batch:
+            item.model_version = detector.version
+        for item in ready:
+            if item.adapter is not detector.adapter:  # made for the model before a swap: redo for this one
+                self._preprocess(item, detector.adapter)
+        if not ready:
+            return
+        started = time.perf_counter()
+        try:
+            stacked = np.stack([t for item in ready for t in item.tensors])
+            outputs = detector.infer(stacked)
+        except Exception as exc:
+            log.exception("inference failed")
+            for item in ready:
+                item.error = f"inference failed: {exc}"
+            return
+        spent = (time.perf_counter() - started) * 1000.0
+        self.batches.append(len(stacked))
+        offset = 0
+        for item in ready:
+            n = len(item.tensors)
+            item.outputs = [out[offset : offset + n] for out in outputs]
+            offset += n
+            item.batch_size = len(stacked)
+            item.timings_ms["infer"] = spent
+            item.timings_ms["queue"] = (started - item.entered) * 1000.0 - sum(
+                item.timings_ms.get(k, 0.0) for k in ("decode", "preprocess"))
+
+    def _postprocess(self, item: WorkItem) -> None:
+        adapter = item.adapter or self.detector.adapter
+        parts = [adapter.decode(item.outputs, i, meta) for i, meta in enumerate(item.metas)]
+        item.boxes = merge(parts, item.tiles) if item.tiles is not None else parts[0]
+        item.tensors, item.outputs, item.image = [], [], None  # free memory early
+
+    def _deliver(self, item: WorkItem) -> None:
+        item.timings_ms["total"] = (time.perf_counter() - item.entered) * 1000.0
+        try:
+            self.on_result(item)
+        except Exception:
+            log.exception("result handler failed for camera %s", item.camera_id)
