@@ -60,11 +60,11 @@ class Detector:
         version: str | None = None, name: str = "model", threads: int = 0,
     ) -> Detector:
         """A detector for ONNX ``model_bytes`` on ``backend`` (an instance, or ``ort``/``tvm``/``auto``)."""
+        metadata = onnx_metadata(model_bytes)  # first: refuses what is not ONNX at all, with that reason
         reason = "given"
         if isinstance(backend, str):
             choice = choose_backend(backend, model_bytes, threads=threads)
             backend, reason = choice.backend, choice.reason
-        metadata = onnx_metadata(model_bytes)
         fmt = fmt or detect_format(backend.inputs, backend.outputs, metadata)
         sha = hashlib.sha256(model_bytes).hexdigest()
         version = version or metadata.get(VERSION_METADATA_KEY) or f"{name}-{sha[:8]}"

@@ -50,3 +50,11 @@ def redis_url() -> str:
 def topics() -> Topics:
     """A fresh topic prefix per test: the embedded broker keeps everything, so tests never share topics."""
     return Topics(f"t{uuid.uuid4().hex[:10]}")
+
+
+@pytest.fixture(scope="session")
+def shared_models(shared_data: Path) -> Path:
+    path = Path(os.environ.get("PEDSTREAM_MODELS") or shared_data.parent / "models")
+    if not (path / "ssdlite_pedestrian.onnx").is_file():
+        pytest.fail(f"shared models not found at {path}; set PEDSTREAM_MODELS")
+    return path

@@ -1,0 +1,59 @@
+"""Box maths, tiling plans and seam merging."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from detectors.boxes import box_iou, clip_boxes, nms, scale_boxes
+from detectors.results import BoxArray
+from detectors.tiling import merge, plan_tiles, split
+from streams.cameras.config import Tiling
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "expected"),
+    [
+        ([[0, 0, 2, 2]], [[1, 0, 3, 2]], [[1 / 3]]),
+        ([[0, 0, 2, 2]], [[5, 5, 6, 6]], [[0.0]]),
+        ([[0, 0, 2, 2]], [[0, 0, 2, 2]], [[1.0]]),
+        (np.empty((0, 4)), [[0, 0, 1, 1]], np.empty((0, 1))),
+    ],
+)
+def test_box_iou(a, b, expected) -> None:  # type: ignore[no-untyped-def]
+    np.testing.assert_allclose(box_iou(np.asarray(a, float), np.asarray(b, float)), np.asarray(expected), atol=1e-6)
+
+
+def test_nms_keeps_the_best_of_overlapping_boxes() -> None:
+    xyxy = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30]], np.float32)
+    assert nms(xyxy, np.array([0.9, 0.8, 0.7]), 0.5).tolist() == [0, 2]
+    assert nms(np.empty((0, 4)), np.empty(0), 0.5).tolist() == []
+
+
+def test_clip_and_scale() -> None:
+    boxes = np.array([[-5, -5, 50, 50]], np.float32)
+    assert clip_boxes(boxes, 40, 30).tolist() == [[0, 0, 40, 30]]
+    assert scale_boxes(boxes, 2, 0.5, 1, 1).tolist() == [[-9, -1.5, 101, 26]]
+
+
+def test_tiles_cover_the_frame_with_the_overlap() -> None:
+    tiles = plan_tiles(768, 576, Tiling(rows=2, cols=2, overlap=100))
+    assert len(tiles) == 4
+    assert min(t.x0 for t in tiles) == 0 and max(t.x1 for t in tiles) == 768
+    assert min(t.y0 for t in tiles) == 0 and max(t.y1 for t in tiles) == 576
+    left, right = tiles[0], tiles[1]
+    assert left.x1 - right.x0 >= 100  # neighbours share at least the overlap
+    assert len(plan_tiles(768, 576, Tiling(rows=1, cols=3, overlap=50, include_full_frame=True))) == 4
+    crops = split(np.zeros((576, 768, 3), np.uint8), tiles)
+    assert crops[0].shape == (tiles[0].y1 - tiles[0].y0, tiles[0].x1 - tiles[0].x0, 3)
+
+
+def test_merge_moves_boxes_to_the_frame_and_removes_seam_duplicates() -> None:
+    tiles = plan_tiles(200, 100, Tiling(rows=1, cols=2, overlap=40))
+    x_right = tiles[1].x0
+    person_on_seam_left = BoxArray.of([[100, 10, 115, 60]], [0.9])
+    person_on_seam_right = BoxArray.of([[100 - x_right, 10, 115 - x_right, 60]], [0.8])
+    merged = merge([person_on_seam_left, person_on_seam_right], tiles)
+    assert len(merged) == 1 and merged.scores[0] == pytest.approx(0.9)
+    assert merged.xyxy[0].tolist() == [100, 10, 115, 60]
+    assert len(merge([BoxArray.empty(), BoxArray.empty()], tiles)) == 0
