@@ -1,0 +1,210 @@
+"""`pedstream detect` as real processes on the real tansu broker: detections, alerts, hard examples,
+dead letters, and two agents splitting the cameras with one of them killed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+from kafka.partitioner.default import murmur2
+
+from detectors.detector import Detector, read_model
+from detectors.evaluation import average_precision, evaluate_sequence
+from detectors.results import BoxArray
+from streams.bus import RecordSubscriber, ensure_topics, make_producer, read_dead_letters
+from streams.cameras.agent import CameraFleet
+from streams.cameras.config import parse_cameras
+from streams.mot import MotSequence
+from streams.records import Alert, Detections, Frame, HardExample
+from streams.topics import Topics
+from streams.wire import encode
+
+pytestmark = pytest.mark.integration
+
+FRAMES = 40
+BUDGET_PER_MINUTE = 30.0
+
+
+def start_agent(model: Path, broker: str, topics: Topics, home: Path, agent_id: str, cameras: Path | None = None) -> subprocess.Popen[bytes]:
+    cmd = [sys.executable, "-m", "deploy.cli", "detect", "--model", str(model), "--bootstrap", broker,
+           "--topic-prefix", topics.prefix, "--threads", "1", "--agent-id", agent_id, "--batch", "4"]
+    if cameras:
+        cmd += ["--cameras", str(cameras)]
+    log = open(home / f"{agent_id}.log", "wb")
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PEDSTREAM_HOME": str(home)})
+
+
+def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def collect(broker: str, topics: Topics, spec, record_type, until, timeout_s: float, quiet_s: float = 3.0) -> list:  # type: ignore[no-untyped-def]
+    """Read a topic from the start until ``until(records)``, ``timeout_s``, or ``quiet_s`` without news
+    after the first record."""
+    sub = RecordSubscriber(broker, topics, spec, record_type, f"check-{time.monotonic_ns()}")
+    out: list = []
+    deadline = time.monotonic() + timeout_s
+    last_news = None
+    try:
+        while time.monotonic() < deadline and not until(out):
+            got = [d.record for d in sub.poll(0.5)]
+            out.extend(got)
+            if got:
+                last_news = time.monotonic()
+            elif last_news is not None and time.monotonic() - last_news > quiet_s:
+                break
+    finally:
+        sub.close()
+    return out
+
+
+def publish_frames(broker: str, topics: Topics, camera: dict[str, object]) -> None:
+    fleet = CameraFleet(parse_cameras({"defaults": {"fps": 0, "realtime": False, "loop": False}, "cameras": [camera]}), broker, topics)
+    fleet.start()
+    fleet.wait(60)
+    fleet.stop()
+
+
+@pytest.fixture(scope="module")
+def one_agent_run(broker: str, shared_models: Path, vtest: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:  # type: ignore[type-arg]
+    """One agent; 40 PETS frames, one corrupt frame, then 5 more frames from a second camera."""
+    home = tmp_path_factory.mktemp("agent")
+    topics = Topics(f"t{os.getpid()}agent")
+    ensure_topics(broker, topics.all())
+    zone = [[0, 150], [768, 150], [768, 576], [0, 576]]
+    cameras = home / "cameras.yaml"
+    cameras.write_text(yaml.safe_dump({"cameras": [{"id": "pets", "source": vtest, "detect": {
+        "alerts": [{"name": "crowd", "zone": zone, "count_at_least": 2, "cooldown_s": 0.0}],
+        "hard_examples_per_minute": BUDGET_PER_MINUTE}}]}))
+    model = shared_models / "ssdlite_pedestrian.onnx"
+    agent = start_agent(model, broker, topics, home, "agent-a", cameras)
+    try:
+        publish_frames(broker, topics, {"id": "pets", "source": vtest, "max_frames": FRAMES, "max_width": 768, "jpeg_quality": 90})
+        jpeg = cv2.imencode(".jpg", np.zeros((64, 64, 3), np.uint8))[1].tobytes()
+        corrupt = Frame(camera_id="broken", seq=0, capture_ts=time.time(), width=64, height=64,
+                        jpeg=jpeg[:100] + b"\x00" * 300, source_frame_index=0)
+        producer = make_producer(broker)
+        msg = encode(corrupt)
+        producer.send(topics.frames.name, key=msg.key, value=msg.value, headers=msg.headers)
+        producer.flush()
+        producer.close()
+        publish_frames(broker, topics, {"id": "after", "source": vtest, "max_frames": 5, "start_frame": 100})
+        detections = collect(broker, topics, topics.detections, Detections, lambda got: len(got) >= FRAMES + 5, 120)
+        yield {
+            "topics": topics, "model": model, "detections": detections,
+            "alerts": collect(broker, topics, topics.alerts, Alert, lambda got: False, 20),
+            "hard": collect(broker, topics, topics.hard_examples, HardExample, lambda got: False, 20),
+            "dead": read_dead_letters(broker, topics, timeout_s=3),
+        }
+    finally:
+        stop(agent)
+
+
+def test_detections_agree_with_direct_detection_and_eval(one_agent_run: dict, vtest: str, shared_data: Path) -> None:  # type: ignore[type-arg]
+    dets = sorted((d for d in one_agent_run["detections"] if d.camera_id == "pets"), key=lambda d: d.seq)
+    assert [d.seq for d in dets] == list(range(FRAMES))
+    detector = Detector.from_bytes(read_model(one_agent_run["model"]), name="ssdlite_pedestrian", threads=1)
+    assert {d.model_version for d in dets} == {detector.version}
+    sequence = MotSequence.load(shared_data / "PETS09-S2L1")
+    capture = cv2.VideoCapture(vtest)
+    truths, agent_boxes, eval_boxes = [], [], []
+    for d in dets:
+        ok, image = capture.read()
+        assert ok
+        jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])[1]
+        [expected] = detector.detect([cv2.imdecode(jpeg, cv2.IMREAD_COLOR)])  # what the agent saw
+        expected = expected.above(0.3)
+        got = BoxArray.from_boxes(d.boxes)
+        assert len(got) == len(expected)
+        np.testing.assert_allclose(got.xyxy, expected.xyxy, atol=0.05)
+        agent_boxes.append(got)
+        truths.append(sequence.gt(d.source_frame_index + 1))
+        assert {"decode", "preprocess", "infer", "postprocess", "total", "frame_to_detection"} <= set(d.latency_ms)
+    capture.release()
+    eval_result = evaluate_sequence(lambda imgs: [b.above(0.3) for b in detector.detect(imgs)], sequence, 1, FRAMES)
+    assert average_precision(agent_boxes, truths).ap50 == pytest.approx(eval_result.ap50, abs=0.03)
+
+
+def test_zone_alert_fires_on_pets_frames(one_agent_run: dict) -> None:  # type: ignore[type-arg]
+    alerts = [a for a in one_agent_run["alerts"] if a.camera_id == "pets"]
+    assert alerts, "the crowd rule never fired"
+    assert all(a.rule == "crowd" and a.kind == "count" and a.count >= 2 and len(a.track_ids) >= 2 for a in alerts)
+
+
+def test_hard_examples_arrive_within_budget(one_agent_run: dict) -> None:  # type: ignore[type-arg]
+    hard = [h for h in one_agent_run["hard"] if h.camera_id == "pets"]
+    span_s = max(d.capture_ts for d in one_agent_run["detections"]) - min(d.capture_ts for d in one_agent_run["detections"])
+    assert 1 <= len(hard) <= 1 + BUDGET_PER_MINUTE * span_s / 60 + 1
+    for h in hard:
+        assert h.reasons and h.jpeg.startswith(b"\xff\xd8") and h.model_version
+        assert cv2.imdecode(np.frombuffer(h.jpeg, np.uint8), cv2.IMREAD_COLOR).shape == (576, 768, 3)
+
+
+def test_corrupt_jpeg_goes_to_dead_letters_and_the_agent_goes_on(one_agent_run: dict) -> None:  # type: ignore[type-arg]
+    [letter] = [d for d in one_agent_run["dead"] if d.key == b"broken"]
+    assert "corrupt JPEG" in letter.reason and letter.source_topic == one_agent_run["topics"].frames.name
+    after = sorted(d.seq for d in one_agent_run["detections"] if d.camera_id == "after")
+    assert after == [0, 1, 2, 3, 4]
+
+
+def _one_camera_per_partition(partitions: int) -> list[str]:
+    """Camera ids whose keys land on distinct partitions, so two agents surely split them."""
+    ids: dict[int, str] = {}
+    i = 0
+    while len(ids) < partitions:
+        cid = f"cam-{i}"
+        ids.setdefault((murmur2(cid.encode()) & 0x7FFFFFFF) % partitions, cid)
+        i += 1
+    return [ids[p] for p in sorted(ids)]
+
+
+def test_two_agents_split_the_cameras_and_take_over_a_killed_one(
+    broker: str, shared_models: Path, vtest: str, tmp_path: Path
+) -> None:
+    topics = Topics(f"t{os.getpid()}split")
+    ensure_topics(broker, topics.all())
+    model = shared_models / "ssdlite_pedestrian.onnx"
+    ids = _one_camera_per_partition(topics.frames.partitions)
+    agents = {name: start_agent(model, broker, topics, tmp_path, name) for name in ("agent-a", "agent-b")}
+    time.sleep(8)  # both joined the group
+    cams = parse_cameras({"defaults": {"fps": 3, "max_width": 384},
+                          "cameras": [{"id": cid, "source": vtest, "start_frame": 50 * i} for i, cid in enumerate(ids)]})
+    fleet = CameraFleet(cams, broker, topics)
+    fleet.start()
+    try:
+        fleet.wait(12)
+        stop(agents["agent-a"], signal.SIGKILL)
+        killed_at = time.time()
+        fleet.wait(20)
+    finally:
+        fleet.stop()
+        published = {r.config.id: r.stats.published for r in fleet.runners}
+    try:
+        expected = sum(published.values())
+        dets = collect(broker, topics, topics.detections, Detections,
+                       lambda got: len({(d.camera_id, d.seq) for d in got}) >= expected, 90)
+    finally:
+        stop(agents["agent-b"])
+    by_agent_before = {d.agent_id for d in dets if d.produced_ts < killed_at}
+    assert by_agent_before == {"agent-a", "agent-b"}, "both agents should have served cameras"
+    cameras_of_a = {d.camera_id for d in dets if d.agent_id == "agent-a"}
+    late = [d for d in dets if d.camera_id in cameras_of_a and d.produced_ts > killed_at + 1]
+    assert late and {d.agent_id for d in late} == {"agent-b"}, "agent-b should have taken over agent-a's cameras"
+    for cid, count in published.items():  # at-least-once: every published frame has detections
+        seqs = {d.seq for d in dets if d.camera_id == cid}
+        assert seqs == set(range(count)), f"{cid}: frames without detections: {sorted(set(range(count)) - seqs)[:10]}"
