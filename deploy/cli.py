@@ -3,26 +3,33 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import os
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError as PydanticValidationError
+
 from deploy import stack
+from deploy.bench import detector as bench_detector
 from deploy.bench import ingest
+from deploy.bench import pipeline as bench_pipeline
 from deploy.stack import endpoints_or_temporary_stack
 from detectors.agent import AgentSettings, DetectorAgent
 from detectors.backends.selection import BACKEND_CHOICES
 from detectors.detector import Detector, read_model
 from detectors.evaluation import evaluate_sequence
+from detectors.tiling import tiled
 from streams.bus import RecordSubscriber, read_dead_letters
 from streams.cameras.agent import CameraFleet
-from streams.cameras.config import CameraConfig, load_cameras, parse_cameras
+from streams.cameras.config import CameraConfig, Tiling, load_cameras, parse_cameras
 from streams.endpoints import resolve
 from streams.errors import PedstreamError
 from streams.monitor import FlowMonitor, render_table
@@ -31,6 +38,7 @@ from streams.records import Alert
 from streams.topics import Topics
 
 DATA_ENV = "PEDSTREAM_DATA"
+MODELS_ENV = "PEDSTREAM_MODELS"
 DEMO_CONFIG = Path(__file__).parent / "demo" / "cameras.yaml"
 
 log = logging.getLogger("pedstream")
@@ -52,6 +60,22 @@ def _data_dir(value: str | None) -> Path:
     path = Path(raw).expanduser().resolve()
     if not path.is_dir():
         raise PedstreamError(f"data folder {path} does not exist")
+    return path
+
+
+def _models_dir(data: str | None) -> Path:
+    raw = os.environ.get(MODELS_ENV)
+    path = Path(raw).expanduser().resolve() if raw else _data_dir(data).parent / "models"
+    if not path.is_dir():
+        raise PedstreamError(f"models folder {path} does not exist: set {MODELS_ENV}")
+    return path
+
+
+def _bench_model(args: argparse.Namespace) -> Path:
+    """The model a benchmark uses: --model, else the fast pedestrian SSDLite from the models folder."""
+    path = Path(args.model) if args.model else _models_dir(args.data) / "ssdlite_pedestrian.onnx"
+    if not path.is_file():
+        raise PedstreamError(f"model {path} not found")
     return path
 
 
@@ -262,8 +286,19 @@ def _frame_range(text: str | None) -> tuple[int, int | None]:
         raise PedstreamError(f"--frames {text!r}: use A:B (1-based, inclusive), A: or :B") from None
 
 
+def _tiling(text: str | None, overlap: int, full_frame: bool) -> Tiling | None:
+    if not text:
+        return None
+    try:
+        rows, cols = (int(v) for v in text.lower().split("x"))
+        return Tiling(rows=rows, cols=cols, overlap=overlap, include_full_frame=full_frame)
+    except (ValueError, PydanticValidationError) as exc:
+        raise PedstreamError(f"--tiles {text!r}: use ROWSxCOLS, e.g. 2x2 ({exc})") from None
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     detector = _load_detector(args)
+    tiling = _tiling(args.tiles, args.overlap, args.full_frame)
     sequence = MotSequence.load(args.sequence)
     start, stop = _frame_range(args.frames)
     total = len(range(start, (stop or sequence.length) + 1, args.every))
@@ -272,8 +307,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if done % 25 == 0 or done == total:
             print(f"[eval] {done}/{total} frames", file=sys.stderr, flush=True)
 
-    result = evaluate_sequence(detector.detect, sequence, start, stop, args.every, progress)
-    out = {**result.as_dict(), "model": detector.version, "format": detector.info.format,
+    detect = tiled(detector.detect, tiling) if tiling else detector.detect
+    result = evaluate_sequence(detect, sequence, start, stop, args.every, progress)
+    out = {**result.as_dict(), "model": detector.version, "tiling": tiling.model_dump() if tiling else None, "format": detector.info.format,
            "backend": detector.backend.name, "backend_reason": detector.backend_reason,
            "sequence": sequence.name, "frame_range": [start, stop or sequence.length], "every": args.every}
     if args.json:
@@ -304,6 +340,52 @@ def cmd_bench_ingest(args: argparse.Namespace) -> int:
         print(f"offered {result['offered_fps']} fps, achieved {result['achieved_fps']} fps, "
               f"{result['bytes_per_s'] / 1e6:.2f} MB/s, publish latency p50 {result['publish_latency_ms']['p50']} ms "
               f"p99 {result['publish_latency_ms']['p99']} ms")
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    model = Path(args.model)
+    work_dir = Path(args.work_dir) if args.work_dir else Path.home() / ".cache" / "pedstream" / "tuning" / model.stem
+    print(f"[tune] MetaSchedule, {args.trials} trials, database in {work_dir} (this takes minutes)", file=sys.stderr, flush=True)
+    result = tvm_tuning().tune(read_model(model), work_dir, args.trials, args.trials_per_task)
+    backend = tvm_backend().TvmBackend(read_model(model), tuning_dir=work_dir)
+    result["compiled"] = backend.describe()
+    _print_json(result)
+    return 0
+
+
+def tvm_tuning():  # type: ignore[no-untyped-def]
+    """The tuning module: imported on demand, as TVM takes seconds to import and only `tune` needs it."""
+    return importlib.import_module("detectors.backends.tvm_tuning")
+
+
+def tvm_backend():  # type: ignore[no-untyped-def]
+    return importlib.import_module("detectors.backends.tvm")
+
+
+def cmd_bench_detector(args: argparse.Namespace) -> int:
+    model = _bench_model(args)
+    result = bench_detector.run(
+        model.read_bytes(), model.stem, _data_dir(args.data) / "PETS09-S2L1", args.backends.split(","),
+        [int(b) for b in args.batch.split(",")], seconds=args.seconds, threads=args.threads,
+        progress=lambda m: print(f"[bench detector] {m}", file=sys.stderr, flush=True),
+    )
+    _print_json(result) if args.json else print(json.dumps(result))
+    return 0
+
+
+def cmd_bench_pipeline(args: argparse.Namespace) -> int:
+    model = _bench_model(args)
+    data = _data_dir(args.data)
+    topics = Topics.from_env(args.topic_prefix or f"bench{os.getpid()}")
+    with endpoints_or_temporary_stack(args.bootstrap, args.redis, topics, announce=lambda m: print(m, file=sys.stderr)) as ep:
+        with tempfile.TemporaryDirectory(prefix="pedstream-bench-") as home:
+            result = bench_pipeline.run(
+                ep.bootstrap, topics, model, str(data / "PETS09-S2L1" / "vtest.avi"), data / "PETS09-S2L1",
+                args.cameras, args.fps, args.seconds, args.threads, args.batch, Path(home),
+                progress=lambda m: print(f"[bench pipeline] {m}", file=sys.stderr, flush=True),
+            )
+    _print_json(result) if args.json else print(json.dumps(result))
     return 0
 
 
@@ -412,10 +494,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", parents=[model], help="AP50 of a model on a MOT-style sequence")
     p.add_argument("--sequence", required=True, help="MOT-style sequence folder")
+    p.add_argument("--tiles", help="run the model on ROWSxCOLS overlapping tiles, e.g. 2x2")
+    p.add_argument("--overlap", type=int, default=96, help="tile overlap in pixels (at least the tallest person)")
+    p.add_argument("--full-frame", action="store_true", help="with --tiles: also run the whole frame")
     p.add_argument("--frames", help="A:B, 1-based inclusive (default: all)")
     p.add_argument("--every", type=int, default=1)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("tune", help="tune a model with TVM MetaSchedule for this device type (a job)")
+    p.add_argument("--model", required=True)
+    p.add_argument("--trials", type=int, default=256, help="measurements in all (more: faster code, longer job)")
+    p.add_argument("--trials-per-task", type=int)
+    p.add_argument("--work-dir", help="tuning database folder (default ~/.cache/pedstream/tuning/<model>)")
+    p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("bench", help="benchmarks that print JSON")
     bench_sub = p.add_subparsers(dest="bench_command", required=True)
@@ -427,6 +519,27 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--data", help=f"data folder (default: ${DATA_ENV})")
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bench_ingest)
+
+    b = bench_sub.add_parser("detector", help="fps and latency per backend and batch size")
+    b.add_argument("--model", help="ONNX model (default: $PEDSTREAM_MODELS/ssdlite_pedestrian.onnx)")
+    b.add_argument("--backends", default="ort,tvm")
+    b.add_argument("--batch", default="1,4")
+    b.add_argument("--seconds", type=float, default=6.0, help="measuring time per (backend, batch)")
+    b.add_argument("--threads", type=int, default=0)
+    b.add_argument("--data", help=f"data folder (default: ${DATA_ENV})")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=cmd_bench_detector)
+
+    b = bench_sub.add_parser("pipeline", parents=[conn], help="cameras -> Kafka -> detector agent, end to end")
+    b.add_argument("--model", help="ONNX model (default: $PEDSTREAM_MODELS/ssdlite_pedestrian.onnx)")
+    b.add_argument("--cameras", type=int, default=8)
+    b.add_argument("--fps", type=float, default=5.0)
+    b.add_argument("--seconds", type=float, default=30.0)
+    b.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads of the agent")
+    b.add_argument("--batch", type=int, default=4)
+    b.add_argument("--data", help=f"data folder (default: ${DATA_ENV})")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=cmd_bench_pipeline)
 
     p = sub.add_parser("demo", parents=[conn], help="the stack, virtual cameras and a live consumer on embedded defaults")
     p.add_argument("--seconds", type=float, default=30.0)

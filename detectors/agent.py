@@ -22,6 +22,7 @@ import faust
 
 from detectors.alerts import AlertEvaluator
 from detectors.detector import Detector
+from detectors.faust_transport import broker_url
 from detectors.mining import HardExampleMiner, MiningPolicy
 from detectors.pipeline import DetectionPipeline, WorkItem
 from detectors.results import BoxArray
@@ -86,7 +87,7 @@ class DetectorAgent:
         data_dir.mkdir(parents=True, exist_ok=True)
         self.app = faust.App(
             settings.group,
-            broker=f"kafka://{settings.bootstrap}",
+            broker=broker_url(settings.bootstrap),
             key_serializer="raw",
             value_serializer="raw",
             store="memory://",

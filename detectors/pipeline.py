@@ -58,7 +58,7 @@ class DetectionPipeline:
 
     def __init__(
         self, detector: Detector, on_result: Callable[[WorkItem], None], max_batch: int = 4,
-        max_wait_ms: float = 10.0, queue_size: int = 8,
+        max_wait_ms: float = 10.0, queue_size: int = 2,
     ) -> None:
         self.detector = detector
         self.on_result = on_result

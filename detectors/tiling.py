@@ -6,6 +6,7 @@ duplicates from neighbouring tiles are merged with NMS in frame coordinates.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,3 +56,15 @@ def merge(parts: list[BoxArray], tiles: list[Tile], iou_threshold: float = MERGE
     if not len(moved):
         return moved
     return moved[nms(moved.xyxy, moved.scores, iou_threshold)]
+
+
+def tiled(detect: Callable[[list[np.ndarray]], list[BoxArray]], tiling: Tiling) -> Callable[[list[np.ndarray]], list[BoxArray]]:
+    """A detect function that runs ``detect`` on each frame's tiles as one batch and merges them."""
+    def run(images: list[np.ndarray]) -> list[BoxArray]:
+        out = []
+        for image in images:
+            tiles = plan_tiles(image.shape[1], image.shape[0], tiling)
+            out.append(merge(detect(split(image, tiles)), tiles))
+        return out
+
+    return run

@@ -14,6 +14,11 @@ MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 CLIENT_ID = "pedstream"
 
+FETCH_MAX_WAIT_MS = 50
+"""How long the broker may hold a fetch for more data. The embedded broker holds every fetch this
+long even when data arrives (measured: 110 ms p50 delivery at 500 ms, 4.7 ms at 10 ms), so it
+bounds end-to-end latency; on Apache Kafka a short wait only means more idle fetch requests."""
+
 
 def producer_settings(bootstrap: str, **overrides: Any) -> dict[str, Any]:
     """Settings for a KafkaProducer: acks from all replicas, small linger, large requests allowed."""
@@ -44,6 +49,7 @@ def consumer_settings(bootstrap: str, group_id: str | None, **overrides: Any) ->
         "max_partition_fetch_bytes": MAX_MESSAGE_BYTES,
         "fetch_max_bytes": 4 * MAX_MESSAGE_BYTES,
         "max_poll_records": 200,
+        "fetch_max_wait_ms": FETCH_MAX_WAIT_MS,
         "request_timeout_ms": 30_000,
     }
     settings.update(overrides)

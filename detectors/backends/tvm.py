@@ -138,6 +138,7 @@ class TvmBackend(Backend):
             executable = compile_module(mod, self.target, self.tuning_dir)
         except Exception as exc:
             raise BackendError(f"TVM cannot compile the model: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from exc
+        outputs = self._concrete_outputs(executable, inputs, weights, outputs)
         tmp = self.artifact_dir.with_name(self.artifact_dir.name + f".tmp{os.getpid()}")
         tmp.mkdir(parents=True, exist_ok=True)
         executable.export_library(str(tmp / "model.so"))
@@ -153,6 +154,17 @@ class TvmBackend(Backend):
             pass
         self.compile_s = time.perf_counter() - started
         log.info("TVM compiled %s in %.1fs into %s", self.key, self.compile_s, self.artifact_dir)
+
+    @staticmethod
+    def _concrete_outputs(
+        executable: relax.Executable, inputs: list[TensorSpec], weights: list[np.ndarray], outputs: list[TensorSpec]
+    ) -> list[TensorSpec]:
+        """Output shapes by running the compiled model once on zeros (ONNX files often leave them unknown)."""
+        vm = relax.VirtualMachine(executable, tvm.cpu())
+        args = [tvm.runtime.tensor(np.zeros(s.shape, s.dtype)) for s in inputs] + [tvm.runtime.tensor(w) for w in weights]
+        result = vm["main"](*args)
+        values = [result] if isinstance(result, tvm.runtime.Tensor) else list(result)
+        return [TensorSpec(spec.name, tuple(int(d) for d in value.shape), spec.dtype) for spec, value in zip(outputs, values)]
 
     def _load(self) -> None:
         sig = json.loads((self.artifact_dir / "signature.json").read_text())
