@@ -24,20 +24,15 @@ class TensorSpec:
 
 
 class Backend(ABC):
-    """Runs one ONNX model. Created by ``load``; ``run`` takes and returns numpy arrays."""
+    """Runs one ONNX model; ``run`` takes and returns numpy arrays. Subclasses fill ``inputs`` and
+    ``outputs`` (the model's tensors as this backend sees them) while loading."""
 
     name: str = "backend"
 
     def __init__(self, model_bytes: bytes) -> None:
         self.model_bytes = model_bytes
-
-    @property
-    @abstractmethod
-    def inputs(self) -> list[TensorSpec]: ...
-
-    @property
-    @abstractmethod
-    def outputs(self) -> list[TensorSpec]: ...
+        self.inputs: list[TensorSpec] = []
+        self.outputs: list[TensorSpec] = []
 
     @abstractmethod
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:

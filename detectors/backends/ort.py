@@ -30,17 +30,9 @@ class OrtBackend(Backend):
             self.session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own untyped errors
             raise BackendError(f"ONNX Runtime cannot load the model: {exc}") from exc
-        self._inputs = [_spec(i) for i in self.session.get_inputs()]
-        self._outputs = [_spec(o) for o in self.session.get_outputs()]
-        self._output_names = [o.name for o in self._outputs]
-
-    @property
-    def inputs(self) -> list[TensorSpec]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> list[TensorSpec]:
-        return self._outputs
+        self.inputs = [_spec(i) for i in self.session.get_inputs()]
+        self.outputs = [_spec(o) for o in self.session.get_outputs()]
+        self._output_names = [o.name for o in self.outputs]
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         return list(self.session.run(self._output_names, feeds))

@@ -168,24 +168,16 @@ class TvmBackend(Backend):
 
     def _load(self) -> None:
         sig = json.loads((self.artifact_dir / "signature.json").read_text())
-        self._inputs = [TensorSpec(n, tuple(s), d) for n, s, d in sig["inputs"]]
-        self._outputs = [TensorSpec(n, tuple(s), d) for n, s, d in sig["outputs"]]
+        self.inputs = [TensorSpec(n, tuple(s), d) for n, s, d in sig["inputs"]]
+        self.outputs = [TensorSpec(n, tuple(s), d) for n, s, d in sig["outputs"]]
         params = tvm.runtime.load_param_dict_from_file(str(self.artifact_dir / "params.bin"))
         self._weights = [params[f"p{i}"] for i in range(sig["weights"])]
         self.device = tvm.cpu()
         self.vm = relax.VirtualMachine(tvm.runtime.load_module(str(self.artifact_dir / "model.so")), self.device)
         self._main = self.vm["main"]
 
-    @property
-    def inputs(self) -> list[TensorSpec]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> list[TensorSpec]:
-        return self._outputs
-
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        args = [tvm.runtime.tensor(np.ascontiguousarray(feeds[s.name]), self.device) for s in self._inputs]
+        args = [tvm.runtime.tensor(np.ascontiguousarray(feeds[s.name]), self.device) for s in self.inputs]
         result = self._main(*args, *self._weights)
         if isinstance(result, tvm.runtime.Tensor):
             return [result.numpy()]
