@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import faust
+import numpy as np
 
 from detectors.alerts import AlertEvaluator
 from detectors.detector import Detector
@@ -31,7 +32,8 @@ from streams.bus import DLQ_OFFSET, DLQ_PARTITION, DLQ_REASON, DLQ_TOPIC, DLQ_TS
 from streams.cameras.config import CameraConfig, DetectSettings
 from streams.errors import RecordError
 from streams.kafka_settings import MAX_MESSAGE_BYTES
-from streams.records import Detections, Frame, HardExample, Record
+from detectors.tiling import merge_in_frame
+from streams.records import Detections, Frame, HardExample, Record, TileDetections, TileTask
 from streams.topics import Topics
 from streams.wire import decode, encode
 
@@ -66,11 +68,32 @@ class CameraState:
 
 @dataclass
 class Pending:
-    """What the publisher needs to finish one frame: the event to acknowledge and the frame."""
+    """What the publisher needs to finish one item: the event to acknowledge and its record.
+
+    ``kind``: ``frame`` (detect here), ``fan_out`` (a frame whose tiles go to other agents) or
+    ``tile`` (a tile fanned out by some agent).
+    """
 
     event: Any
-    frame: Frame | None
+    record: Frame | TileTask | None
     received_ts: float
+    kind: str = "frame"
+
+
+@dataclass(frozen=True)
+class FrameRef:
+    """The frame fields a Detections record repeats, from a Frame or from merged tiles."""
+
+    camera_id: str
+    seq: int
+    capture_ts: float
+    width: int
+    height: int
+    source_frame_index: int
+    jpeg: bytes | None  # None for merged tiles: no hard examples from them
+
+
+MERGE_TIMEOUT_S = 10.0
 
 
 class DetectorAgent:
@@ -106,10 +129,14 @@ class DetectorAgent:
         t = settings.topics
         raw = {"key_serializer": "raw", "value_serializer": "raw"}
         self.frames_topic = self.app.topic(t.frames.name, **raw)
-        self.out = {spec.name: self.app.topic(spec.name, **raw) for spec in (t.detections, t.alerts, t.hard_examples, t.dead_letter)}
+        outputs = (t.detections, t.alerts, t.hard_examples, t.dead_letter, t.tiles, t.tile_detections)
+        self.out = {spec.name: self.app.topic(spec.name, **raw) for spec in outputs}
+        self.merging: dict[tuple[str, int, float], list[TileDetections]] = {}
         self.results: asyncio.Queue[WorkItem] | None = None
         self.pipeline: DetectionPipeline | None = None
         self.app.agent(self.frames_topic, name="detect")(self._consume)
+        self.app.agent(self.app.topic(t.tiles.name, **raw), name="detect-tiles")(self._consume_tiles)
+        self.app.agent(self.app.topic(t.tile_detections.name, **raw), name="merge-tiles")(self._merge_tiles)
         self.app.task(self._publish_results)
         self.app.timer(30.0)(self._report)
 
@@ -140,16 +167,64 @@ class DetectorAgent:
             frame = decode(Frame, event.value, headers)
         except RecordError as exc:
             return WorkItem(token=Pending(event, None, time.time()), camera_id="?", jpeg=b"", error=f"invalid frame record: {exc}")
+        state = self._camera(frame.camera_id)
+        fan_out = state.tiling is not None and state.tiling.fan_out
         key = (frame.camera_id, frame.seq, frame.capture_ts)
-        pending = Pending(event, frame, time.time())
+        pending = Pending(event, frame, time.time(), "fan_out" if fan_out else "frame")
         if key in self.seen:
             self.counters["duplicates"] += 1
             return WorkItem(token=pending, camera_id=frame.camera_id, jpeg=b"", error="duplicate")
         self.seen[key] = None
         if len(self.seen) > self.settings.dedupe_window:
             self.seen.popitem(last=False)
-        state = self._camera(frame.camera_id)
         return WorkItem(token=pending, camera_id=frame.camera_id, jpeg=frame.jpeg, tiling=state.tiling)
+
+    async def _consume_tiles(self, stream: faust.StreamT) -> None:
+        """Tiles fanned out by any agent of the group: detect like frames, answer with TileDetections."""
+        pipeline = self._ensure_pipeline()
+        loop = asyncio.get_running_loop()
+        async for event in stream.noack().events():
+            try:
+                task = decode(TileTask, event.value, list(event.message.headers or []))
+            except RecordError as exc:
+                item = WorkItem(token=Pending(event, None, time.time(), "tile"), camera_id="?", jpeg=b"", error=f"invalid tile record: {exc}")
+            else:
+                item = WorkItem(token=Pending(event, task, time.time(), "tile"), camera_id=task.camera_id, jpeg=task.jpeg)
+            await loop.run_in_executor(None, pipeline.submit, item)
+
+    async def _merge_tiles(self, stream: faust.StreamT) -> None:
+        """Tile results of this agent's cameras (keyed by camera): merged across seams once all arrived.
+
+        Tile results are acknowledged on arrival; a frame whose tiles were in flight when this agent
+        died is not merged by the next owner (at-most-once for fanned-out frames).
+        """
+        async for event in stream.events():
+            try:
+                part = decode(TileDetections, event.value, list(event.message.headers or []))
+            except RecordError as exc:
+                await self._dead_letter(event, f"invalid tile detections: {exc}")
+                continue
+            key = (part.camera_id, part.seq, part.capture_ts)
+            parts = self.merging.setdefault(key, [])
+            if any(p.tile_index == part.tile_index for p in parts):
+                continue  # a re-delivered tile
+            parts.append(part)
+            now = time.time()
+            for stale in [k for k, v in self.merging.items() if now - v[0].produced_ts > MERGE_TIMEOUT_S]:
+                log.warning("tiles of %s frame %d incomplete after %.0fs: merging %d/%d", stale[0], stale[1],
+                            MERGE_TIMEOUT_S, len(self.merging[stale]), self.merging[stale][0].tile_count)
+                await self._publish_merged(self.merging.pop(stale))
+            if len(parts) == part.tile_count:
+                await self._publish_merged(self.merging.pop(key))
+
+    async def _publish_merged(self, parts: list[TileDetections]) -> None:
+        first = parts[0]
+        boxes = merge_in_frame([BoxArray.from_boxes(p.boxes) for p in parts])
+        ref = FrameRef(first.camera_id, first.seq, first.capture_ts, first.frame_width, first.frame_height,
+                       first.source_frame_index, None)
+        timings = {"tiles": float(len(parts)), "infer": max(p.latency_ms.get("infer", 0.0) for p in parts),
+                   "total": max(p.latency_ms.get("total", 0.0) for p in parts)}
+        await self._publish_detections(ref, boxes, first.model_version, timings)
 
     def _camera(self, camera_id: str) -> CameraState:
         if camera_id not in self.cameras:
@@ -170,8 +245,16 @@ class DetectorAgent:
                     pass
                 elif item.error is not None:
                     await self._dead_letter(pending.event, item.error)
+                elif pending.kind == "fan_out":
+                    await self._fan_out(item, pending)
+                elif pending.kind == "tile":
+                    await self._publish_tile(item, pending)
                 else:
-                    await self._publish_frame(item, pending)
+                    frame = pending.record
+                    assert isinstance(frame, Frame) and item.boxes is not None
+                    ref = FrameRef(frame.camera_id, frame.seq, frame.capture_ts, frame.width, frame.height,
+                                   frame.source_frame_index, frame.jpeg)
+                    await self._publish_detections(ref, item.boxes, item.model_version, item.timings_ms)
             except Exception:
                 log.exception("publishing results failed for camera %s", item.camera_id)
             finally:
@@ -192,11 +275,38 @@ class DetectorAgent:
         self.counters["dead_letters"] += 1
         log.warning("dead-lettered %s[%d]@%d: %s", message.topic, message.partition, message.offset, reason)
 
-    async def _publish_frame(self, item: WorkItem, pending: Pending) -> None:
-        frame = pending.frame
-        assert frame is not None and item.boxes is not None
+    async def _fan_out(self, item: WorkItem, pending: Pending) -> None:
+        frame = pending.record
+        assert isinstance(frame, Frame) and item.tiles is not None
+        for index, (tile, jpeg) in enumerate(zip(item.tiles, item.tile_jpegs)):
+            task = TileTask(
+                camera_id=frame.camera_id, seq=frame.seq, capture_ts=frame.capture_ts, width=tile.x1 - tile.x0,
+                height=tile.y1 - tile.y0, jpeg=jpeg, source_frame_index=frame.source_frame_index,
+                frame_width=frame.width, frame_height=frame.height, tile_index=index, tile_count=len(item.tiles),
+                x0=tile.x0, y0=tile.y0, requested_by=self.settings.agent_id,
+            )
+            await self._send(self.settings.topics.tiles.name, task)
+        self.counters["tiles_sent"] = self.counters.get("tiles_sent", 0) + len(item.tiles)
+
+    async def _publish_tile(self, item: WorkItem, pending: Pending) -> None:
+        task = pending.record
+        assert isinstance(task, TileTask) and item.boxes is not None
+        found = item.boxes.above(self.settings.publish_threshold)
+        shifted = BoxArray(found.xyxy + np.array([task.x0, task.y0, task.x0, task.y0], np.float32), found.scores, found.class_ids)
+        result = TileDetections(
+            camera_id=task.camera_id, seq=task.seq, capture_ts=task.capture_ts, frame_width=task.frame_width,
+            frame_height=task.frame_height, source_frame_index=task.source_frame_index, tile_index=task.tile_index,
+            tile_count=task.tile_count, model_version=item.model_version, boxes=shifted.to_boxes(),
+            latency_ms={k: round(v, 2) for k, v in item.timings_ms.items()}, agent_id=self.settings.agent_id,
+            produced_ts=time.time(),
+        )
+        await self._send(self.settings.topics.tile_detections.name, result)
+        self.counters["tiles_done"] = self.counters.get("tiles_done", 0) + 1
+
+    async def _publish_detections(self, frame: FrameRef, found: BoxArray, model_version: str, timings: dict[str, float]) -> None:
+        """Track, publish Detections, evaluate alert rules and mine hard examples for one frame."""
         state = self._camera(frame.camera_id)
-        published = item.boxes.above(self.settings.publish_threshold)
+        published = found.above(self.settings.publish_threshold)
         confident_mask = published.scores >= self.settings.track_threshold
         track_ids = state.tracker.update(published[confident_mask], frame.capture_ts)
         boxes = published.to_boxes()
@@ -204,26 +314,25 @@ class DetectorAgent:
         for row, track_id in zip(confident_rows, track_ids):
             boxes[row] = boxes[row].model_copy(update={"track_id": track_id})
         now = time.time()
-        latency = {k: round(v, 2) for k, v in item.timings_ms.items()}
+        latency = {k: round(v, 2) for k, v in timings.items()}
         latency["frame_to_detection"] = round(max(0.0, now - frame.capture_ts) * 1000.0, 2)
         detections = Detections(
             camera_id=frame.camera_id, seq=frame.seq, capture_ts=frame.capture_ts, width=frame.width, height=frame.height,
-            source_frame_index=frame.source_frame_index, model_version=item.model_version, boxes=boxes,
+            source_frame_index=frame.source_frame_index, model_version=model_version, boxes=boxes,
             latency_ms=latency, agent_id=self.settings.agent_id, produced_ts=now,
         )
         await self._send(self.settings.topics.detections.name, detections)
         self.counters["frames"] += 1
         self.counters["detections"] += len(boxes)
-        for alert in state.alerts.evaluate(state.tracker.tracks, frame.seq, frame.capture_ts, item.model_version):
+        for alert in state.alerts.evaluate(state.tracker.tracks, frame.seq, frame.capture_ts, model_version):
             await self._send(self.settings.topics.alerts.name, alert)
             self.counters["alerts"] += 1
-        reasons = state.miner.decide(item.boxes, state.tracker.just_lost(), frame.capture_ts)
-        if reasons:
+        reasons = state.miner.decide(found, state.tracker.just_lost(), frame.capture_ts)
+        if reasons and frame.jpeg is not None:
             example = HardExample(
                 camera_id=frame.camera_id, seq=frame.seq, capture_ts=frame.capture_ts, width=frame.width,
                 height=frame.height, jpeg=frame.jpeg, source_frame_index=frame.source_frame_index,
-                model_version=item.model_version, detections=item.boxes.above(0.05).to_boxes(),
-                reasons=reasons, mined_ts=now,
+                model_version=model_version, detections=found.above(0.05).to_boxes(), reasons=reasons, mined_ts=now,
             )
             await self._send(self.settings.topics.hard_examples.name, example)
             self.counters["hard_examples"] += 1

@@ -40,6 +40,7 @@ class WorkItem:
     tiling: Tiling | None = None
     image: np.ndarray | None = None
     tiles: list[Tile] | None = None
+    tile_jpegs: list[bytes] = field(default_factory=list, repr=False)  # tiles to fan out (tiling.fan_out)
     tensors: list[np.ndarray] = field(default_factory=list, repr=False)
     metas: list[ImageMeta] = field(default_factory=list, repr=False)
     outputs: list[np.ndarray] = field(default_factory=list, repr=False)
@@ -134,6 +135,9 @@ class DetectionPipeline:
             h, w = item.image.shape[:2]
             item.tiles = plan_tiles(w, h, item.tiling)
             crops = split(item.image, item.tiles)
+            if item.tiling.fan_out:  # other agents run the tiles: just cut and encode them
+                item.tile_jpegs = [cv2.imencode(".jpg", c, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes() for c in crops]
+                return
         else:
             crops = [item.image]
         for crop in crops:
@@ -201,6 +205,8 @@ class DetectionPipeline:
                 item.timings_ms.get(k, 0.0) for k in ("decode", "preprocess"))
 
     def _postprocess(self, item: WorkItem) -> None:
+        if item.tile_jpegs:
+            return
         adapter = item.adapter or self.detector.adapter
         parts = [adapter.decode(item.outputs, i, meta) for i, meta in enumerate(item.metas)]
         item.boxes = merge(parts, item.tiles) if item.tiles is not None else parts[0]

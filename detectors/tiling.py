@@ -50,12 +50,17 @@ def merge(parts: list[BoxArray], tiles: list[Tile], iou_threshold: float = MERGE
     """Boxes of every tile moved to frame coordinates, duplicates across seams removed by NMS."""
     if len(parts) != len(tiles):
         raise ValueError(f"{len(parts)} results for {len(tiles)} tiles")
-    moved = BoxArray.concat([
+    return merge_in_frame([
         BoxArray(scale_boxes(p.xyxy, 1.0, 1.0, t.x0, t.y0), p.scores, p.class_ids) for p, t in zip(parts, tiles)
-    ])
-    if not len(moved):
-        return moved
-    return moved[nms(moved.xyxy, moved.scores, iou_threshold)]
+    ], iou_threshold)
+
+
+def merge_in_frame(parts: list[BoxArray], iou_threshold: float = MERGE_IOU) -> BoxArray:
+    """Tile results already in frame coordinates, duplicates across seams removed by NMS."""
+    merged = BoxArray.concat(parts)
+    if not len(merged):
+        return merged
+    return merged[nms(merged.xyxy, merged.scores, iou_threshold)]
 
 
 def tiled(detect: Callable[[list[np.ndarray]], list[BoxArray]], tiling: Tiling) -> Callable[[list[np.ndarray]], list[BoxArray]]:

@@ -41,6 +41,10 @@ class CameraRecord(Record):
 
     camera_id: CameraId
 
+    def partition_key(self) -> bytes:
+        """The Kafka key: the camera id, so one camera's records stay in order in one partition."""
+        return self.camera_id.encode()
+
 
 class Box(_StrictModel):
     """One detected or labelled box, in frame pixels (x1, y1) top-left to (x2, y2) bottom-right."""
@@ -130,6 +134,45 @@ class HardExample(_ImageFields):
     mined_ts: Timestamp
 
 
+class TileTask(_ImageFields):
+    """One tile of a frame, fanned out to whichever detector agent owns its partition.
+
+    The value is the tile's JPEG; ``width``/``height`` are the tile's, ``x0``/``y0`` its place in
+    the frame. Keyed by camera id and tile index, so a frame's tiles spread over the agents.
+    """
+
+    record_name: ClassVar[str] = "TileTask"
+    source_frame_index: NonNegativeInt
+    frame_width: PositiveInt
+    frame_height: PositiveInt
+    tile_index: NonNegativeInt
+    tile_count: PositiveInt
+    x0: NonNegativeInt
+    y0: NonNegativeInt
+    requested_by: str = Field(min_length=1)
+
+    def partition_key(self) -> bytes:
+        return f"{self.camera_id}#{self.tile_index}".encode()
+
+
+class TileDetections(CameraRecord):
+    """What an agent found in one tile, already in frame coordinates; merged per (camera, seq)."""
+
+    record_name: ClassVar[str] = "TileDetections"
+    seq: NonNegativeInt
+    capture_ts: Timestamp
+    frame_width: PositiveInt
+    frame_height: PositiveInt
+    source_frame_index: NonNegativeInt
+    tile_index: NonNegativeInt
+    tile_count: PositiveInt
+    model_version: str = Field(min_length=1)
+    boxes: list[Box]
+    latency_ms: dict[str, Annotated[float, Field(ge=0)]] = Field(default_factory=dict)
+    agent_id: str = Field(min_length=1)
+    produced_ts: Timestamp
+
+
 class ModelAnnouncement(Record):
     """A new model version was published to the registry; edge agents fetch, verify and swap."""
 
@@ -158,6 +201,6 @@ class CameraStatus(CameraRecord):
     ts: Timestamp
 
 
-JSON_RECORDS: tuple[type[Record], ...] = (Detections, Alert, ModelAnnouncement, CameraStatus)
-IMAGE_RECORDS: tuple[type[_ImageFields], ...] = (Frame, HardExample)
+JSON_RECORDS: tuple[type[Record], ...] = (Detections, Alert, ModelAnnouncement, CameraStatus, TileDetections)
+IMAGE_RECORDS: tuple[type[_ImageFields], ...] = (Frame, HardExample, TileTask)
 ALL_RECORDS: dict[str, type[Record]] = {cls.record_name: cls for cls in (*JSON_RECORDS, *IMAGE_RECORDS)}

@@ -7,7 +7,9 @@ import re
 from dataclasses import dataclass
 
 from streams.errors import ConfigError
-from streams.records import Alert, CameraStatus, Detections, Frame, HardExample, ModelAnnouncement, Record
+from streams.records import (
+    Alert, CameraStatus, Detections, Frame, HardExample, ModelAnnouncement, Record, TileDetections, TileTask,
+)
 
 DEFAULT_PREFIX = "pedstream"
 PREFIX_ENV = "PEDSTREAM_TOPIC_PREFIX"
@@ -69,6 +71,14 @@ class Topics:
         return self._spec("camera-status", 1, CameraStatus)
 
     @property
+    def tiles(self) -> TopicSpec:
+        return self._spec("tiles", 8, TileTask)
+
+    @property
+    def tile_detections(self) -> TopicSpec:
+        return self._spec("tile-detections", 8, TileDetections)
+
+    @property
     def dead_letter(self) -> TopicSpec:
         return self._spec("dead-letter", 1, None)
 
@@ -80,6 +90,8 @@ class Topics:
             self.hard_examples,
             self.models,
             self.camera_status,
+            self.tiles,
+            self.tile_detections,
             self.dead_letter,
         ]
 

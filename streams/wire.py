@@ -37,7 +37,7 @@ class WireMessage:
 
 def encode(record: Record) -> WireMessage:
     """Turn a record into the Kafka message that carries it."""
-    key = record.camera_id.encode() if isinstance(record, CameraRecord) else None
+    key = record.partition_key() if isinstance(record, CameraRecord) else None
     headers: Headers = [(RECORD_HEADER, record.record_name.encode())]
     if isinstance(record, IMAGE_RECORDS):
         meta = record.model_dump(mode="json", exclude={"jpeg"})

@@ -95,6 +95,7 @@ class Tiling(_Strict):
     cols: int = Field(2, ge=1, le=8)
     overlap: int = Field(96, ge=0, description="pixels shared by neighbouring tiles: at least the tallest person expected")
     include_full_frame: bool = Field(False, description="also run the whole frame, to keep people larger than a tile")
+    fan_out: bool = Field(False, description="send tiles as tile records to every detector agent of the group instead of running them here")
 
 
 class DetectSettings(_Strict):

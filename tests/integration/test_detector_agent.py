@@ -19,12 +19,14 @@ from kafka.partitioner.default import murmur2
 
 from detectors.detector import Detector, read_model
 from detectors.evaluation import average_precision, evaluate_sequence
+from detectors.boxes import box_iou
 from detectors.results import BoxArray
+from detectors.tiling import tiled
 from streams.bus import RecordSubscriber, ensure_topics, make_producer, read_dead_letters
 from streams.cameras.agent import CameraFleet
-from streams.cameras.config import parse_cameras
+from streams.cameras.config import Tiling, parse_cameras
 from streams.mot import MotSequence
-from streams.records import Alert, Detections, Frame, HardExample
+from streams.records import Alert, Detections, Frame, HardExample, TileDetections
 from streams.topics import Topics
 from streams.wire import encode
 
@@ -208,3 +210,45 @@ def test_two_agents_split_the_cameras_and_take_over_a_killed_one(
     for cid, count in published.items():  # at-least-once: every published frame has detections
         seqs = {d.seq for d in dets if d.camera_id == cid}
         assert seqs == set(range(count)), f"{cid}: frames without detections: {sorted(set(range(count)) - seqs)[:10]}"
+
+
+def _camera_whose_tiles_cover_every_partition(tiles: int, partitions: int) -> str:
+    for i in range(10_000):
+        cid = f"fan-{i}"
+        if len({(murmur2(f"{cid}#{t}".encode()) & 0x7FFFFFFF) % partitions for t in range(tiles)}) == partitions:
+            return cid
+    raise AssertionError("no such camera id")
+
+
+def test_tiles_fan_out_to_the_group_and_merge_per_frame(broker: str, shared_models: Path, vtest: str, tmp_path: Path) -> None:
+    topics = Topics(f"t{os.getpid()}fan")
+    ensure_topics(broker, topics.all())
+    tiling = {"rows": 2, "cols": 4, "overlap": 96, "fan_out": True}
+    cid = _camera_whose_tiles_cover_every_partition(8, topics.tiles.partitions)
+    cameras = tmp_path / "cameras.yaml"
+    cameras.write_text(yaml.safe_dump({"cameras": [{"id": cid, "source": vtest, "detect": {"tiling": tiling}}]}))
+    model = shared_models / "ssdlite_pedestrian.onnx"
+    agents = [start_agent(model, broker, topics, tmp_path, name, cameras) for name in ("agent-a", "agent-b")]
+    try:
+        time.sleep(8)
+        publish_frames(broker, topics, {"id": cid, "source": vtest, "max_frames": 6, "max_width": 768, "jpeg_quality": 90})
+        dets = collect(broker, topics, topics.detections, Detections, lambda got: len(got) >= 6, 90)
+        tiles = collect(broker, topics, topics.tile_detections, TileDetections, lambda got: len(got) >= 48, 30)
+    finally:
+        for agent in agents:
+            stop(agent)
+    assert sorted(d.seq for d in dets) == list(range(6))
+    assert len(tiles) == 48 and {t.agent_id for t in tiles} == {"agent-a", "agent-b"}  # both agents ran tiles
+    detector = Detector.from_bytes(read_model(model), name="ssd", threads=1)
+    local = tiled(detector.detect, Tiling(**tiling))
+    capture = cv2.VideoCapture(vtest)
+    for d in sorted(dets, key=lambda d: d.seq):
+        ok, image = capture.read()
+        assert ok
+        [expected] = local([cv2.imdecode(cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])[1], cv2.IMREAD_COLOR)])
+        expected = expected.above(0.6)
+        got = BoxArray.from_boxes(d.boxes).above(0.6)
+        assert abs(len(got) - len(expected)) <= 1, (d.seq, len(got), len(expected))
+        if len(expected) and len(got):  # the same people, boxes within JPEG re-encoding noise
+            assert (box_iou(expected.xyxy, got.xyxy).max(axis=1) > 0.7).mean() >= 0.8
+    capture.release()
