@@ -470,10 +470,11 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--model", required=True, help="ONNX model file")
     group.add_argument("--format", help="model family if it cannot be told from the ONNX signature")
     group.add_argument("--backend", choices=BACKEND_CHOICES, default="ort",
-                       help="ort, tvm (falls back to ort with the reason), or auto (measure both, serve the faster)")
+                       help="ort, tvm (falls back to ort with the reason), or auto (measure both here, serve the faster); default: auto for detect, ort otherwise")
     group.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: all cores)")
 
     p = sub.add_parser("detect", parents=[conn, model], help="run an edge detector agent (faust)")
+    p.set_defaults(backend="auto")  # an agent measures both backends on its device and serves the faster
     p.add_argument("--cameras", help="cameras.yaml with per-camera alert rules, tiling and mining budget")
     p.add_argument("--group", default="pedstream-detectors", help="agents in one group split the cameras")
     p.add_argument("--agent-id")
