@@ -5,7 +5,7 @@ PEDSTREAM_DATA ?= $(abspath ../shared/data)
 PEDSTREAM_MODELS ?= $(abspath ../shared/models)
 export PEDSTREAM_DATA PEDSTREAM_MODELS
 
-.PHONY: venv demo test test-unit bench-ingest bench-detector bench-pipeline clean
+.PHONY: venv demo test test-unit bench-ingest bench-detector bench-pipeline bench-train student clean
 
 venv: $(VENV)/.installed
 
@@ -31,6 +31,18 @@ bench-detector: venv
 
 bench-pipeline: venv
 	$(VENV)/bin/pedstream bench pipeline --cameras 8 --fps 5 --seconds 30 --json
+
+bench-train: venv
+	$(VENV)/bin/pedstream bench train --workers 1,2 --mode async,sync --json
+
+# Student v0: teacher labels of PETS09-S2L1 frames 1-397, async PS with 2 trainers, scored on
+# frames 398-795 against the ground truth; the result is the bundled `--model student`.
+STUDENT_FLAGS ?= --labels teacher --frames 1:397 --holdout-frames 398:795 --updates 3000 --workers 2 --mode async
+student: venv
+	$(VENV)/bin/pedstream train $(STUDENT_FLAGS) --version student-v0 --out runs/student-v0 --json
+	cp runs/student-v0/student.onnx detectors/models/student.onnx
+	cp runs/student-v0/weights.npz detectors/models/student.weights.npz
+	$(VENV)/bin/pedstream eval --model student --sequence $(PEDSTREAM_DATA)/PETS09-S2L1 --frames 398:795 --json
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -17,14 +17,14 @@ from typing import Any
 
 from pydantic import ValidationError as PydanticValidationError
 
-from deploy import stack
+from deploy import loop_cmds, registry_cmds, stack, training
 from deploy.bench import detector as bench_detector
 from deploy.bench import ingest
 from deploy.bench import pipeline as bench_pipeline
 from deploy.stack import endpoints_or_temporary_stack
 from detectors.agent import AgentSettings, DetectorAgent
 from detectors.backends.selection import BACKEND_CHOICES
-from detectors.detector import Detector, read_model
+from detectors.detector import Detector, model_path, read_model
 from detectors.evaluation import evaluate_sequence
 from detectors.tiling import tiled
 from streams.bus import RecordSubscriber, read_dead_letters
@@ -73,7 +73,7 @@ def _models_dir(data: str | None) -> Path:
 
 def _bench_model(args: argparse.Namespace) -> Path:
     """The model a benchmark uses: --model, else the fast pedestrian SSDLite from the models folder."""
-    path = Path(args.model) if args.model else _models_dir(args.data) / "ssdlite_pedestrian.onnx"
+    path = model_path(args.model) if args.model else _models_dir(args.data) / "ssdlite_pedestrian.onnx"
     if not path.is_file():
         raise PedstreamError(f"model {path} not found")
     return path
@@ -233,7 +233,7 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
 
 
 def _load_detector(args: argparse.Namespace) -> Detector:
-    path = Path(args.model)
+    path = model_path(args.model)
     return Detector.from_bytes(read_model(path), backend=args.backend, fmt=args.format, name=path.stem, threads=args.threads)
 
 
@@ -241,13 +241,19 @@ def cmd_detect(args: argparse.Namespace) -> int:
     cameras = load_cameras(args.cameras) if args.cameras else []
     detector = _load_detector(args)
     endpoints = resolve(args.bootstrap, args.redis)
+    public_key = None if args.no_registry else registry_cmds.default_public_key(args.public_key)
     settings = AgentSettings(
         bootstrap=endpoints.bootstrap, topics=Topics.from_env(args.topic_prefix), group=args.group,
         **({"agent_id": args.agent_id} if args.agent_id else {}), max_batch=args.batch, max_wait_ms=args.batch_wait_ms,
         publish_threshold=args.publish_threshold, track_threshold=args.score_threshold,
+        redis_url=None if args.no_registry else endpoints.redis_url, public_key=public_key, serve_backend=args.backend,
     )
     print(f"detector agent {settings.agent_id}: model {detector.version} ({detector.info.format}) on "
           f"{detector.backend.name}: {detector.backend_reason}", file=sys.stderr, flush=True)
+    if settings.redis_url and public_key:
+        print(f"following the model registry at {endpoints.redis_url} (models signed for {public_key})", file=sys.stderr, flush=True)
+    elif not args.no_registry:
+        print("not following the model registry: no public key (pedstream keys init, or --public-key)", file=sys.stderr, flush=True)
     DetectorAgent(settings, detector, cameras).run()
     return 0
 
@@ -344,7 +350,7 @@ def cmd_bench_ingest(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    model = Path(args.model)
+    model = model_path(args.model)
     work_dir = Path(args.work_dir) if args.work_dir else Path.home() / ".cache" / "pedstream" / "tuning" / model.stem
     print(f"[tune] MetaSchedule, {args.trials} trials, database in {work_dir} (this takes minutes)", file=sys.stderr, flush=True)
     result = tvm_tuning().tune(read_model(model), work_dir, args.trials, args.trials_per_task)
@@ -387,6 +393,18 @@ def cmd_bench_pipeline(args: argparse.Namespace) -> int:
             )
     _print_json(result) if args.json else print(json.dumps(result))
     return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    args.sequence = args.sequence or str(_data_dir(args.data) / "PETS09-S2L1")
+    models = _models_dir(args.data) if args.labels == "teacher" else None
+    return training.cmd_train(args, models)
+
+
+def cmd_bench_train(args: argparse.Namespace) -> int:
+    args.sequence = args.sequence or str(_data_dir(args.data) / "PETS09-S2L1")
+    models = _models_dir(args.data) if args.labels == "teacher" else None
+    return training.cmd_bench_train(args, models)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -467,7 +485,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     model = argparse.ArgumentParser(add_help=False)
     group = model.add_argument_group("model")
-    group.add_argument("--model", required=True, help="ONNX model file")
+    group.add_argument("--model", required=True, help="ONNX model file, or 'student' for the bundled student")
     group.add_argument("--format", help="model family if it cannot be told from the ONNX signature")
     group.add_argument("--backend", choices=BACKEND_CHOICES, default="ort",
                        help="ort, tvm (falls back to ort with the reason), or auto (measure both here, serve the faster); default: auto for detect, ort otherwise")
@@ -482,6 +500,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-wait-ms", type=float, default=10.0, help="...or until this long has passed")
     p.add_argument("--publish-threshold", type=float, default=0.3, help="publish boxes at or above this score")
     p.add_argument("--score-threshold", type=float, default=0.5, help="boxes that count for tracking and alerts")
+    p.add_argument("--public-key", help="follow the model registry, serving only models signed for this Ed25519 public key "
+                                        "(default: $PEDSTREAM_KEYS/model-signing.pub when it exists)")
+    p.add_argument("--no-registry", action="store_true", help="serve --model only; ignore the model registry")
     p.set_defaults(func=cmd_detect)
 
     p = sub.add_parser("alerts", help="subscribe to alerts")
@@ -540,6 +561,19 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads of the agent")
     b.add_argument("--batch", type=int, default=4)
     b.set_defaults(func=cmd_bench_pipeline)
+
+    b = loop_cmds.add_bench_loop_parser(bench_sub, conn, lambda q: q.add_argument("--data", help=f"data folder (default: ${DATA_ENV})"))
+    b.set_defaults(func=lambda a: loop_cmds.cmd_bench_loop(a, _data_dir(a.data), _models_dir(a.data)))
+
+    b = training.add_bench_train_parser(bench_sub, lambda q: q.add_argument("--data", help=f"data folder (default: ${DATA_ENV})"))
+    b.set_defaults(func=cmd_bench_train)
+
+    registry_cmds.add_parsers(sub, conn)
+    trainer_parser, _ = loop_cmds.add_parsers(sub, conn, lambda q: q.add_argument("--data", help=f"data folder (default: ${DATA_ENV})"))
+    trainer_parser.set_defaults(func=lambda a: loop_cmds.cmd_trainer(a, _models_dir(a.data)))
+
+    p = training.add_train_parser(sub, lambda q: q.add_argument("--data", help=f"data folder (default: ${DATA_ENV})"))
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("demo", parents=[conn], help="the stack, virtual cameras and a live consumer on embedded defaults")
     p.add_argument("--seconds", type=float, default=30.0)

@@ -25,6 +25,7 @@ from detectors.alerts import AlertEvaluator
 from detectors.detector import Detector
 from detectors.faust_transport import broker_url
 from detectors.mining import HardExampleMiner, MiningPolicy
+from detectors.model_updates import ModelUpdater
 from detectors.pipeline import DetectionPipeline, WorkItem
 from detectors.results import BoxArray
 from detectors.tracker import IouTracker
@@ -32,9 +33,11 @@ from streams.bus import DLQ_OFFSET, DLQ_PARTITION, DLQ_REASON, DLQ_TOPIC, DLQ_TS
 from streams.cameras.config import CameraConfig, DetectSettings
 from streams.errors import RecordError
 from streams.kafka_settings import MAX_MESSAGE_BYTES
+from streams.model_channel import ModelKeys, ModelReader, ModelWatcher, connect_redis
 from detectors.tiling import merge_in_frame
 from streams.records import Detections, Frame, HardExample, Record, TileDetections, TileTask
 from streams.topics import Topics
+from streams.signing import Verifier
 from streams.wire import decode, encode
 
 log = logging.getLogger(__name__)
@@ -54,6 +57,10 @@ class AgentSettings:
     track_threshold: float = 0.5  # boxes at or above this feed the tracker and the alert rules
     data_dir: Path = field(default_factory=lambda: Path(os.environ.get("PEDSTREAM_HOME") or Path.home() / ".pedstream") / "faust")
     dedupe_window: int = 4096
+    # Hot swap: with both set, the agent follows the model registry in Redis (streams.model_channel)
+    redis_url: str | None = None
+    public_key: Path | None = None  # Ed25519 public key that every served model must be signed with
+    serve_backend: str = "ort"  # ort, or tvm/auto: new versions serve on ORT at once, TVM when compiled
 
 
 class CameraState:
@@ -139,6 +146,19 @@ class DetectorAgent:
         self.app.agent(self.app.topic(t.tile_detections.name, **raw), name="merge-tiles")(self._merge_tiles)
         self.app.task(self._publish_results)
         self.app.timer(30.0)(self._report)
+        self.updater: ModelUpdater | None = None
+        self.watcher: ModelWatcher | None = None
+        if settings.redis_url and settings.public_key:
+            keys = ModelKeys.for_topics(settings.topics.prefix)
+            reader = ModelReader(connect_redis(settings.redis_url), keys, Verifier.load(settings.public_key))
+            self.updater = ModelUpdater(reader, self.swap_detector, settings.agent_id, detector.version, settings.serve_backend)
+            self.watcher = ModelWatcher(settings.redis_url, keys, self.updater.on_announcement)
+
+    def swap_detector(self, detector: Detector) -> None:
+        """Serve ``detector`` from the next batch on (called from the model loader thread)."""
+        self.detector = detector
+        if self.pipeline is not None:
+            self.pipeline.swap(detector)
 
     # --- consuming ----------------------------------------------------------------------------
 
@@ -348,9 +368,14 @@ class DetectorAgent:
         log.info("agent %s serving %s on %s (%s)", self.settings.agent_id, self.detector.version,
                  self.detector.backend.name, self.detector.backend_reason)
         worker = faust.Worker(self.app, loglevel=logging.getLevelName(log.getEffectiveLevel()), quiet=True)
+        if self.watcher is not None:
+            self.watcher.start()
         try:
             worker.execute_from_commandline()
         finally:
+            if self.watcher is not None and self.updater is not None:
+                self.watcher.stop()
+                self.updater.close()
             if self.pipeline is not None:
                 self.pipeline.stop(timeout=5)
 

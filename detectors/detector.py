@@ -34,9 +34,22 @@ def onnx_metadata(model_bytes: bytes) -> dict[str, str]:
     return {p.key: p.value for p in load_model(model_bytes).metadata_props}
 
 
+BUNDLED_MODELS = Path(__file__).parent / "models"
+BUNDLED_NAMES = {"student": "student.onnx"}  # `--model student`: the project's own student, shipped in the package
+
+
+def model_path(name_or_path: str | Path) -> Path:
+    """A bundled model's name (``student``) or a file path -> the file."""
+    if str(name_or_path) in BUNDLED_NAMES:
+        return BUNDLED_MODELS / BUNDLED_NAMES[str(name_or_path)]
+    return Path(name_or_path)
+
+
 def read_model(path: str | Path) -> bytes:
+    """The bytes of a model file, or of a bundled model named ``student``."""
+    path = model_path(path)
     try:
-        return Path(path).read_bytes()
+        return path.read_bytes()
     except OSError as exc:
         raise BackendError(f"{path}: cannot read model ({exc.strerror})") from None
 

@@ -18,7 +18,7 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from streams.errors import RecordError
 from streams.kafka_settings import admin_settings, consumer_settings, producer_settings
-from streams.records import CameraStatus, Frame, Record
+from streams.records import CameraStatus, Frame, HardExample, ModelAnnouncement, Record
 from streams.topics import Topics, TopicSpec
 from streams.wire import Headers, decode, encode, header_value
 
@@ -89,6 +89,14 @@ class FramePublisher(RecordPublisher[Frame]):
 
 class CameraStatusPublisher(RecordPublisher[CameraStatus]):
     record_type = CameraStatus
+
+
+class HardExamplePublisher(RecordPublisher[HardExample]):
+    record_type = HardExample
+
+
+class ModelAnnouncementPublisher(RecordPublisher[ModelAnnouncement]):
+    record_type = ModelAnnouncement
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ from detectors.adapters.base import ModelAdapter
 from detectors.adapters.centernet import CenterNetAdapter
 from detectors.adapters.nanodet import NanoDetAdapter
 from detectors.adapters.ssd import TfSsdAdapter
+from detectors.adapters.student import StudentAdapter
 from detectors.adapters.yolo import YoloV8Adapter
 from detectors.backends.base import BackendError, TensorSpec
 
@@ -17,6 +18,7 @@ ADAPTERS: dict[str, type[ModelAdapter]] = {
     NanoDetAdapter.format: NanoDetAdapter,
     CenterNetAdapter.format: CenterNetAdapter,
     YoloV8Adapter.format: YoloV8Adapter,
+    StudentAdapter.format: StudentAdapter,
 }
 
 

@@ -1,0 +1,155 @@
+"""``pedstream trainer`` (the continual-training service) and ``pedstream retrain`` (ask it for a
+cycle, or show its status). Both reach the service through Redis."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from streams.errors import PedstreamError
+
+STORE_ENV = "PEDSTREAM_STORE"
+
+
+def _keys(args: argparse.Namespace) -> Any:
+    from streams.model_channel import ModelKeys
+    from trainer.service import RetrainKeys
+
+    return RetrainKeys(ModelKeys.for_topics(args.topic_prefix))
+
+
+def cmd_trainer(args: argparse.Namespace, models_dir: Path) -> int:
+    from deploy.registry_cmds import _registry
+    from deploy.training import default_label_cache
+    from streams.endpoints import resolve
+    from streams.model_channel import connect_redis
+    from streams.topics import Topics
+    from trainer.cluster import RayPorts, ray_session
+    from trainer.data import LabelCache
+    from trainer.job import JobSettings
+    from trainer.labels import TeacherLabeler
+    from trainer.retrain import RetrainPolicy, Retrainer
+    from trainer.service import TrainerService
+    from trainer.store import HardExampleStore
+
+    endpoints = resolve(args.bootstrap, args.redis)
+    store_dir = Path(args.store or os.environ.get(STORE_ENV) or Path.home() / ".pedstream" / "hard-examples").expanduser()
+    store = HardExampleStore(store_dir)
+    registry = _registry(args, need_signer=True)
+    teacher = TeacherLabeler(models_dir)
+    policy = RetrainPolicy(min_new_examples=args.min_examples, min_agreement=args.min_agreement, gate_margin=args.gate_margin,
+                           max_loss=args.max_loss, job=JobSettings(updates=args.updates, workers=args.workers, eval_every=0, warmup=10))
+    retrainer = Retrainer(store, registry, teacher.label, LabelCache(default_label_cache()), policy,
+                          progress=lambda m: print(f"[trainer] {m}", file=sys.stderr, flush=True))
+    with ray_session(args.ray_address, RayPorts(args.ray_port), num_cpus=max(os.cpu_count() or 1, args.workers)):
+        service = TrainerService(endpoints.bootstrap, Topics.from_env(args.topic_prefix), connect_redis(endpoints.redis_url),
+                                 store, retrainer, auto=not args.no_auto)
+        import signal
+
+        signal.signal(signal.SIGTERM, lambda *_: service.stop())
+        signal.signal(signal.SIGINT, lambda *_: service.stop())
+        print(f"[trainer] store {store_dir}; registry current {registry.current_version()}; "
+              f"{'automatic triggers on' if service.auto else 'manual cycles only'}", file=sys.stderr, flush=True)
+        service.run()
+    return 0
+
+
+def cmd_retrain(args: argparse.Namespace) -> int:
+    from streams.endpoints import resolve
+    from streams.model_channel import connect_redis
+    from trainer.service import request_retrain, wait_for_result
+
+    client = connect_redis(resolve(getattr(args, "bootstrap", None), args.redis).redis_url)
+    keys = _keys(args)
+    if args.action == "status":
+        raw = client.get(keys.status)
+        if raw is None:
+            raise PedstreamError("no trainer service has reported: start one with `pedstream trainer`")
+        status = json.loads(raw)
+        if args.json:
+            print(json.dumps(status, indent=2))
+        else:
+            print(f"trainer: {status['state']}; current model {status['current']}; auto {status['auto']}")
+            for cam, c in sorted(status["counts"].items()):
+                print(f"  {cam:<20} new {c['new']:>4}  held-out {c['held_out']:>4}  trained-on {c['used']:>4}"
+                      + (f"  due: {status['due'][cam]}" if cam in status["due"] else ""))
+            for cycle in status["cycles"]:
+                print(f"  cycle {cycle.get('version', '-')}: {'shipped' if cycle.get('shipped') else 'not shipped'} "
+                      f"({cycle.get('reason') or cycle.get('error')})")
+        return 0
+    request_id = request_retrain(client, keys, args.camera, args.min_examples)
+    if not args.wait:
+        print(json.dumps({"request_id": request_id}) if args.json else f"retraining requested ({request_id})")
+        return 0
+    print(f"[retrain] waiting for the trainer service (request {request_id})", file=sys.stderr, flush=True)
+    result = wait_for_result(client, keys, request_id, args.timeout)
+    if result is None:
+        raise PedstreamError(f"no result within {args.timeout:.0f} s: is `pedstream trainer` running? (pedstream retrain status)")
+    if args.json:
+        print(json.dumps(result, indent=2))
+    elif "error" in result:
+        print(f"retraining failed: {result['error']}")
+    else:
+        print(f"{result['version']}: {'shipped' if result['shipped'] else 'rejected'} ({result['reason']})")
+    return 0 if result.get("shipped") else 1
+
+
+def add_parsers(sub: Any, conn: argparse.ArgumentParser, data_flag: Any) -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    p = sub.add_parser("trainer", parents=[conn], help="the continual-training service: hard examples -> retraining -> registry")
+    p.add_argument("--store", help=f"hard-example store folder (default ${STORE_ENV} or ~/.pedstream/hard-examples)")
+    p.add_argument("--keys", help="key pair folder (default $PEDSTREAM_KEYS or ~/.pedstream/keys)")
+    p.add_argument("--no-auto", action="store_true", help="retrain only when asked (pedstream retrain)")
+    p.add_argument("--min-examples", type=int, default=40, help="trigger: new hard examples of one camera")
+    p.add_argument("--min-agreement", type=float, default=0.5, help="trigger: estimated accuracy (edge vs teacher AP50) below this")
+    p.add_argument("--gate-margin", type=float, default=0.01, help="gate: AP50 gain needed on the cameras that triggered")
+    p.add_argument("--max-loss", type=float, default=0.02, help="gate: AP50 any camera may lose")
+    p.add_argument("--updates", type=int, default=300, help="parameter-server updates per cycle")
+    p.add_argument("--workers", type=int, default=2, help="Ray trainers per cycle")
+    p.add_argument("--ray-address")
+    p.add_argument("--ray-port", type=int, default=47300)
+    data_flag(p)
+    trainer_parser = p
+
+    p = sub.add_parser("retrain", parents=[conn], help="ask the trainer service for a retraining cycle, or show its status")
+    p.add_argument("action", nargs="?", choices=["status"], help="status: counts, triggers and recent cycles")
+    p.add_argument("--camera", help="retrain for this camera's new hard examples only")
+    p.add_argument("--min-examples", type=int, help="refuse to train on fewer new examples than this")
+    p.add_argument("--wait", action="store_true", help="wait for the cycle's result (exit 1 if it was not shipped)")
+    p.add_argument("--timeout", type=float, default=1800.0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_retrain)
+    return trainer_parser, p
+
+
+def cmd_bench_loop(args: argparse.Namespace, data_dir: Path, models_dir: Path) -> int:
+    from deploy.bench import loop as bench_loop
+    from deploy.stack import endpoints_or_temporary_stack
+    from deploy.training import default_label_cache
+    from streams.topics import Topics
+    from trainer.cluster import RayPorts, ray_session
+
+    topics = Topics(args.topic_prefix or f"loop{os.getpid()}")
+    sequence = Path(args.sequence) if args.sequence else data_dir / "PETS09-S2L1"
+    say = lambda m: print(f"[bench loop] {m}", file=sys.stderr, flush=True)  # noqa: E731
+    with endpoints_or_temporary_stack(args.bootstrap, args.redis, topics, announce=say) as endpoints:
+        with ray_session(args.ray_address, RayPorts(args.ray_port)):
+            result = bench_loop.run(endpoints.bootstrap, endpoints.redis_url, topics, sequence, data_dir / "PETS09-S2L1", models_dir,
+                                    args.drift, default_label_cache(), updates=args.updates, every=args.every, progress=say)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def add_bench_loop_parser(bench_sub: Any, conn: argparse.ArgumentParser, data_flag: Any) -> argparse.ArgumentParser:
+    b = bench_sub.add_parser("loop", parents=[conn], help="one turn of the closed loop: swap time, dropped frames, AP before/after")
+    b.add_argument("--sequence", help="MOT-style folder standing for the camera to adapt (default PETS09-S2L1)")
+    b.add_argument("--drift", choices=("night", "none"), default="night", help="make the adapted camera night-dark and noisy")
+    b.add_argument("--updates", type=int, default=300, help="parameter-server updates of the retraining cycle")
+    b.add_argument("--every", type=int, default=4, help="score every K-th held-out frame")
+    b.add_argument("--ray-address")
+    b.add_argument("--ray-port", type=int, default=47300)
+    data_flag(b)
+    return b

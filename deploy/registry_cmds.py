@@ -1,0 +1,127 @@
+"""``pedstream keys`` and ``pedstream models``: the signing key pair and the model registry in Redis."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from streams.errors import PedstreamError
+from streams.signing import PRIVATE_NAME, PUBLIC_NAME, Signer, default_keys_dir, init_keys
+
+
+def keys_dir(args: argparse.Namespace) -> Path:
+    return Path(args.keys).expanduser() if getattr(args, "keys", None) else default_keys_dir()
+
+
+def default_public_key(explicit: str | None) -> Path | None:
+    """--public-key, else the key pair folder's public key if there is one."""
+    if explicit:
+        path = Path(explicit).expanduser()
+        if not path.is_file():
+            raise PedstreamError(f"--public-key {path}: no such file")
+        return path
+    path = default_keys_dir() / PUBLIC_NAME
+    return path if path.is_file() else None
+
+
+def cmd_keys_init(args: argparse.Namespace) -> int:
+    paths = init_keys(keys_dir(args), overwrite=args.force)
+    print(json.dumps({"private": str(paths.private), "public": str(paths.public),
+                      "note": "give edge agents only the public key (--public-key)"}, indent=2))
+    return 0
+
+
+def _registry(args: argparse.Namespace, need_signer: bool = False) -> Any:
+    from streams.endpoints import resolve
+    from streams.model_channel import ModelKeys, connect_redis
+    from trainer.registry import Registry
+
+    endpoints = resolve(getattr(args, "bootstrap", None), args.redis)
+    signer = Signer.load(keys_dir(args) / PRIVATE_NAME) if need_signer else None
+    publisher = None
+    if need_signer and endpoints.bootstrap:
+        from streams.bus import ModelAnnouncementPublisher, ensure_topics, make_producer
+        from streams.topics import Topics
+
+        topics = Topics.from_env(args.topic_prefix)
+        try:
+            ensure_topics(endpoints.bootstrap, [topics.models])
+            publisher = ModelAnnouncementPublisher(make_producer(endpoints.bootstrap), topics.models)
+        except Exception as exc:  # noqa: BLE001 - Kafka is optional for the registry; Redis announces
+            print(f"[models] no Kafka at {endpoints.bootstrap} ({exc}); announcing on Redis only")
+    return Registry(connect_redis(endpoints.redis_url), ModelKeys.for_topics(args.topic_prefix), signer, publisher)
+
+
+def _show(obj: Any, as_json: bool, text: str) -> None:
+    print(json.dumps(obj, indent=2) if as_json else text)
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    action = args.models_command
+    if action == "list":
+        registry = _registry(args)
+        versions = registry.versions()
+        lines = [f"{'*' if v['current'] else ' '} {v['version']:<28} {v['state']:<9} parent={v['parent'] or '-':<24} "
+                 f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(v['published_ts']))} {json.dumps(v['metrics'])}"
+                 + (f" ({v['reason']})" if v["reason"] else "") for v in versions]
+        _show({"current": registry.current_version(), "versions": versions, "agents": registry.agents()}, args.json,
+              "\n".join(lines) or "no versions yet")
+    elif action == "show":
+        registry = _registry(args)
+        entry = registry.entry(args.version)
+        _show(entry, args.json, json.dumps(entry, indent=2))
+    elif action == "publish":
+        from trainer.registry import Lineage
+
+        registry = _registry(args, need_signer=True)
+        onnx = Path(args.model).read_bytes()
+        metrics = json.loads(args.metrics) if args.metrics else {}
+        lineage = Lineage(parent=args.parent or registry.current_version(), notes=args.notes)
+        weights = None
+        if args.weights:
+            from trainer.report import read_weights
+
+            weights = read_weights(Path(args.weights))
+        a = registry.store(onnx, lineage, metrics, weights=weights)
+        if not args.no_promote:
+            registry.make_current(a.version)
+        _show(json.loads(a.model_dump_json()), args.json, f"published {a.version} (sha256 {a.sha256[:12]}...)"
+              + ("" if args.no_promote else ", now current"))
+    elif action == "promote":
+        a = _registry(args, need_signer=True).make_current(args.version)
+        _show(json.loads(a.model_dump_json()), args.json, f"{a.version} is current")
+    elif action == "rollback":
+        a = _registry(args, need_signer=True).rollback()
+        _show(json.loads(a.model_dump_json()), args.json, f"rolled back: {a.version} is current")
+    return 0
+
+
+def add_parsers(sub: Any, conn: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("keys", help="the Ed25519 key pair that signs models")
+    keys_sub = p.add_subparsers(dest="keys_command", required=True)
+    k = keys_sub.add_parser("init", help="make a new key pair (private key mode 0600)")
+    k.add_argument("--keys", help="folder for the key pair (default $PEDSTREAM_KEYS or ~/.pedstream/keys)")
+    k.add_argument("--force", action="store_true", help="replace an existing key pair")
+    k.set_defaults(func=cmd_keys_init)
+
+    p = sub.add_parser("models", help="the model registry in Redis: list, show, publish, promote, rollback")
+    models_sub = p.add_subparsers(dest="models_command", required=True)
+    for name, help_text in (("list", "every version, the current one starred, and what each agent serves"),
+                            ("show", "one version's record"), ("publish", "sign, store and make current an ONNX model"),
+                            ("promote", "make a stored version current"), ("rollback", "make the previous current version current again")):
+        m = models_sub.add_parser(name, parents=[conn], help=help_text)
+        m.add_argument("--json", action="store_true")
+        m.add_argument("--keys", help="key pair folder (default $PEDSTREAM_KEYS or ~/.pedstream/keys)")
+        if name in ("show", "promote"):
+            m.add_argument("version")
+        if name == "publish":
+            m.add_argument("model", help="ONNX file with pedstream_version in its metadata")
+            m.add_argument("--parent", help="lineage: the version it was trained from (default: the current one)")
+            m.add_argument("--metrics", help='JSON object of metrics, e.g. {"ap50": 0.86}')
+            m.add_argument("--notes")
+            m.add_argument("--weights", help="the run's weights.npz, so the trainer can fine-tune this version")
+            m.add_argument("--no-promote", action="store_true", help="store only; do not make it current")
+        m.set_defaults(func=cmd_models)

@@ -1,0 +1,234 @@
+"""``pedstream train``: label a sequence's frames, run a training job on Ray, write the model and metrics.
+
+Imports torch and Ray only when a training command runs (edge images have neither).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from streams.errors import PedstreamError
+from streams.mot import MotSequence
+
+LABEL_CACHE_ENV = "PEDSTREAM_LABEL_CACHE"
+
+
+def default_label_cache() -> Path:
+    return Path(os.environ.get(LABEL_CACHE_ENV) or Path.home() / ".cache" / "pedstream" / "labels")
+
+
+class ProgressBar:
+    """One line on stderr, redrawn in place on a terminal; every ~10% otherwise (logs, CI)."""
+
+    def __init__(self, label: str, stream: Any = sys.stderr) -> None:
+        self.label = label
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.last_decile = -1
+        self.last_ap: float | None = None
+
+    def update(self, done: int, total: int, text: str = "") -> None:
+        decile = done * 10 // max(total, 1)
+        if not self.tty and decile == self.last_decile and done != total:
+            return
+        self.last_decile = decile
+        filled = done * 24 // max(total, 1)
+        line = f"[{self.label}] {'#' * filled}{'.' * (24 - filled)} {done}/{total} {text}"
+        self.stream.write(("\r" + line + "\x1b[K") if self.tty else line + "\n")
+        if self.tty and done == total:
+            self.stream.write("\n")
+        self.stream.flush()
+
+
+def _input_size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise PedstreamError(f"--input-size {text!r}: use WIDTHxHEIGHT, e.g. 384x288") from None
+    if w % 16 or h % 16:
+        raise PedstreamError(f"--input-size {text!r}: width and height must be multiples of 16")
+    return w, h
+
+
+def student_config(args: argparse.Namespace) -> Any:
+    from trainer.student import StudentConfig
+
+    width, height = _input_size(args.input_size)
+    extra: dict[str, Any] = {}
+    if args.widths:
+        widths = _int_list(args.widths, "--widths")
+        if len(widths) != 4:
+            raise PedstreamError(f"--widths {args.widths!r}: give four channel widths, e.g. 24,48,96,160")
+        extra["widths"] = tuple(widths)
+    if args.neck:
+        extra["neck"] = args.neck
+    return StudentConfig(input_width=width, input_height=height, **extra)
+
+
+def job_settings(args: argparse.Namespace, **overrides: Any) -> Any:
+    from trainer.data import Augment
+    from trainer.job import JobSettings
+    from trainer.ps import StalenessPolicy
+
+    policy = StalenessPolicy(lr=args.lr, optimizer=args.optimizer, staleness_bound=args.staleness_bound)
+    values: dict[str, Any] = dict(policy=policy, augment=Augment(enabled=not args.no_augment), seed=args.seed,
+                                  batch_size=args.batch_size, updates=args.updates, target_loss=args.target_loss)
+    for name in ("mode", "workers", "ps_shards", "eval_every", "join_after"):  # train has them; bench train overrides them
+        if name not in overrides:
+            values[name] = getattr(args, name)
+    values.update(overrides)
+    return JobSettings(**values)
+
+
+def load_training_data(args: argparse.Namespace, models_dir: Path | None) -> tuple[list[Any], Any]:
+    """(labelled examples, held-out frames) as the arguments describe."""
+    from trainer.sources import held_out_frames, labelled_examples, parse_frames
+
+    sequence = MotSequence.load(args.sequence)
+    frames = parse_frames(args.frames, sequence.length)
+    bar = ProgressBar(f"label {args.labels}")
+    examples = labelled_examples(sequence, frames, args.labels, models_dir, default_label_cache(), args.every,
+                                 lambda done, total: bar.update(done, total))
+    held_sequence = MotSequence.load(args.holdout_sequence) if args.holdout_sequence else sequence
+    held_range = parse_frames(args.holdout_frames, held_sequence.length)
+    if held_sequence.root.resolve() == sequence.root.resolve() and not (held_range[0] > frames[1] or held_range[1] < frames[0]):
+        raise PedstreamError(f"--holdout-frames {held_range[0]}:{held_range[1]} overlap the training frames "
+                             f"{frames[0]}:{frames[1]}: held-out AP must be measured on frames not trained on")
+    held_out = held_out_frames(held_sequence, held_range, args.holdout_every)
+    return examples, held_out
+
+
+def cmd_train(args: argparse.Namespace, models_dir: Path | None) -> int:
+    from trainer.cluster import RayPorts, ray_session
+    from trainer.job import TrainingJob
+    from trainer.report import read_weights, write_outputs
+    from trainer.student import Student, count_parameters, gflops
+
+    config = student_config(args)
+    settings = job_settings(args)
+    examples, held_out = load_training_data(args, models_dir)
+    init = read_weights(Path(args.init)) if args.init else None
+    bar = ProgressBar(f"train {settings.mode} x{settings.workers}")
+    last_ap: list[float] = []
+
+    def on_progress(p: Any) -> None:
+        if p.ap50 is not None:
+            last_ap.append(p.ap50)
+        ap = f" AP50 {last_ap[-1]:.3f}" if last_ap else ""
+        bar.update(p.update, p.total, f"loss {p.loss:.3f}{ap} {p.update / max(p.elapsed_s, 1e-9):.1f} upd/s "
+                                      f"trainers {p.workers} restarts {p.restarts}")
+
+    started = time.perf_counter()
+    with ray_session(args.ray_address, RayPorts(args.ray_port), num_cpus=max(os.cpu_count() or 1, settings.workers)):
+        job = TrainingJob(examples, settings, config, held_out, Path(args.out) / "checkpoints", init, on_progress,
+                          model_version=args.version)
+        result = job.run()
+    paths = write_outputs(result, Path(args.out))
+    model = Student(config)
+    summary = {"student": {"input_size": [config.input_width, config.input_height], "widths": list(config.widths), "neck": config.neck},
+        "model": paths.get("model"), "version": job.model_version, "metrics": paths["metrics"], "curves": paths["curves"],
+        "mode": settings.mode, "workers": settings.workers, "ps_shards": settings.ps_shards, "updates": result.updates,
+        "updates_per_s": result.updates_per_s, "samples_per_s": result.samples_per_s, "final_loss": result.final_loss,
+        "ap50": result.ap50, "recall": result.recall, "held_out": held_out.name, "examples": len(examples),
+        "labels": args.labels, "trainer_restarts": result.trainer_restarts,
+        "parameters": count_parameters(model), "gflops": round(gflops(model), 3),
+        "wall_s": round(time.perf_counter() - started, 1),
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(f"trained {job.model_version}: AP50 {result.ap50:.3f} on {held_out.name}; {result.updates_per_s:.2f} updates/s; "
+              f"model {paths.get('model')}, metrics {paths['metrics']}, curves {paths['curves']}")
+    return 0
+
+
+def add_job_flags(p: argparse.ArgumentParser) -> None:
+    """Flags shared by ``train`` and ``bench train``."""
+    p.add_argument("--sequence", help="MOT-style sequence folder to train on (default: PETS09-S2L1 in the data folder)")
+    p.add_argument("--frames", default="1:397", help="training frames A:B, 1-based inclusive")
+    p.add_argument("--every", type=int, default=1, help="train on every K-th of those frames")
+    p.add_argument("--labels", choices=("teacher", "oracle"), default="teacher",
+                   help="teacher: NanoDet + CenterNet fused; oracle: MOT ground truth standing in for human annotators")
+    p.add_argument("--holdout-sequence", help="sequence of the held-out frames (default: the training sequence)")
+    p.add_argument("--holdout-frames", default="398:795", help="held-out frames A:B, never trained on")
+    p.add_argument("--holdout-every", type=int, default=8, help="score every K-th held-out frame during training")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=0.002)
+    p.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")
+    p.add_argument("--staleness-bound", type=int, default=8, help="drop gradients staler than this many versions")
+    p.add_argument("--no-augment", action="store_true", help="no flips, crops or photometric jitter")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--input-size", default="384x288", help="student input WIDTHxHEIGHT")
+    p.add_argument("--widths", help="student backbone channel widths W1,W2,W3,W4 (default: the student's)")
+    p.add_argument("--neck", type=int, help="student neck/head channels (default: the student's)")
+    p.add_argument("--ray-address", help="join this Ray cluster (127.0.0.1:PORT) instead of starting one")
+    p.add_argument("--ray-port", type=int, default=47300, help="base of the pinned Ray port range (base .. base+119)")
+    p.add_argument("--json", action="store_true")
+
+
+def add_train_parser(sub: Any, data_flag: Any) -> argparse.ArgumentParser:
+    p = sub.add_parser("train", help="train the student on labelled frames with an async (or sync) parameter server on Ray")
+    add_job_flags(p)
+    p.add_argument("--mode", choices=("async", "sync"), default="async")
+    p.add_argument("--workers", type=int, default=2, help="trainer actors (data-parallel)")
+    p.add_argument("--ps-shards", type=int, default=1, help="parameter-server actors, each holding a share of the parameters")
+    p.add_argument("--updates", type=int, default=3000, help="parameter-server updates in all")
+    p.add_argument("--eval-every", type=int, default=250, help="updates between held-out evaluations")
+    p.add_argument("--join-after", type=int, help="add one more trainer after this many updates")
+    p.add_argument("--target-loss", type=float, help="report the seconds until the smoothed loss reaches this")
+    p.add_argument("--init", help="start from these weights (weights.npz of an earlier run)")
+    p.add_argument("--version", help="model version name (default student-<date>-<time>)")
+    p.add_argument("--out", default="runs/student", help="output folder: student.onnx, weights.npz, metrics.json, curves.png")
+    data_flag(p)
+    return p
+
+
+def _int_list(text: str, flag: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise PedstreamError(f"{flag} {text!r}: use comma-separated integers, e.g. 1,2") from None
+    if not values or min(values) < 1:
+        raise PedstreamError(f"{flag} {text!r}: need integers >= 1")
+    return values
+
+
+def cmd_bench_train(args: argparse.Namespace, models_dir: Path | None) -> int:
+    from deploy.bench import train as bench_train
+    from trainer.cluster import RayPorts, ray_session
+    from trainer.job import MODES
+
+    workers = _int_list(args.workers, "--workers")
+    modes = [m.strip() for m in args.mode.split(",") if m.strip()]
+    bad = [m for m in modes if m not in MODES]
+    if bad or not modes:
+        raise PedstreamError(f"--mode {args.mode!r}: use async, sync or async,sync")
+    config = student_config(args)
+    base = job_settings(args, mode=modes[0], workers=workers[0], ps_shards=1, eval_every=0, join_after=None)
+    examples, held_out = load_training_data(args, models_dir)
+    cpus = max(os.cpu_count() or 1, max(workers), args.processes)
+    with ray_session(args.ray_address, RayPorts(args.ray_port), num_cpus=cpus):
+        result = bench_train.run(examples, held_out, base, config, modes, workers, args.processes, args.allocation_updates,
+                                 progress=lambda m: print(f"[bench train] {m}", file=sys.stderr, flush=True))
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def add_bench_train_parser(bench_sub: Any, data_flag: Any) -> argparse.ArgumentParser:
+    b = bench_sub.add_parser("train", help="sync vs async updates/s, samples/s, time to a loss and AP; PS shards vs trainers")
+    add_job_flags(b)
+    b.set_defaults(every=4, holdout_every=8)
+    b.add_argument("--mode", default="async,sync", help="modes to compare, e.g. async,sync")
+    b.add_argument("--workers", default="1,2", help="trainer counts to compare, e.g. 1,2")
+    b.add_argument("--updates", type=int, default=150, help="updates per run")
+    b.add_argument("--target-loss", type=float, default=2.5, help="seconds_to_loss: until the smoothed loss reaches this")
+    b.add_argument("--processes", type=int, default=3, help="allocation: PS shards + trainers in all")
+    b.add_argument("--allocation-updates", type=int, default=60, help="updates per allocation run")
+    data_flag(b)
+    return b

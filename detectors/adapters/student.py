@@ -1,0 +1,60 @@
+"""pedstream's own student detector: a CenterNet-style heatmap and box regression at stride 4.
+
+Outputs ``heatmap`` [N, 1, H/4, W/4] (sigmoid applied) and ``regression`` [N, 4, H/4, W/4]:
+log(box width / 16), log(box height / 16) in input pixels, then the centre's offset within its cell.
+Peaks are local maxima of the heatmap (3x3); the model names its format in its ONNX metadata.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from detectors.adapters.base import ImageMeta, ModelAdapter
+from detectors.backends.base import TensorSpec
+from detectors.boxes import clip_boxes, scale_boxes
+from detectors.results import BoxArray
+
+INPUT_NAME = "images"
+OUTPUT_HEATMAP = "heatmap"
+OUTPUT_REGRESSION = "regression"
+STRIDE = 4
+SIZE_UNIT = 16.0
+MAX_DETECTIONS = 100
+MIN_SCORE = 0.05
+
+
+def heatmap_peaks(heatmap: np.ndarray, min_score: float = MIN_SCORE, top_k: int = MAX_DETECTIONS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rows, cols, scores) of the local maxima (3x3) of a 2-D heatmap above ``min_score``, best first."""
+    padded = np.pad(heatmap, 1, constant_values=-np.inf)
+    h, w = heatmap.shape
+    neighbourhood = np.max(np.stack([padded[dy : dy + h, dx : dx + w] for dy in range(3) for dx in range(3)]), axis=0)
+    peaks = (heatmap >= neighbourhood) & (heatmap > min_score)
+    rows, cols = np.nonzero(peaks)
+    scores = heatmap[rows, cols]
+    order = np.argsort(-scores)[:top_k]
+    return rows[order], cols[order], scores[order]
+
+
+class StudentAdapter(ModelAdapter):
+    """Input float [N, 3, H, W] RGB / 255 at the size in the model's metadata (384x288 by default)."""
+
+    format = "student"
+
+    @classmethod
+    def matches(cls, inputs: list[TensorSpec], outputs: list[TensorSpec], metadata: dict[str, str]) -> bool:
+        return {o.name for o in outputs} == {OUTPUT_HEATMAP, OUTPUT_REGRESSION}
+
+    def decode(self, outputs: list[np.ndarray], index: int, meta: ImageMeta) -> BoxArray:
+        heatmap = self.output(outputs, OUTPUT_HEATMAP)[index, 0]
+        regression = self.output(outputs, OUTPUT_REGRESSION)[index]
+        rows, cols, scores = heatmap_peaks(heatmap)
+        if rows.size == 0:
+            return BoxArray.empty()
+        log_w, log_h, off_x, off_y = (regression[c, rows, cols] for c in range(4))
+        cx = (cols + off_x) * STRIDE
+        cy = (rows + off_y) * STRIDE
+        bw = np.exp(np.clip(log_w, -4, 4)) * SIZE_UNIT
+        bh = np.exp(np.clip(log_h, -4, 4)) * SIZE_UNIT
+        xyxy = np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], axis=1)
+        xyxy = clip_boxes(scale_boxes(xyxy, meta.scale_x, meta.scale_y), meta.width, meta.height)
+        return BoxArray.of(xyxy, scores)

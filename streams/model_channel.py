@@ -1,0 +1,179 @@
+"""The model channel in Redis: where model versions live, which one is current, and how agents hear of it.
+
+Keys (``P`` is the registry prefix, ``pedstream:models`` by default, or ``<topic prefix>:models``):
+
+* ``P:version:<v>``       JSON: ``announcement`` (a ``ModelAnnouncement``), ``lineage``, ``state``, ``reason``
+* ``P:version:<v>:onnx``  the ONNX bytes
+* ``P:versions``          sorted set of every version by publish time
+* ``P:current``           the version every agent should serve
+* ``P:history``           list of versions made current, newest last (rollback pops it)
+* ``P:agents``            hash agent id -> JSON of what it serves and what it last refused
+* channel ``P:announce``  a ``ModelAnnouncement`` JSON each time ``current`` changes
+
+Edge agents read only: the current announcement, the bytes (checked against sha256 and the Ed25519
+signature before anything else), and the channel. ``ModelWatcher`` keeps listening across Redis
+restarts and, on every (re)connect, checks ``current`` so an announcement missed while away, or
+published before the agent started, is still served.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import redis
+
+from streams.records import ModelAnnouncement
+from streams.signing import Verifier
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelKeys:
+    prefix: str = "pedstream:models"
+
+    @classmethod
+    def for_topics(cls, topic_prefix: str | None) -> ModelKeys:
+        return cls(f"{topic_prefix or 'pedstream'}:models")
+
+    def version(self, v: str) -> str:
+        return f"{self.prefix}:version:{v}"
+
+    def onnx(self, v: str) -> str:
+        return f"{self.prefix}:version:{v}:onnx"
+
+    @property
+    def versions(self) -> str:
+        return f"{self.prefix}:versions"
+
+    @property
+    def current(self) -> str:
+        return f"{self.prefix}:current"
+
+    @property
+    def history(self) -> str:
+        return f"{self.prefix}:history"
+
+    @property
+    def agents(self) -> str:
+        return f"{self.prefix}:agents"
+
+    @property
+    def channel(self) -> str:
+        return f"{self.prefix}:announce"
+
+
+def connect_redis(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=10)
+
+
+def read_announcement(client: redis.Redis, keys: ModelKeys, version: str | None = None) -> ModelAnnouncement | None:
+    """The announcement of ``version``, or of the current version when None (None if there is none)."""
+    if version is None:
+        raw_version = client.get(keys.current)
+        if not raw_version:
+            return None
+        version = raw_version.decode()
+    raw = client.get(keys.version(version))
+    if raw is None:
+        return None
+    return ModelAnnouncement.model_validate_json(json.dumps(json.loads(raw)["announcement"]))
+
+
+class ModelReader:
+    """What an edge agent may read from the registry, verified."""
+
+    def __init__(self, client: redis.Redis, keys: ModelKeys, verifier: Verifier) -> None:
+        self.client = client
+        self.keys = keys
+        self.verifier = verifier
+
+    def announcement(self, version: str) -> ModelAnnouncement | None:
+        return read_announcement(self.client, self.keys, version)
+
+    def current(self) -> ModelAnnouncement | None:
+        return read_announcement(self.client, self.keys)
+
+    def fetch(self, announcement: ModelAnnouncement) -> bytes:
+        """The model's bytes, verified against the announcement's sha256 and signature."""
+        from streams.signing import VerificationError
+
+        data = self.client.get(announcement.registry_key)
+        if data is None:
+            raise VerificationError(f"model {announcement.version}: no bytes at {announcement.registry_key}")
+        self.verifier.verify(data, announcement.sha256, announcement.signature)
+        return data
+
+    def report(self, agent_id: str, status: dict[str, object]) -> None:
+        """Record what this agent serves (and refused) for operators and the loop benchmark."""
+        self.client.hset(self.keys.agents, agent_id, json.dumps({**status, "agent_id": agent_id, "ts": time.time()}))
+
+
+class ModelWatcher:
+    """Calls ``on_announcement`` for the current version at start and for every announcement after,
+    reconnecting with backoff when Redis goes away (the agent keeps serving meanwhile)."""
+
+    def __init__(self, url: str, keys: ModelKeys, on_announcement: Callable[[ModelAnnouncement], None],
+                 max_backoff_s: float = 5.0) -> None:
+        self.url = url
+        self.keys = keys
+        self.on_announcement = on_announcement
+        self.max_backoff_s = max_backoff_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="model-watcher", daemon=True)
+        self.connected = threading.Event()
+        self.reconnects = 0
+
+    def start(self) -> ModelWatcher:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        backoff = 0.2
+        while not self._stop.is_set():
+            client = connect_redis(self.url)
+            pubsub = client.pubsub(ignore_subscribe_messages=True)
+            try:
+                pubsub.subscribe(self.keys.channel)
+                current = read_announcement(client, self.keys)  # after subscribing: nothing published in between is missed
+                self.connected.set()
+                backoff = 0.2
+                if current is not None:
+                    self._deliver(current)
+                while not self._stop.is_set():
+                    message = pubsub.get_message(timeout=0.5)
+                    if message and message.get("type") == "message":
+                        try:
+                            announcement = ModelAnnouncement.model_validate_json(message["data"])
+                        except ValueError as exc:
+                            log.warning("ignoring a malformed model announcement: %s", exc)
+                            continue
+                        self._deliver(announcement)
+            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+                if self.connected.is_set():
+                    log.warning("model channel: Redis at %s went away (%s); still serving, reconnecting", self.url, exc)
+                self.connected.clear()
+                self.reconnects += 1
+                self._stop.wait(backoff)
+                backoff = min(self.max_backoff_s, backoff * 2)
+            finally:
+                try:
+                    pubsub.close()
+                    client.close()
+                except (redis.RedisError, OSError):
+                    pass
+
+    def _deliver(self, announcement: ModelAnnouncement) -> None:
+        try:
+            self.on_announcement(announcement)
+        except Exception:  # noqa: BLE001 - a bad model must never stop the watcher
+            log.exception("model %s: handling the announcement failed", announcement.version)

@@ -1,0 +1,100 @@
+"""Ed25519 signatures on model bytes: key pairs on disk, signing (trainer side), verifying (edge side).
+
+The registry holds the private key; edge agents hold only the public key and refuse any model whose
+sha256 or signature does not match. Keys are PEM files; the private one is written mode 0600.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from streams.errors import PedstreamError
+
+PRIVATE_NAME = "model-signing.key"
+PUBLIC_NAME = "model-signing.pub"
+KEYS_ENV = "PEDSTREAM_KEYS"
+
+
+class VerificationError(PedstreamError):
+    """A model's bytes do not match its sha256 or its signature: it must not be served."""
+
+
+def default_keys_dir() -> Path:
+    return Path(os.environ.get(KEYS_ENV) or Path.home() / ".pedstream" / "keys")
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass(frozen=True)
+class KeyPaths:
+    private: Path
+    public: Path
+
+
+def init_keys(folder: Path, overwrite: bool = False) -> KeyPaths:
+    """Make a new key pair in ``folder`` (refuses to replace an existing one unless ``overwrite``)."""
+    paths = KeyPaths(folder / PRIVATE_NAME, folder / PUBLIC_NAME)
+    if paths.private.exists() and not overwrite:
+        raise PedstreamError(f"{paths.private} exists: pass --force to replace the signing key (edge agents then need the new public key)")
+    folder.mkdir(parents=True, exist_ok=True)
+    key = Ed25519PrivateKey.generate()
+    private_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    public_pem = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    fd = os.open(paths.private, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(private_pem)
+    paths.public.write_bytes(public_pem)
+    return paths
+
+
+class Signer:
+    def __init__(self, key: Ed25519PrivateKey) -> None:
+        self.key = key
+
+    @classmethod
+    def load(cls, path: Path) -> Signer:
+        try:
+            key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        except (OSError, ValueError) as exc:
+            raise PedstreamError(f"{path}: cannot read the private signing key ({exc}); make one with `pedstream keys init`") from None
+        if not isinstance(key, Ed25519PrivateKey):
+            raise PedstreamError(f"{path}: not an Ed25519 private key")
+        return cls(key)
+
+    def sign(self, data: bytes) -> str:
+        return base64.b64encode(self.key.sign(data)).decode()
+
+
+class Verifier:
+    def __init__(self, key: Ed25519PublicKey) -> None:
+        self.key = key
+
+    @classmethod
+    def load(cls, path: Path) -> Verifier:
+        try:
+            key = serialization.load_pem_public_key(path.read_bytes())
+        except (OSError, ValueError) as exc:
+            raise PedstreamError(f"{path}: cannot read the public signing key ({exc})") from None
+        if not isinstance(key, Ed25519PublicKey):
+            raise PedstreamError(f"{path}: not an Ed25519 public key")
+        return cls(key)
+
+    def verify(self, data: bytes, sha256: str, signature: str) -> None:
+        """Raise ``VerificationError`` unless ``data`` has this sha256 and a valid signature."""
+        actual = sha256_hex(data)
+        if actual != sha256:
+            raise VerificationError(f"sha256 mismatch: announced {sha256[:12]}..., bytes have {actual[:12]}...")
+        try:
+            self.key.verify(base64.b64decode(signature, validate=True), data)
+        except (InvalidSignature, ValueError):
+            raise VerificationError("signature does not verify with this agent's public key") from None

@@ -1,0 +1,119 @@
+"""The trainer service on the real broker, Redis and a loopback Ray cluster: hard examples are
+consumed into the store, a retraining cycle is requested through Redis, the candidate is trained
+from the current version, gated per camera and stored with lineage (published or rejected)."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import pytest
+import torch
+
+from streams.bus import HardExamplePublisher, ensure_topics, make_producer
+from streams.model_channel import ModelKeys, connect_redis
+from streams.mot import MotSequence
+from streams.records import HardExample
+from streams.signing import PRIVATE_NAME, Signer, init_keys
+from streams.topics import Topics
+from trainer.cluster import LocalRayCluster, RayPorts
+from trainer.data import LabelCache
+from trainer.job import JobSettings
+from trainer.labels import TeacherLabeler
+from trainer.ps import model_weights
+from trainer.registry import Lineage, Registry
+from trainer.retrain import RetrainPolicy, Retrainer
+from trainer.service import RetrainKeys, TrainerService, request_retrain, wait_for_result
+from trainer.store import HardExampleStore
+from trainer.student import Student, StudentConfig, export_onnx
+
+pytestmark = pytest.mark.integration
+SMALL = StudentConfig(input_width=256, input_height=192)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[LocalRayCluster]:
+    with LocalRayCluster(RayPorts(47800), num_cpus=3) as cluster:
+        yield cluster
+
+
+def hard_examples(sequence: MotSequence, camera: str, frames: range) -> list[HardExample]:
+    out = []
+    for n, image in sequence.frames(frames.start, frames.stop - 1, frames.step):
+        jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
+        out.append(HardExample(camera_id=camera, seq=n, capture_ts=1_000_000.0 + n, width=image.shape[1], height=image.shape[0],
+                               jpeg=jpeg, source_frame_index=n, model_version="s-0", detections=[], reasons=["random"],
+                               mined_ts=time.time()))
+    return out
+
+
+def test_service_stores_hard_examples_and_runs_a_requested_cycle(
+    ray_cluster: LocalRayCluster, broker: str, redis_url: str, shared_data: Path, shared_models: Path, tmp_path: Path,
+) -> None:
+    topics = Topics(f"t{uuid.uuid4().hex[:8]}")
+    ensure_topics(broker, topics.all())
+    init_keys(tmp_path / "keys")
+    client = connect_redis(redis_url)
+    registry = Registry(client, ModelKeys.for_topics(topics.prefix), Signer.load(tmp_path / "keys" / PRIVATE_NAME))
+    torch.manual_seed(0)
+    student = Student(SMALL)
+    registry.publish(export_onnx(student, "s-0"), Lineage(notes="untrained start"), weights=model_weights(student))
+
+    store = HardExampleStore(tmp_path / "store")
+    policy = RetrainPolicy(min_new_examples=1000, gate_margin=0.01, max_loss=0.02,
+                           job=JobSettings(updates=12, workers=2, batch_size=4, eval_every=0, warmup=2))
+    retrainer = Retrainer(store, registry, TeacherLabeler(shared_models).label, LabelCache(tmp_path / "labels"), policy, SMALL)
+    service = TrainerService(broker, topics, client, store, retrainer, auto=False, check_every_s=1.0)
+    thread = threading.Thread(target=service.run, daemon=True)
+    thread.start()
+    try:
+        publisher = HardExamplePublisher(make_producer(broker), topics.hard_examples)
+        pets = MotSequence.load(shared_data / "PETS09-S2L1")
+        records = hard_examples(pets, "pets", range(1, 121, 3))
+        for record in records + records[:5]:  # five duplicates
+            publisher.publish(record)
+        publisher.flush(30)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and store.counts().get("pets", {}).get("total", 0) < len(records):
+            time.sleep(0.5)
+        counts = store.counts()["pets"]
+        assert counts["total"] == len(records) and counts["held_out"] > 0
+        keys = RetrainKeys(registry.keys)
+        request_id = request_retrain(client, keys, "pets", 5)
+        result = wait_for_result(client, keys, request_id, 300)
+        entry = registry.entry(result["version"]) if result and "version" in result else None
+        current = registry.current_version()
+    finally:
+        service.stop()
+        thread.join(60)
+        client.delete(*client.keys(f"{registry.keys.prefix}:*"))
+    assert result is not None and "error" not in result, result
+    assert result["cameras"] == ["pets"] and result["new_examples"] == counts["new"]
+    assert set(result["per_camera"]["pets"]) == {"current", "candidate", "frames"}
+    assert result["train"]["updates"] == 12
+    assert store.counts()["pets"]["new"] == 0 and store.counts()["pets"]["used"] == counts["new"]
+    assert entry is not None and entry["lineage"]["parent"] == "s-0" and entry["lineage"]["data"]["new"] == counts["new"]
+    if result["shipped"]:
+        assert current == result["version"] and entry["state"] == "published"
+    else:
+        assert current == "s-0" and entry["state"] == "rejected" and entry["reason"] == result["reason"]
+
+
+def test_triggers_fire_on_many_new_examples_or_low_agreement(tmp_path: Path, shared_data: Path, shared_models: Path, redis_url: str) -> None:
+    store = HardExampleStore(tmp_path / "store")
+    pets = MotSequence.load(shared_data / "PETS09-S2L1")
+    for record in hard_examples(pets, "pets", range(1, 61, 3)):
+        store.add(record)
+    teacher = TeacherLabeler(shared_models)
+    registry = Registry(connect_redis(redis_url), ModelKeys(f"t{uuid.uuid4().hex[:8]}:models"))
+    many = Retrainer(store, registry, teacher.label, LabelCache(tmp_path / "labels"), RetrainPolicy(min_new_examples=5))
+    assert "new hard examples" in many.due()["pets"]
+    # the mined detections are empty, so the edge model's agreement with the teacher is 0
+    low = Retrainer(store, registry, teacher.label, LabelCache(tmp_path / "labels"), RetrainPolicy(min_new_examples=1000, min_agreement=0.5))
+    assert low.estimated_accuracy("pets") == 0.0 and "estimated accuracy 0.00" in low.due()["pets"]
+    strict = Retrainer(store, registry, teacher.label, LabelCache(tmp_path / "labels"), RetrainPolicy(min_new_examples=1000, min_agreement=0.0))
+    assert strict.due() == {}

@@ -1,0 +1,154 @@
+"""The parameter server and the trainer's gradient step, as plain classes (Ray wraps them at start-up).
+
+Asynchronous updates: a trainer computes a gradient on weights of some version; by the time it
+arrives the server may have moved on. The staleness (server version minus the gradient's) scales
+the learning rate down (lr / (1 + staleness)); gradients staler than the bound are dropped.
+Weights travel as numpy arrays keyed by parameter name; a server may hold one shard of them.
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from trainer.data import Augment, Example, make_batch
+from trainer.student import Student, StudentConfig
+from trainer.targets import detection_loss
+
+Weights = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class StalenessPolicy:
+    """How the server treats gradients: the optimiser (Adam, or SGD with momentum), clipping by global
+    norm, a staleness-scaled learning rate and a staleness bound."""
+
+    lr: float = 0.002
+    momentum: float = 0.5  # SGD only
+    clip_norm: float = 5.0
+    staleness_bound: int = 8
+    optimizer: str = "adam"  # or "sgd"
+    betas: tuple[float, float] = (0.9, 0.999)
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("adam", "sgd"):
+            raise ValueError(f"optimizer must be adam or sgd, not {self.optimizer!r}")
+
+    def rate(self, staleness: int) -> float:
+        """The learning rate for a gradient ``staleness`` versions old."""
+        return self.lr / (1 + max(0, staleness))
+
+
+@dataclass
+class PushResult:
+    applied: bool
+    staleness: int
+    lr: float
+    version: int
+
+
+@dataclass
+class ParameterServer:
+    """Holds (a shard of) the weights and applies gradients on arrival, one at a time."""
+
+    weights: Weights
+    policy: StalenessPolicy = StalenessPolicy()
+    version: int = 0
+    velocity: Weights = field(default_factory=dict)  # SGD momentum, or Adam's first moment
+    second_moment: Weights = field(default_factory=dict)  # Adam only
+    applied: int = 0
+    dropped: int = 0
+    staleness_seen: list[int] = field(default_factory=list)
+
+    def pull(self) -> tuple[int, Weights]:
+        return self.version, self.weights
+
+    def push(self, grads: Weights, based_on: int, grad_norm: float | None = None, buffers: Weights | None = None,
+             lr_scale: float = 1.0) -> PushResult:
+        """Apply one gradient computed on weights of version ``based_on``.
+
+        ``grad_norm`` is the gradient's global norm over every shard (for clipping across shards);
+        by default this shard's own norm. ``buffers`` are the trainer's batch-norm statistics after
+        its forward pass (one running-average step from the weights it was given); they replace
+        this shard's when the gradient is applied.
+        """
+        staleness = self.version - based_on
+        self.staleness_seen.append(staleness)
+        if staleness > self.policy.staleness_bound:
+            self.dropped += 1
+            return PushResult(False, staleness, 0.0, self.version)
+        norm = grad_norm if grad_norm is not None else float(np.sqrt(sum(float((g * g).sum()) for g in grads.values())))
+        scale = min(1.0, self.policy.clip_norm / max(norm, 1e-12))
+        lr = self.policy.rate(staleness) * lr_scale
+        step = self.applied + 1
+        for name, grad in grads.items():
+            grad = grad * scale
+            if self.policy.optimizer == "sgd":
+                v = self.velocity.get(name)
+                v = grad if v is None else self.policy.momentum * v + grad
+                self.velocity[name] = v
+                self.weights[name] = self.weights[name] - lr * v
+            else:
+                b1, b2 = self.policy.betas
+                m = b1 * self.velocity.get(name, 0.0) + (1 - b1) * grad
+                v = b2 * self.second_moment.get(name, 0.0) + (1 - b2) * grad * grad
+                self.velocity[name], self.second_moment[name] = m, v
+                update = (m / (1 - b1**step)) / (np.sqrt(v / (1 - b2**step)) + 1e-8)
+                self.weights[name] = (self.weights[name] - lr * update).astype(self.weights[name].dtype)
+        for name, value in (buffers or {}).items():
+            if name in self.weights:
+                self.weights[name] = value
+        self.version += 1
+        self.applied += 1
+        return PushResult(True, staleness, lr, self.version)
+
+    def checkpoint(self, path: Path) -> None:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(pickle.dumps({"weights": self.weights, "velocity": self.velocity, "second_moment": self.second_moment,
+                                     "version": self.version, "applied": self.applied}))
+        tmp.replace(path)
+
+    @classmethod
+    def restore(cls, path: Path, policy: StalenessPolicy) -> ParameterServer:
+        state = pickle.loads(path.read_bytes())
+        return cls(state["weights"], policy, state["version"], state["velocity"], state["second_moment"], state["applied"])
+
+
+def model_weights(model: torch.nn.Module) -> Weights:
+    """Every trainable parameter and buffer (batch-norm statistics) as numpy arrays."""
+    return {name: t.detach().cpu().numpy().copy() for name, t in model.state_dict().items()}
+
+
+def load_weights(model: torch.nn.Module, weights: Weights) -> None:
+    model.load_state_dict({name: torch.from_numpy(np.array(w)) for name, w in weights.items()}, strict=False)
+
+
+class GradientWorker:
+    """A trainer: takes weights, computes the loss gradient on a mini-batch of its data shard."""
+
+    def __init__(self, examples: list[Example], config: StudentConfig, batch_size: int, augment: Augment, seed: int) -> None:
+        torch.set_num_threads(1)
+        self.examples = examples
+        self.model = Student(config)
+        self.batch_size = batch_size
+        self.augment = augment
+        self.rng = np.random.default_rng(seed)
+        self.param_names = [n for n, _ in self.model.named_parameters()]
+
+    def compute(self, weights: Weights, version: int) -> tuple[Weights, Weights, float, int]:
+        """(gradients, updated batch-norm buffers, loss, version the gradient is based on)."""
+        load_weights(self.model, weights)
+        self.model.train()
+        picks = self.rng.choice(len(self.examples), size=min(self.batch_size, len(self.examples)), replace=False)
+        images, targets = make_batch([self.examples[i] for i in picks], self.model.config.input_width,
+                                     self.model.config.input_height, self.augment, self.rng)
+        self.model.zero_grad()
+        loss = detection_loss(*self.model(images), targets)
+        loss.backward()
+        grads = {n: p.grad.detach().numpy().copy() for n, p in self.model.named_parameters() if p.grad is not None}
+        buffers = {n: b.detach().numpy().copy() for n, b in self.model.named_buffers()}
+        return grads, buffers, float(loss.item()), version

@@ -1,0 +1,127 @@
+"""``pedstream trainer``: the continual-training service.
+
+It consumes the hard-examples topic into the store, checks the triggers, runs retraining cycles
+(automatic, or asked for with ``pedstream retrain``), and publishes what passes the gate. Requests
+and status go through Redis (``P:retrain:requests``, ``P:retrain:status``, ``P:retrain:result:<id>``
+under the registry prefix), so ``pedstream retrain`` works from any machine that reaches Redis.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from streams.bus import RecordSubscriber
+from streams.model_channel import ModelKeys
+from streams.records import HardExample
+from streams.topics import Topics
+from trainer.retrain import Retrainer, cycle_as_dict
+from trainer.store import HardExampleStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RetrainKeys:
+    keys: ModelKeys
+
+    @property
+    def requests(self) -> str:
+        return f"{self.keys.prefix}:retrain:requests"
+
+    @property
+    def status(self) -> str:
+        return f"{self.keys.prefix}:retrain:status"
+
+    def result(self, request_id: str) -> str:
+        return f"{self.keys.prefix}:retrain:result:{request_id}"
+
+
+def request_retrain(client: redis.Redis, keys: RetrainKeys, camera: str | None, min_examples: int | None) -> str:
+    request_id = uuid.uuid4().hex[:12]
+    client.rpush(keys.requests, json.dumps({"id": request_id, "camera": camera, "min_examples": min_examples, "ts": time.time()}))
+    return request_id
+
+
+def wait_for_result(client: redis.Redis, keys: RetrainKeys, request_id: str, timeout_s: float) -> dict[str, Any] | None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        raw = client.get(keys.result(request_id))
+        if raw:
+            return json.loads(raw)
+        time.sleep(0.5)
+    return None
+
+
+class TrainerService:
+    def __init__(self, bootstrap: str, topics: Topics, client: redis.Redis, store: HardExampleStore, retrainer: Retrainer,
+                 auto: bool = True, check_every_s: float = 10.0) -> None:
+        self.client = client
+        self.keys = RetrainKeys(retrainer.registry.keys)
+        self.store = store
+        self.retrainer = retrainer
+        self.auto = auto
+        self.check_every_s = check_every_s
+        self.subscriber = RecordSubscriber(bootstrap, topics, topics.hard_examples, HardExample, "pedstream-trainer")
+        self.stopping = threading.Event()
+        self.cycles: list[dict[str, Any]] = []
+        self.state = "collecting"
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def collect(self, timeout_s: float = 0.5) -> int:
+        """Store whatever hard examples arrived; returns how many were new."""
+        added = sum(self.store.add(d.record) for d in self.subscriber.poll(timeout_s))
+        self.subscriber.commit()
+        return added
+
+    def publish_status(self, due: dict[str, str] | None = None) -> None:
+        status = {"state": self.state, "ts": time.time(), "counts": self.store.counts(), "due": due or {},
+                  "current": self.retrainer.registry.current_version(), "auto": self.auto, "cycles": self.cycles[-10:]}
+        self.client.set(self.keys.status, json.dumps(status))
+
+    def _cycle(self, cameras: list[str] | None, min_examples: int | None, request_id: str | None) -> None:
+        self.state = f"retraining {', '.join(cameras) if cameras else 'all cameras'}"
+        self.publish_status()
+        try:
+            result = cycle_as_dict(self.retrainer.run_cycle(cameras, min_examples))
+            log.info("cycle %s: %s (%s)", result["version"], "shipped" if result["shipped"] else "rejected", result["reason"])
+        except Exception as exc:  # noqa: BLE001 - a failed cycle is reported, the service goes on
+            log.exception("retraining failed")
+            result = {"error": str(exc), "cameras": cameras}
+        result["request_id"] = request_id
+        self.cycles.append(result)
+        if request_id:
+            self.client.set(self.keys.result(request_id), json.dumps(result), ex=24 * 3600)
+        self.state = "collecting"
+        self.publish_status()
+
+    def run(self) -> None:
+        last_check = 0.0
+        self.publish_status()
+        try:
+            while not self.stopping.is_set():
+                self.collect()
+                raw = self.client.lpop(self.keys.requests)
+                if raw:
+                    request = json.loads(raw)
+                    cameras = [request["camera"]] if request.get("camera") else None
+                    self._cycle(cameras, request.get("min_examples"), request["id"])
+                    continue
+                if time.monotonic() - last_check >= self.check_every_s:
+                    last_check = time.monotonic()
+                    due = self.retrainer.due() if self.auto else {}
+                    self.publish_status(due)
+                    if due:
+                        log.info("retraining due: %s", due)
+                        self._cycle(sorted(due), None, None)
+        finally:
+            self.subscriber.close()

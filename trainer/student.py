@@ -1,0 +1,120 @@
+"""The student: a small single-class pedestrian detector in plain PyTorch, and its ONNX export.
+
+A depthwise-separable backbone (MobileNet-style blocks) down to stride 16, a light upsampling neck
+back to stride 4, and a CenterNet-style head: a person-centre heatmap (sigmoid), box size and
+centre offset. The ONNX export's outputs and metadata are what ``detectors.adapters.student``
+reads.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from dataclasses import dataclass
+
+import onnx
+import torch
+from torch import nn
+
+from detectors.adapters.student import INPUT_NAME, OUTPUT_HEATMAP, OUTPUT_REGRESSION, STRIDE, StudentAdapter
+from detectors.adapters.registry import FORMAT_METADATA_KEY
+from detectors.detector import VERSION_METADATA_KEY
+
+
+@dataclass(frozen=True)
+class StudentConfig:
+    """Size of the student: input (width, height) and channel widths."""
+
+    input_width: int = 384
+    input_height: int = 288
+    widths: tuple[int, int, int, int] = (24, 48, 96, 160)
+    neck: int = 32
+
+
+def _separable(c_in: int, c_out: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_in, 3, stride, 1, groups=c_in, bias=False), nn.BatchNorm2d(c_in), nn.ReLU(inplace=True),
+        nn.Conv2d(c_in, c_out, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
+    )
+
+
+class Student(nn.Module):
+    """Image (N, 3, H, W) RGB/255 in; heatmap (N, 1, H/4, W/4) and regression (N, 4, H/4, W/4) out.
+
+    Regression channels: box width and height in input pixels / 16 (log scale), then the centre's
+    sub-cell offset (0-1) in x and y.
+    """
+
+    def __init__(self, config: StudentConfig = StudentConfig()) -> None:
+        super().__init__()
+        self.config = config
+        w1, w2, w3, w4 = config.widths
+        self.stem = nn.Sequential(nn.Conv2d(3, w1, 3, 2, 1, bias=False), nn.BatchNorm2d(w1), nn.ReLU(inplace=True))
+        self.stage4 = nn.Sequential(_separable(w1, w2, 2), _separable(w2, w2, 1))  # stride 4
+        self.stage8 = nn.Sequential(_separable(w2, w3, 2), _separable(w3, w3, 1))  # stride 8
+        self.stage16 = nn.Sequential(_separable(w3, w4, 2), _separable(w4, w4, 1), _separable(w4, w4, 1))  # stride 16
+        n = config.neck
+        self.lateral16 = nn.Conv2d(w4, n, 1)
+        self.lateral8 = nn.Conv2d(w3, n, 1)
+        self.lateral4 = nn.Conv2d(w2, n, 1)
+        self.up = nn.Upsample(scale_factor=2, mode="nearest")
+        self.smooth = _separable(n, n, 1)
+        self.heatmap = nn.Sequential(_separable(n, n, 1), nn.Conv2d(n, 1, 1))
+        self.regression = nn.Sequential(_separable(n, n, 1), nn.Conv2d(n, 4, 1))
+        nn.init.constant_(self.heatmap[-1].bias, -2.19)  # prior 0.1 for a centre: stable focal-loss start
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x4 = self.stage4(self.stem(images))
+        x8 = self.stage8(x4)
+        x16 = self.stage16(x8)
+        p = self.up(self.lateral16(x16)) + self.lateral8(x8)
+        p = self.up(p) + self.lateral4(x4)
+        p = self.smooth(p)
+        return torch.sigmoid(self.heatmap(p)), self.regression(p)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def gflops(model: Student) -> float:
+    """Multiply-adds x 2 of one forward pass at the configured input size, in GFLOPs (convs only)."""
+    total = 0
+
+    def hook(module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
+        nonlocal total
+        if isinstance(module, nn.Conv2d):
+            kernel = module.kernel_size[0] * module.kernel_size[1] * module.in_channels // module.groups
+            total += 2 * kernel * output.numel()
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    try:
+        with torch.no_grad():
+            model.eval()
+            model(torch.zeros(1, 3, model.config.input_height, model.config.input_width))
+    finally:
+        for h in handles:
+            h.remove()
+    return total / 1e9
+
+
+def export_onnx(model: Student, version: str, extra_metadata: dict[str, str] | None = None) -> bytes:
+    """The model as ONNX (dynamic batch) with pedstream's metadata: format, version, input size."""
+    model.eval()
+    cfg = model.config
+    dummy = torch.zeros(1, 3, cfg.input_height, cfg.input_width)
+    buffer = io.BytesIO()
+    torch.onnx.export(
+        model, dummy, buffer, input_names=[INPUT_NAME], output_names=[OUTPUT_HEATMAP, OUTPUT_REGRESSION],
+        dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_HEATMAP: {0: "batch"}, OUTPUT_REGRESSION: {0: "batch"}},
+        opset_version=17, dynamo=False,
+    )
+    proto = onnx.load_model_from_string(buffer.getvalue())
+    metadata = {
+        FORMAT_METADATA_KEY: StudentAdapter.format, VERSION_METADATA_KEY: version,
+        "input_width": str(cfg.input_width), "input_height": str(cfg.input_height), "stride": str(STRIDE),
+        "widths": ",".join(map(str, cfg.widths)), "neck": str(cfg.neck),
+        "exported_ts": f"{time.time():.0f}", **(extra_metadata or {}),
+    }
+    onnx.helper.set_model_props(proto, metadata)
+    return proto.SerializeToString()
