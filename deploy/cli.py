@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import ValidationError as PydanticValidationError
 
-from deploy import loop_cmds, registry_cmds, stack, training
+from deploy import demo_loop, loop_cmds, registry_cmds, stack, training
 from deploy.bench import detector as bench_detector
 from deploy.bench import ingest
 from deploy.bench import pipeline as bench_pipeline
@@ -407,8 +407,8 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
     return training.cmd_bench_train(args, models)
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-
+def cmd_demo_cameras(args: argparse.Namespace) -> int:
+    """`pedstream demo --cameras-only`: the stack, the bundled virtual cameras and a live consumer."""
     os.environ[DATA_ENV] = str(_data_dir(args.data))
     cameras = load_cameras(args.config or DEMO_CONFIG)
     topics = Topics.from_env(args.topic_prefix)
@@ -575,11 +575,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = training.add_train_parser(sub, lambda q: q.add_argument("--data", help=f"data folder (default: ${DATA_ENV})"))
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("demo", parents=[conn], help="the stack, virtual cameras and a live consumer on embedded defaults")
-    p.add_argument("--seconds", type=float, default=30.0)
-    p.add_argument("--data", help=f"data folder (default: ${DATA_ENV})")
-    p.add_argument("--config", help="cameras.yaml to use instead of the bundled demo one")
-    p.set_defaults(func=cmd_demo)
+    p = demo_loop.add_parser(sub, conn, lambda q: q.add_argument("--data", help=f"data folder (default: ${DATA_ENV})"))
+    p.set_defaults(func=lambda a: cmd_demo_cameras(a) if a.cameras_only else demo_loop.cmd_demo(a, _data_dir(a.data), _models_dir(a.data)))
     return parser
 
 

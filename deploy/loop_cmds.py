@@ -137,7 +137,7 @@ def cmd_bench_loop(args: argparse.Namespace, data_dir: Path, models_dir: Path) -
     say = lambda m: print(f"[bench loop] {m}", file=sys.stderr, flush=True)  # noqa: E731
     with endpoints_or_temporary_stack(args.bootstrap, args.redis, topics, announce=say) as endpoints:
         with ray_session(args.ray_address, RayPorts(args.ray_port)):
-            result = bench_loop.run(endpoints.bootstrap, endpoints.redis_url, topics, sequence, data_dir / "PETS09-S2L1", models_dir,
+            result = bench_loop.run(endpoints.bootstrap, endpoints.redis_url, topics, sequence, data_dir, models_dir,
                                     args.drift, default_label_cache(), updates=args.updates, every=args.every, progress=say)
     print(json.dumps(result, indent=2))
     return 0
@@ -149,6 +149,7 @@ def add_bench_loop_parser(bench_sub: Any, conn: argparse.ArgumentParser, data_fl
     b.add_argument("--drift", choices=("night", "none"), default="night", help="make the adapted camera night-dark and noisy")
     b.add_argument("--updates", type=int, default=300, help="parameter-server updates of the retraining cycle")
     b.add_argument("--every", type=int, default=4, help="score every K-th held-out frame")
+    b.add_argument("--json", action="store_true", help="print JSON (the only output format)")
     b.add_argument("--ray-address")
     b.add_argument("--ray-port", type=int, default=47300)
     data_flag(b)

@@ -274,7 +274,7 @@ class DetectorAgent:
                     assert isinstance(frame, Frame) and item.boxes is not None
                     ref = FrameRef(frame.camera_id, frame.seq, frame.capture_ts, frame.width, frame.height,
                                    frame.source_frame_index, frame.jpeg)
-                    await self._publish_detections(ref, item.boxes, item.model_version, item.timings_ms)
+                    await self._publish_detections(ref, item.boxes, item.model_version, item.timings_ms, item.brightness)
             except Exception:
                 log.exception("publishing results failed for camera %s", item.camera_id)
             finally:
@@ -323,7 +323,8 @@ class DetectorAgent:
         await self._send(self.settings.topics.tile_detections.name, result)
         self.counters["tiles_done"] = self.counters.get("tiles_done", 0) + 1
 
-    async def _publish_detections(self, frame: FrameRef, found: BoxArray, model_version: str, timings: dict[str, float]) -> None:
+    async def _publish_detections(self, frame: FrameRef, found: BoxArray, model_version: str, timings: dict[str, float],
+                                  brightness: float | None = None) -> None:
         """Track, publish Detections, evaluate alert rules and mine hard examples for one frame."""
         state = self._camera(frame.camera_id)
         published = found.above(self.settings.publish_threshold)
@@ -347,7 +348,7 @@ class DetectorAgent:
         for alert in state.alerts.evaluate(state.tracker.tracks, frame.seq, frame.capture_ts, model_version):
             await self._send(self.settings.topics.alerts.name, alert)
             self.counters["alerts"] += 1
-        reasons = state.miner.decide(found, state.tracker.just_lost(), frame.capture_ts)
+        reasons = state.miner.decide(found, state.tracker.just_lost(), frame.capture_ts, brightness)
         if reasons and frame.jpeg is not None:
             example = HardExample(
                 camera_id=frame.camera_id, seq=frame.seq, capture_ts=frame.capture_ts, width=frame.width,

@@ -10,13 +10,16 @@ from detectors.results import BoxArray
 
 @dataclass(frozen=True)
 class MiningPolicy:
-    """Scores in [threshold - band, threshold + band] are uncertain; ``random_rate`` of frames are sampled."""
+    """Scores in [threshold - band, threshold + band] are uncertain; ``random_rate`` of frames are
+    sampled; frames darker than ``dark_below`` (mean pixel value, 0-255) are hard whatever the model
+    says, since a model blinded by the dark finds nothing it could be unsure about."""
 
     threshold: float = 0.5
     band: float = 0.15
     min_uncertain: int = 1
     random_rate: float = 0.01
     per_minute: float = 6.0
+    dark_below: float = 50.0
 
 
 class HardExampleMiner:
@@ -31,7 +34,7 @@ class HardExampleMiner:
         self.mined = 0
         self.skipped_budget = 0
 
-    def reasons(self, boxes: BoxArray, lost_tracks: int) -> list[str]:
+    def reasons(self, boxes: BoxArray, lost_tracks: int, brightness: float | None = None) -> list[str]:
         """Why this frame is hard (possibly several reasons), before the budget is applied.
 
         ``lost_tracks`` is how many confirmed tracks the detector just failed to find again: the
@@ -44,16 +47,18 @@ class HardExampleMiner:
             reasons.append("uncertain")
         if lost_tracks > 0:
             reasons.append("flicker")
+        if brightness is not None and brightness < p.dark_below:
+            reasons.append("dark")
         if self._rng.random() < p.random_rate:
             reasons.append("random")
         return reasons
 
-    def decide(self, boxes: BoxArray, lost_tracks: int, ts: float) -> list[str]:
+    def decide(self, boxes: BoxArray, lost_tracks: int, ts: float, brightness: float | None = None) -> list[str]:
         """The reasons to publish this frame as a hard example, or [] (not hard, or over budget)."""
         if self._last_ts is not None:
             self._tokens = min(max(1.0, self.policy.per_minute), self._tokens + (ts - self._last_ts) * self.policy.per_minute / 60.0)
         self._last_ts = ts
-        reasons = self.reasons(boxes, lost_tracks)
+        reasons = self.reasons(boxes, lost_tracks, brightness)
         if not reasons:
             return []
         if self._tokens < 1.0:

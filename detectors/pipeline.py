@@ -39,6 +39,7 @@ class WorkItem:
     jpeg: bytes
     tiling: Tiling | None = None
     image: np.ndarray | None = None
+    brightness: float | None = None  # mean pixel value of the decoded frame (hard-example mining)
     tiles: list[Tile] | None = None
     tile_jpegs: list[bytes] = field(default_factory=list, repr=False)  # tiles to fan out (tiling.fan_out)
     tensors: list[np.ndarray] = field(default_factory=list, repr=False)
@@ -125,6 +126,7 @@ class DetectionPipeline:
             item.error = "corrupt JPEG: cannot decode the frame"
             return
         item.image = image
+        item.brightness = float(np.mean(cv2.mean(image)[:3]))
 
     def _preprocess(self, item: WorkItem, adapter: ModelAdapter | None = None) -> None:
         assert item.image is not None

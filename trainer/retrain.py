@@ -146,8 +146,10 @@ class Retrainer:
         fresh = self.to_training(new)
         replay_pool = self.to_training(self.store.replay()) + self.base_examples
         rng = np.random.default_rng(len(new))
-        take = min(len(replay_pool), int(round(len(fresh) * self.policy.replay_per_new)))
-        replay = [replay_pool[i] for i in rng.choice(len(replay_pool), size=take, replace=False)] if take else []
+        take = int(round(len(fresh) * self.policy.replay_per_new)) if replay_pool else 0
+        # a replay pool smaller than the share it must hold is drawn with repetition, so new data never outweighs it
+        picks = rng.choice(len(replay_pool), size=take, replace=take > len(replay_pool)) if take else []
+        replay = [replay_pool[i] for i in picks]
         version = time.strftime("student-%Y%m%d-%H%M%S")
         self.say(f"training {version} from {current}: {len(fresh)} new + {len(replay)} replay examples")
         settings = replace(self.policy.job, batch_size=min(self.policy.job.batch_size, len(fresh) + len(replay)))

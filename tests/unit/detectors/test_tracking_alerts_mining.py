@@ -74,5 +74,8 @@ def test_miner_reasons_and_budget() -> None:
     assert miner.reasons(people(10, score=0.95), lost_tracks=0) == []
     assert miner.reasons(people(10, score=0.55), lost_tracks=0) == ["uncertain"]
     assert miner.reasons(people(10, score=0.95), lost_tracks=1) == ["flicker"]
+    # a night-dark frame is hard even when the blinded model finds nothing at all
+    assert miner.reasons(people(0), lost_tracks=0, brightness=28.0) == ["dark"]
+    assert miner.reasons(people(0), lost_tracks=0, brightness=110.0) == []
     mined = sum(bool(miner.decide(people(10, score=0.45), 0, ts=i * 0.1)) for i in range(600))  # 60 s of hard frames
     assert 6 <= mined <= 7 and miner.skipped_budget == 600 - mined

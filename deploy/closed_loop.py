@@ -1,0 +1,289 @@
+"""One turn of pedstream's closed loop on real processes: what ``pedstream demo`` shows and
+``pedstream bench loop`` measures.
+
+A detector agent (its own process, following the registry in Redis) serves the bundled student.
+Cameras publish the first half of their sequences; the agent detects, raises alerts and mines hard
+examples; the trainer side stores them and runs one retraining cycle driven by them (teacher
+labels, a replay set of the student's original training frames, 2 Ray trainers, the evaluation
+gate). The candidate is made current while a live camera streams, and the run measures how long
+until the agent serves it, whether any live frame went without detections, and every camera's AP50
+before and after on the second half of its sequence, which nothing was trained on.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from detectors.detector import BUNDLED_MODELS, Detector, read_model
+from detectors.evaluation import evaluate_sequence
+from streams.bus import RecordSubscriber
+from streams.cameras.agent import CameraFleet
+from streams.cameras.config import Look, parse_cameras
+from streams.cameras.looks import render
+from streams.model_channel import ModelKeys, connect_redis
+from streams.mot import MotSequence
+from streams.records import Alert, Detections
+from streams.signing import PRIVATE_NAME, PUBLIC_NAME, Signer, init_keys
+from streams.topics import Topics
+from trainer.data import Example, LabelCache
+from trainer.job import JobSettings
+from trainer.labels import TeacherLabeler
+from trainer.registry import Lineage, Registry
+from trainer.report import read_weights
+from trainer.retrain import CycleResult, RetrainPolicy, Retrainer
+from trainer.service import TrainerService
+from trainer.sources import labelled_examples
+from trainer.store import HardExampleStore
+
+NIGHT = Look(brightness=0.25, noise=12.0)
+LIVE_FRAMES = 80  # frames the live camera streams around the swap (10 fps, real time)
+AGENT_ID = "loop-agent"
+
+
+@dataclass(frozen=True)
+class SiteCamera:
+    """A camera of the site: a MOT-style sequence seen through a look. Its first half streams (and
+    may be trained on); its second half is only ever scored."""
+
+    camera_id: str
+    sequence: MotSequence
+    look: Look = field(default_factory=Look)
+    adapt: bool = False  # a camera the retraining cycle is for (drifted, or never seen)
+
+    @property
+    def streamed(self) -> tuple[int, int]:
+        return 1, self.sequence.length // 2
+
+    @property
+    def scored(self) -> tuple[int, int]:
+        return self.sequence.length // 2 + 1, self.sequence.length
+
+    def config(self, alert_people: int) -> dict[str, Any]:
+        return {"id": self.camera_id, "source": str(self.sequence.video or self.sequence.image_dir),
+                "max_frames": self.streamed[1], "fps": 0, "realtime": False, "look": self.look.model_dump(),
+                "detect": {"hard_examples_per_minute": 6000 if self.adapt else 600,
+                           "alerts": [{"name": "crowd", "count_at_least": alert_people, "cooldown_s": 5}]}}
+
+
+@dataclass
+class LoopOutcome:
+    start_version: str
+    cycle: CycleResult
+    served_version: str  # what the agent serves at the end (the candidate if it shipped)
+    publish_to_serving_s: float
+    live_frames: int
+    live_with_detections: int
+    live_versions: list[str]
+    ap50_before: dict[str, float]
+    ap50_after: dict[str, float]
+    frames_published: dict[str, int]
+    detections: int
+    alerts: int
+    hard_examples: dict[str, dict[str, int]]
+    seconds: float
+
+    @property
+    def frames_dropped(self) -> int:
+        return self.live_frames - self.live_with_detections
+
+
+def _ap(detector: Detector, camera: SiteCamera, every: int) -> float:
+    rng = np.random.default_rng(0)
+
+    def detect(images: list[np.ndarray]) -> list[Any]:
+        return detector.detect([render(image, camera.look, None, rng) for image in images])
+
+    first, last = camera.scored
+    return round(evaluate_sequence(detect, camera.sequence, first, last, every).ap50, 4)
+
+
+def _wait(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+class _Counter(threading.Thread):
+    """Counts Detections and Alerts on the bus, as any subscriber would, and keeps the live camera's
+    detections (seq -> model version)."""
+
+    def __init__(self, bootstrap: str, topics: Topics, live_camera: str) -> None:
+        super().__init__(daemon=True, name="loop-counter")
+        tag = f"{os.getpid()}-{time.monotonic_ns()}"
+        self.detections = RecordSubscriber(bootstrap, topics, topics.detections, Detections, f"loop-detections-{tag}")
+        self.alerts = RecordSubscriber(bootstrap, topics, topics.alerts, Alert, f"loop-alerts-{tag}")
+        self.live_camera = live_camera
+        self.counts = {"detections": 0, "alerts": 0}
+        self.live: dict[int, str] = {}
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            for d in self.detections.poll(0.2):
+                self.counts["detections"] += 1
+                if d.record.camera_id == self.live_camera:
+                    self.live[d.record.seq] = d.record.model_version
+            self.counts["alerts"] += len(self.alerts.poll(0.05))
+
+    def close(self) -> None:
+        self.stopping.set()
+        self.join(5)
+        self.detections.close()
+        self.alerts.close()
+
+
+class ClosedLoop:
+    def __init__(self, bootstrap: str, redis_url: str, topics: Topics, cameras: list[SiteCamera], models_dir: Path,
+                 label_cache: Path, replay: tuple[MotSequence, tuple[int, int], int] | None = None, updates: int = 300,
+                 workers: int = 2, every: int = 4, alert_people: int = 5, progress: Callable[[str], None] | None = None) -> None:
+        if not any(c.adapt for c in cameras):
+            raise ValueError("at least one camera must be one to adapt")
+        self.bootstrap, self.redis_url, self.topics = bootstrap, redis_url, topics
+        self.cameras = cameras
+        self.models_dir = models_dir
+        self.label_cache = label_cache
+        self.replay = replay
+        self.updates, self.workers, self.every, self.alert_people = updates, workers, every, alert_people
+        self.say = progress or (lambda _m: None)
+        self.work = Path(tempfile.mkdtemp(prefix="pedstream-loop-"))
+
+    @property
+    def live_frames(self) -> int:
+        """Frames the live camera streams around the swap (its source may be shorter than LIVE_FRAMES)."""
+        camera = next((c for c in self.cameras if not c.adapt), self.cameras[0])
+        return min(LIVE_FRAMES, camera.sequence.length)
+
+    @property
+    def adapted(self) -> list[SiteCamera]:
+        return [c for c in self.cameras if c.adapt]
+
+    def _start_agent(self, cameras_yaml: Path) -> subprocess.Popen[bytes]:
+        command = [sys.executable, "-m", "deploy.cli", "detect", "--model", "student", "--bootstrap", self.bootstrap,
+                   "--redis", self.redis_url, "--topic-prefix", self.topics.prefix, "--threads", "1", "--agent-id", AGENT_ID,
+                   "--backend", "ort", "--cameras", str(cameras_yaml), "--public-key", str(self.work / "keys" / PUBLIC_NAME)]
+        log = open(self.work / "agent.log", "wb")  # noqa: SIM115 - the agent's lifetime
+        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PEDSTREAM_HOME": str(self.work)})
+
+    def _replay_examples(self) -> list[Example]:
+        if self.replay is None:
+            return []
+        sequence, frames, every = self.replay
+        self.say(f"replay set: teacher labels of {sequence.name} frames {frames[0]}-{frames[1]} (every {every})")
+        return labelled_examples(sequence, frames, "teacher", self.models_dir, self.label_cache, every)
+
+    def run(self) -> LoopOutcome:
+        started = time.monotonic()
+        init_keys(self.work / "keys")
+        registry = Registry(connect_redis(self.redis_url), ModelKeys.for_topics(self.topics.prefix),
+                            Signer.load(self.work / "keys" / PRIVATE_NAME))
+        start_bytes = read_model("student")
+        registry.publish(start_bytes, Lineage(notes="bundled student"), weights=read_weights(BUNDLED_MODELS / "student.weights.npz"))
+        start_version = registry.current_version() or "?"
+        site = {"cameras": [c.config(self.alert_people) for c in self.cameras]}
+        (self.work / "cameras.yaml").write_text(yaml.safe_dump(site))
+        agent = self._start_agent(self.work / "cameras.yaml")
+        store = HardExampleStore(self.work / "store")
+        policy = RetrainPolicy(min_new_examples=10**9, job=JobSettings(updates=self.updates, workers=self.workers, eval_every=0, warmup=10))
+        retrainer = Retrainer(store, registry, TeacherLabeler(self.models_dir).label, LabelCache(self.label_cache), policy,
+                              base_examples=self._replay_examples(), progress=self.say)
+        service = TrainerService(self.bootstrap, self.topics, registry.client, store, retrainer, auto=False)
+        counter = _Counter(self.bootstrap, self.topics, "live")
+        try:
+            self.say(f"detector agent starting; registry current {start_version}")
+            _wait(lambda: registry.agents().get(AGENT_ID, {}).get("serving") == start_version, 180, "the agent to serve the start model")
+            counter.start()
+            self.say("cameras publishing: " + ", ".join(f"{c.camera_id} ({c.sequence.name} frames 1-{c.streamed[1]}"
+                                                        f"{', drifted' if c.look != Look() else ''})" for c in self.cameras))
+            fleet = CameraFleet(parse_cameras(site), self.bootstrap, self.topics)
+            fleet.start()
+            waiter = threading.Thread(target=fleet.wait, args=(900,), daemon=True)
+            waiter.start()
+            quiet_since = time.monotonic()
+            last_note = 0.0
+            while True:  # store hard examples until the cameras are done and none came for 8 s
+                if service.collect(0.5):
+                    quiet_since = time.monotonic()
+                if time.monotonic() - last_note > 10:
+                    last_note = time.monotonic()
+                    self.say(f"frames {sum(int(s['published']) for s in fleet.stats())}, detections {counter.counts['detections']}, "  # type: ignore[call-overload]
+                             f"alerts {counter.counts['alerts']}, hard examples {sum(c['new'] + c['held_out'] for c in store.counts().values())}")
+                if not waiter.is_alive() and time.monotonic() - quiet_since > 8:
+                    break
+            fleet.stop()
+            published = {str(s["camera_id"]): int(s["published"]) for s in fleet.stats()}  # type: ignore[call-overload]
+            counts = store.counts()
+            self.say(f"hard examples stored: {counts}")
+            before = Detector.from_bytes(start_bytes, name="before", threads=1)
+            self.say("scoring the start model on every camera's second half (never trained on)")
+            ap_before = {c.camera_id: _ap(before, c, self.every) for c in self.cameras}
+            cycle = retrainer.run_cycle([c.camera_id for c in self.adapted], promote=False)
+            self.say(f"cycle {cycle.version}: {'passes' if cycle.shipped else 'fails'} the gate ({cycle.reason})")
+            swap_version = cycle.version if cycle.shipped else self._resigned_copy(registry, start_bytes, start_version)
+            publish_to_serving, live_versions = self._swap_while_streaming(registry, counter, swap_version)
+            after = Detector.from_bytes(registry.onnx(registry.current_version() or swap_version), name="after", threads=1)
+            ap_after = {c.camera_id: _ap(after, c, self.every) for c in self.cameras}
+            counter.close()
+            return LoopOutcome(
+                start_version=start_version, cycle=cycle, served_version=swap_version, publish_to_serving_s=publish_to_serving,
+                live_frames=self.live_frames, live_with_detections=len(counter.live), live_versions=live_versions,
+                ap50_before=ap_before, ap50_after=ap_after, frames_published=published,
+                detections=counter.counts["detections"], alerts=counter.counts["alerts"], hard_examples=counts,
+                seconds=round(time.monotonic() - started, 1))
+        finally:
+            counter.stopping.set()
+            service.subscriber.close()
+            if agent.poll() is None:
+                agent.terminate()
+                try:
+                    agent.wait(15)
+                except subprocess.TimeoutExpired:
+                    agent.kill()
+
+    def _resigned_copy(self, registry: Registry, start_bytes: bytes, start_version: str) -> str:
+        """A candidate that failed the gate is not served; the swap is still measured, with the start
+        model stored again under a new version (same weights, so the cameras' AP is unchanged)."""
+        import onnx
+
+        version = f"{start_version}-again"
+        proto = onnx.load_model_from_string(start_bytes)
+        for prop in proto.metadata_props:
+            if prop.key == "pedstream_version":
+                prop.value = version
+        registry.store(proto.SerializeToString(), Lineage(parent=start_version, notes="swap timing only: the candidate was rejected"))
+        return version
+
+    def _swap_while_streaming(self, registry: Registry, counter: _Counter, version: str) -> tuple[float, list[str]]:
+        """Make ``version`` current while the live camera streams at 10 fps; returns the seconds from
+        publishing to the agent reporting it serves it, and the versions seen on live detections."""
+        camera = next((c for c in self.cameras if not c.adapt), self.cameras[0])
+        live = CameraFleet(parse_cameras({"cameras": [{"id": "live", "source": str(camera.sequence.video or camera.sequence.image_dir),
+                                                       "max_frames": self.live_frames, "fps": 10, "realtime": True}]}),
+                           self.bootstrap, self.topics)
+        live.start()
+        time.sleep(3)
+        self.say(f"publishing {version} while camera 'live' streams")
+        published_at = time.time()
+        registry.make_current(version)
+        _wait(lambda: registry.agents().get(AGENT_ID, {}).get("serving") == version, 60, "the agent to serve the new model")
+        serving_at = float(registry.agents()[AGENT_ID]["ts"])
+        live.wait(60)
+        live.stop()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len(counter.live) < self.live_frames:
+            time.sleep(0.2)
+        return round(serving_at - published_at, 3), sorted(set(counter.live.values()))
