@@ -5,7 +5,7 @@ PEDSTREAM_DATA ?= $(abspath ../shared/data)
 PEDSTREAM_MODELS ?= $(abspath ../shared/models)
 export PEDSTREAM_DATA PEDSTREAM_MODELS
 
-.PHONY: venv demo test test-unit bench-ingest bench-detector bench-pipeline bench-train student clean
+.PHONY: venv demo test test-unit bench-ingest bench-detector bench-pipeline bench-train bench-loop student clean
 
 venv: $(VENV)/.installed
 
@@ -34,6 +34,9 @@ bench-pipeline: venv
 
 bench-train: venv
 	$(VENV)/bin/pedstream bench train --workers 1,2 --mode async,sync --json
+
+bench-loop: venv
+	$(VENV)/bin/pedstream bench loop --json
 
 # Student v0: teacher labels of PETS09-S2L1 frames 1-397, async PS with 2 trainers, scored on
 # frames 398-795 against the ground truth; the result is the bundled `--model student`.

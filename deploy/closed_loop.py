@@ -38,11 +38,10 @@ from streams.records import Alert, Detections
 from streams.signing import PRIVATE_NAME, PUBLIC_NAME, Signer, init_keys
 from streams.topics import Topics
 from trainer.data import Example, LabelCache
-from trainer.job import JobSettings
 from trainer.labels import TeacherLabeler
 from trainer.registry import Lineage, Registry
 from trainer.report import read_weights
-from trainer.retrain import CycleResult, RetrainPolicy, Retrainer
+from trainer.retrain import CycleResult, RetrainPolicy, Retrainer, fine_tune_settings
 from trainer.service import TrainerService
 from trainer.sources import labelled_examples
 from trainer.store import HardExampleStore
@@ -198,7 +197,7 @@ class ClosedLoop:
         (self.work / "cameras.yaml").write_text(yaml.safe_dump(site))
         agent = self._start_agent(self.work / "cameras.yaml")
         store = HardExampleStore(self.work / "store")
-        policy = RetrainPolicy(min_new_examples=10**9, job=JobSettings(updates=self.updates, workers=self.workers, eval_every=0, warmup=10))
+        policy = RetrainPolicy(min_new_examples=10**9, job=fine_tune_settings(self.updates, self.workers))
         retrainer = Retrainer(store, registry, TeacherLabeler(self.models_dir).label, LabelCache(self.label_cache), policy,
                               base_examples=self._replay_examples(), progress=self.say)
         service = TrainerService(self.bootstrap, self.topics, registry.client, store, retrainer, auto=False)

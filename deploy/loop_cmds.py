@@ -30,9 +30,8 @@ def cmd_trainer(args: argparse.Namespace, models_dir: Path) -> int:
     from streams.topics import Topics
     from trainer.cluster import RayPorts, ray_session
     from trainer.data import LabelCache
-    from trainer.job import JobSettings
     from trainer.labels import TeacherLabeler
-    from trainer.retrain import RetrainPolicy, Retrainer
+    from trainer.retrain import RetrainPolicy, Retrainer, fine_tune_settings
     from trainer.service import TrainerService
     from trainer.store import HardExampleStore
 
@@ -42,9 +41,10 @@ def cmd_trainer(args: argparse.Namespace, models_dir: Path) -> int:
     registry = _registry(args, need_signer=True)
     teacher = TeacherLabeler(models_dir)
     policy = RetrainPolicy(min_new_examples=args.min_examples, min_agreement=args.min_agreement, gate_margin=args.gate_margin,
-                           max_loss=args.max_loss, job=JobSettings(updates=args.updates, workers=args.workers, eval_every=0, warmup=10))
+                           max_loss=args.max_loss, job=fine_tune_settings(args.updates, args.workers, args.lr))
+    say = lambda m: print(f"[trainer] {m}", file=sys.stderr, flush=True)  # noqa: E731
     retrainer = Retrainer(store, registry, teacher.label, LabelCache(default_label_cache()), policy,
-                          progress=lambda m: print(f"[trainer] {m}", file=sys.stderr, flush=True))
+                          base_examples=_replay_set(args, models_dir, say), progress=say)
     with ray_session(args.ray_address, RayPorts(args.ray_port), num_cpus=max(os.cpu_count() or 1, args.workers)):
         service = TrainerService(endpoints.bootstrap, Topics.from_env(args.topic_prefix), connect_redis(endpoints.redis_url),
                                  store, retrainer, auto=not args.no_auto)
@@ -56,6 +56,21 @@ def cmd_trainer(args: argparse.Namespace, models_dir: Path) -> int:
               f"{'automatic triggers on' if service.auto else 'manual cycles only'}", file=sys.stderr, flush=True)
         service.run()
     return 0
+
+
+def _replay_set(args: argparse.Namespace, models_dir: Path, say: Any) -> list[Any]:
+    """--replay-sequence: teacher-labelled frames of a sequence the current model was trained on, kept
+    in every cycle's replay pool (with the store's earlier hard examples) so retraining does not forget."""
+    if not args.replay_sequence:
+        return []
+    from deploy.training import default_label_cache
+    from streams.mot import MotSequence
+    from trainer.sources import labelled_examples, parse_frames
+
+    sequence = MotSequence.load(Path(args.replay_sequence))
+    frames = parse_frames(args.replay_frames, sequence.length) if args.replay_frames else (1, sequence.length // 2)
+    say(f"replay set: teacher labels of {sequence.name} frames {frames[0]}-{frames[1]} (every {args.replay_every})")
+    return labelled_examples(sequence, frames, "teacher", models_dir, default_label_cache(), args.replay_every)
 
 
 def cmd_retrain(args: argparse.Namespace) -> int:
@@ -109,6 +124,11 @@ def add_parsers(sub: Any, conn: argparse.ArgumentParser, data_flag: Any) -> tupl
     p.add_argument("--max-loss", type=float, default=0.02, help="gate: AP50 any camera may lose")
     p.add_argument("--updates", type=int, default=300, help="parameter-server updates per cycle")
     p.add_argument("--workers", type=int, default=2, help="Ray trainers per cycle")
+    p.add_argument("--lr", type=float, default=5e-4, help="fine-tuning learning rate (Adam)")
+    p.add_argument("--replay-sequence", help="MOT-style folder the current model was trained on: its teacher-labelled "
+                                             "frames join every cycle's replay set (against forgetting)")
+    p.add_argument("--replay-frames", help="A:B frames of --replay-sequence (default: its first half)")
+    p.add_argument("--replay-every", type=int, default=2, help="every K-th of those frames")
     p.add_argument("--ray-address")
     p.add_argument("--ray-port", type=int, default=47300)
     data_flag(p)

@@ -69,7 +69,21 @@ def redis_answers(url: str, timeout_s: float = 1.0) -> bool:
         return False
 
 
+def _accepts_connections(bootstrap: str, timeout_s: float = 1.0) -> bool:
+    """Whether any bootstrap address takes a TCP connection (a fast no before the Kafka client's retries)."""
+    for address in bootstrap.split(","):
+        host, _, port = address.strip().rpartition(":")
+        try:
+            with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout_s):
+                return True
+        except (OSError, ValueError):
+            continue
+    return False
+
+
 def kafka_answers(bootstrap: str) -> bool:
+    if not _accepts_connections(bootstrap):
+        return False
     try:
         admin = KafkaAdminClient(**admin_settings(bootstrap))
     except (KafkaError, OSError, ValueError):

@@ -130,7 +130,7 @@ class HardExample(_ImageFields):
     source_frame_index: NonNegativeInt
     model_version: str = Field(min_length=1)
     detections: list[Box]
-    reasons: list[Literal["uncertain", "flicker", "random"]] = Field(min_length=1)
+    reasons: list[Literal["uncertain", "flicker", "dark", "random"]] = Field(min_length=1)
     mined_ts: Timestamp
 
 

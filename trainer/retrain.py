@@ -26,10 +26,19 @@ from streams.mot import GroundTruth
 from trainer.data import Example, LabelCache, shrink
 from trainer.job import JobSettings, TrainingJob
 from trainer.labels import TEACHER_SOURCE, Labels
+from trainer.ps import StalenessPolicy
 from trainer.registry import Lineage, Registry
 from trainer.sources import STORAGE_WIDTH
 from trainer.store import HardExampleStore, StoredExample
 from trainer.student import StudentConfig
+
+
+FINE_TUNE_LR = 5e-4  # a quarter of training from scratch: adapt to the new cameras, keep the rest
+
+
+def fine_tune_settings(updates: int = 300, workers: int = 2, lr: float = FINE_TUNE_LR) -> JobSettings:
+    """Training settings of a retraining cycle: it starts from the current version's weights."""
+    return JobSettings(updates=updates, workers=workers, eval_every=0, warmup=10, policy=StalenessPolicy(lr=lr))
 
 
 @dataclass(frozen=True)
@@ -40,7 +49,7 @@ class RetrainPolicy:
     gate_margin: float = 0.01
     max_loss: float = 0.02
     replay_per_new: float = 1.0  # replay examples per new example (at most what the replay set has)
-    job: JobSettings = JobSettings(updates=300, workers=2, eval_every=0, warmup=10)
+    job: JobSettings = field(default_factory=lambda: fine_tune_settings())
 
 
 @dataclass
