@@ -48,6 +48,7 @@ class JobSettings:
     eval_every: int = 100  # updates between held-out evaluations (0: only at the end)
     checkpoint_every: int = 50
     join_after: int | None = None  # add one more trainer after this many updates
+    freeze_batchnorm: bool = False  # keep the start weights' batch-norm statistics (fine-tuning)
     seed: int = 0
     target_loss: float | None = None  # report when the smoothed loss first reaches this
     timeout_s: float = 120.0  # the longest wait for any one gradient
@@ -170,7 +171,7 @@ class TrainingJob:
         path = self.work_dir / f"examples-{index}-of-{total}.pkl"
         save_examples(self._data_shard(index, total), path)
         self.trainers.append(Trainer.remote(str(path), self.config, self.settings.batch_size, self.settings.augment,
-                                            self.settings.seed * 1000 + index + 1))
+                                            self.settings.seed * 1000 + index + 1, self.settings.freeze_batchnorm))
 
     def trainer_pids(self) -> list[int]:
         return ray.get([t.pid.remote() for t in self.trainers], timeout=self.settings.timeout_s)

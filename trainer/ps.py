@@ -130,8 +130,10 @@ def load_weights(model: torch.nn.Module, weights: Weights) -> None:
 class GradientWorker:
     """A trainer: takes weights, computes the loss gradient on a mini-batch of its data shard."""
 
-    def __init__(self, examples: list[Example], config: StudentConfig, batch_size: int, augment: Augment, seed: int) -> None:
+    def __init__(self, examples: list[Example], config: StudentConfig, batch_size: int, augment: Augment, seed: int,
+                 freeze_batchnorm: bool = False) -> None:
         torch.set_num_threads(1)
+        self.freeze_batchnorm = freeze_batchnorm  # fine-tuning: normalise with the start model's statistics
         self.examples = examples
         self.model = Student(config)
         self.batch_size = batch_size
@@ -143,6 +145,10 @@ class GradientWorker:
         """(gradients, updated batch-norm buffers, loss, version the gradient is based on)."""
         load_weights(self.model, weights)
         self.model.train()
+        if self.freeze_batchnorm:
+            for module in self.model.modules():
+                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                    module.eval()
         picks = self.rng.choice(len(self.examples), size=min(self.batch_size, len(self.examples)), replace=False)
         images, targets = make_batch([self.examples[i] for i in picks], self.model.config.input_width,
                                      self.model.config.input_height, self.augment, self.rng)

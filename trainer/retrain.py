@@ -38,7 +38,8 @@ FINE_TUNE_LR = 5e-4  # a quarter of training from scratch: adapt to the new came
 
 def fine_tune_settings(updates: int = 300, workers: int = 2, lr: float = FINE_TUNE_LR) -> JobSettings:
     """Training settings of a retraining cycle: it starts from the current version's weights."""
-    return JobSettings(updates=updates, workers=workers, eval_every=0, warmup=10, policy=StalenessPolicy(lr=lr))
+    return JobSettings(updates=updates, workers=workers, eval_every=0, warmup=10, policy=StalenessPolicy(lr=lr),
+                       freeze_batchnorm=True)
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ class RetrainPolicy:
     agreement_window: int = 30  # the latest mined frames of a camera that estimate its accuracy
     gate_margin: float = 0.01
     max_loss: float = 0.02
-    replay_per_new: float = 1.0  # replay examples per new example (at most what the replay set has)
+    replay_per_new: float = 2.0  # replay examples per new example (drawn with repetition from a smaller pool)
     job: JobSettings = field(default_factory=lambda: fine_tune_settings())
 
 

@@ -83,10 +83,12 @@ def test_publish_promote_rollback_and_verification(registry: Registry, keys: Pat
         registry.make_current(rejected.version)
 
 
-def _start_agent(model: Path, broker: str, topics: Topics, redis_url: str, public_key: Path, home: Path, agent_id: str) -> subprocess.Popen[bytes]:
+def _start_agent(model: Path, broker: str, topics: Topics, redis_url: str, public_key: Path, home: Path, agent_id: str,
+                 group: str | None = None) -> subprocess.Popen[bytes]:
     cmd = [sys.executable, "-m", "deploy.cli", "detect", "--model", str(model), "--bootstrap", broker, "--redis", redis_url,
            "--topic-prefix", topics.prefix, "--threads", "1", "--agent-id", agent_id, "--batch", "2", "--backend", "ort",
-           "--public-key", str(public_key)]
+           "--public-key", str(public_key), *(["--group", group] if group else [])]
+    home.mkdir(parents=True, exist_ok=True)
     log = open(home / f"{agent_id}.log", "wb")
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PEDSTREAM_HOME": str(home)})
 
@@ -144,6 +146,10 @@ def test_agent_hot_swaps_refuses_tampered_and_rolls_back_without_losing_frames(
         _wait_for(lambda: "s-first" in watch.versions(), 60, "detections by s-first")
         registry.publish(with_version(STUDENT.read_bytes(), "s-second"), Lineage(parent="s-first"))
         _wait_for(lambda: "s-second" in watch.versions(), 20, "detections by s-second")
+        # a second agent (its own consumer group) started now loads the current version, not its --model
+        late = _start_agent(shared_models / "ssdlite_pedestrian.onnx", broker, topics, redis_url, keys / PUBLIC_NAME,
+                            tmp_path / "late", "swap-b", group=f"late-{uuid.uuid4().hex[:6]}")
+        _wait_for(lambda: _serving(registry, "swap-b") == "s-second", 60, "the late agent to load the current version")
         tampered = registry.store(with_version(STUDENT.read_bytes(), "s-tampered"))
         registry.client.set(registry.keys.onnx("s-tampered"), b"not the signed bytes")
         registry.make_current(tampered.version)
@@ -153,13 +159,16 @@ def test_agent_hot_swaps_refuses_tampered_and_rolls_back_without_losing_frames(
         assert "sha256" in status["refused"]["reason"]
         registry.rollback()  # s-tampered -> s-second: already serving; once more -> s-first
         registry.rollback()
-        _wait_for(lambda: _serving(registry, "swap-a") == "s-first", 20, "the rollback to s-first")
+        _wait_for(lambda: _serving(registry, "swap-a") == _serving(registry, "swap-b") == "s-first", 20,
+                  "the rollback to s-first on both agents")
         camera.join(60)
-        _wait_for(lambda: len({d.seq for d in watch.records}) >= frames, 60, "every frame's detections")
+        _wait_for(lambda: len({d.seq for d in watch.records if d.agent_id == "swap-a"}) >= frames, 60, "every frame's detections")
     finally:
         stop(agent)
+        if "late" in locals():
+            stop(late)
         watch.close()
-    ordered = sorted({d.seq: d for d in watch.records}.values(), key=lambda d: d.seq)
+    ordered = sorted({d.seq: d for d in watch.records if d.agent_id == "swap-a"}.values(), key=lambda d: d.seq)
     assert [d.seq for d in ordered] == list(range(frames))  # no frame lost across three swaps
     versions = [d.model_version for d in ordered]
     assert "s-tampered" not in versions and versions[-1] == "s-first"
@@ -207,7 +216,7 @@ def test_redis_restart_mid_stream_does_not_stop_detection(broker: str, keys: Pat
         registry.publish(with_version(STUDENT.read_bytes(), "r-2"))
         _wait_for(lambda: _serving(registry, "redis-a") == "r-2", 30, "the agent to reconnect and swap to r-2")
         camera.join(60)
-        _wait_for(lambda: len({d.seq for d in watch.records}) >= frames, 60, "every frame's detections")
+        _wait_for(lambda: len({d.seq for d in watch.records if d.agent_id == "swap-a"}) >= frames, 60, "every frame's detections")
     finally:
         stop(agent)
         watch.close()

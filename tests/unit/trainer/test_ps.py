@@ -104,3 +104,18 @@ def test_learning_rate_warms_up_then_decays() -> None:
     assert s.lr_scale(10) == pytest.approx(1.0) and s.lr_scale(99) < 0.1 and s.lr_scale(55) == pytest.approx(0.525, abs=0.01)
     with pytest.raises(PedstreamError, match="mode"):
         JobSettings(mode="fast")
+
+
+def test_fine_tuning_keeps_the_start_models_batch_norm_statistics() -> None:
+    rng = np.random.default_rng(0)
+    examples = [Example(rng.integers(0, 40, (192, 256, 3), dtype=np.uint8), np.array([[20, 30, 60, 150]], np.float32),
+                        np.ones(1, np.float32), "test", f"dark#{i}") for i in range(4)]  # dark frames: other statistics
+    config = StudentConfig(input_width=256, input_height=192)
+    start = model_weights(Student(config))
+    for freeze in (True, False):
+        worker = GradientWorker(examples, config, batch_size=4, augment=Augment(enabled=False), seed=1, freeze_batchnorm=freeze)
+        grads, buffers, _loss, _ = worker.compute({k: v.copy() for k, v in start.items()}, 0)
+        means = [n for n in buffers if n.endswith("running_mean")]
+        assert means and grads
+        unchanged = all(np.array_equal(buffers[n], start[n]) for n in means)
+        assert unchanged == freeze
