@@ -216,7 +216,7 @@ def test_redis_restart_mid_stream_does_not_stop_detection(broker: str, keys: Pat
         registry.publish(with_version(STUDENT.read_bytes(), "r-2"))
         _wait_for(lambda: _serving(registry, "redis-a") == "r-2", 30, "the agent to reconnect and swap to r-2")
         camera.join(60)
-        _wait_for(lambda: len({d.seq for d in watch.records if d.agent_id == "swap-a"}) >= frames, 60, "every frame's detections")
+        _wait_for(lambda: len({d.seq for d in watch.records}) >= frames, 60, "every frame's detections")
     finally:
         stop(agent)
         watch.close()
