@@ -50,6 +50,7 @@ class RetrainPolicy:
     gate_margin: float = 0.01
     max_loss: float = 0.02
     replay_per_new: float = 2.0  # replay examples per new example (drawn with repetition from a smaller pool)
+    min_replay: int = 64  # ...and at least this many: a few new examples must not carry a whole cycle
     job: JobSettings = field(default_factory=lambda: fine_tune_settings())
 
 
@@ -156,7 +157,7 @@ class Retrainer:
         fresh = self.to_training(new)
         replay_pool = self.to_training(self.store.replay()) + self.base_examples
         rng = np.random.default_rng(len(new))
-        take = int(round(len(fresh) * self.policy.replay_per_new)) if replay_pool else 0
+        take = max(int(round(len(fresh) * self.policy.replay_per_new)), self.policy.min_replay) if replay_pool else 0
         # a replay pool smaller than the share it must hold is drawn with repetition, so new data never outweighs it
         picks = rng.choice(len(replay_pool), size=take, replace=take > len(replay_pool)) if take else []
         replay = [replay_pool[i] for i in picks]
