@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -28,6 +29,7 @@ from detectors.detector import Detector, model_path, read_model
 from detectors.evaluation import evaluate_sequence
 from detectors.tiling import tiled
 from streams.bus import RecordSubscriber, read_dead_letters
+from streams.metrics import register_cameras, serve_metrics
 from streams.cameras.agent import CameraFleet
 from streams.cameras.config import CameraConfig, Tiling, load_cameras, parse_cameras
 from streams.endpoints import resolve
@@ -42,6 +44,15 @@ MODELS_ENV = "PEDSTREAM_MODELS"
 DEMO_CONFIG = Path(__file__).parent / "demo" / "cameras.yaml"
 
 log = logging.getLogger("pedstream")
+
+
+def metrics_flags() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("metrics")
+    group.add_argument("--metrics-port", type=int, help="serve Prometheus metrics at http://HOST:PORT/metrics (default: off)")
+    group.add_argument("--metrics-host", default="127.0.0.1", help="address to serve metrics on (default 127.0.0.1; "
+                                                                    "0.0.0.0 for a Prometheus on another machine)")
+    return parent
 
 
 def _connection_flags() -> argparse.ArgumentParser:
@@ -176,6 +187,10 @@ def cmd_camera(args: argparse.Namespace) -> int:
     endpoints = resolve(args.bootstrap, args.redis)
     fleet = CameraFleet(cameras, endpoints.bootstrap, Topics.from_env(args.topic_prefix))
     _stop_on_signals(fleet.stop_event.set)
+    if args.metrics_port is not None:
+        register_cameras(fleet.stats)
+        serve_metrics(args.metrics_port, args.metrics_host)
+        print(f"[camera] metrics on http://{args.metrics_host}:{args.metrics_port}/metrics", file=sys.stderr, flush=True)
     log.info("publishing %d camera(s) to %s", len(cameras), endpoints.bootstrap)
     fleet.start()
     started = time.monotonic()
@@ -247,6 +262,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
         **({"agent_id": args.agent_id} if args.agent_id else {}), max_batch=args.batch, max_wait_ms=args.batch_wait_ms,
         publish_threshold=args.publish_threshold, track_threshold=args.score_threshold,
         redis_url=None if args.no_registry else endpoints.redis_url, public_key=public_key, serve_backend=args.backend,
+        metrics_port=args.metrics_port, metrics_host=args.metrics_host,
     )
     print(f"detector agent {settings.agent_id}: model {detector.version} ({detector.info.format}) on "
           f"{detector.backend.name}: {detector.backend_reason}", file=sys.stderr, flush=True)
@@ -407,6 +423,17 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
     return training.cmd_bench_train(args, models)
 
 
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from deploy.dashboard import Dashboard
+
+    endpoints = resolve(args.bootstrap, args.redis)
+    dashboard = Dashboard(endpoints.bootstrap, Topics.from_env(args.topic_prefix), args.host, args.port, args.from_start)
+    _stop_on_signals(lambda: threading.Thread(target=dashboard.server.shutdown, daemon=True).start())
+    print(f"pedstream dashboard on {dashboard.address} (kafka {endpoints.bootstrap})", file=sys.stderr, flush=True)
+    dashboard.run()
+    return 0
+
+
 def cmd_demo_cameras(args: argparse.Namespace) -> int:
     """`pedstream demo --cameras-only`: the stack, the bundled virtual cameras and a live consumer."""
     os.environ[DATA_ENV] = str(_data_dir(args.data))
@@ -452,7 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_stack)
 
-    p = sub.add_parser("camera", parents=[conn], help="run camera ingestion agents (many cameras in one process)")
+    p = sub.add_parser("camera", parents=[conn, metrics_flags()], help="run camera ingestion agents (many cameras in one process)")
     p.add_argument("--config", help="cameras.yaml (see docs/cameras.md)")
     p.add_argument("--source", help="one source: video file, rtsp/http URL, USB index, or image/MOT folder")
     p.add_argument("--id", help="camera id for --source (with --virtual: the id prefix)")
@@ -491,7 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="ort, tvm (falls back to ort with the reason), or auto (measure both here, serve the faster); default: auto for detect, ort otherwise")
     group.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: all cores)")
 
-    p = sub.add_parser("detect", parents=[conn, model], help="run an edge detector agent (faust)")
+    p = sub.add_parser("detect", parents=[conn, model, metrics_flags()], help="run an edge detector agent (faust)")
     p.set_defaults(backend="auto")  # an agent measures both backends on its device and serves the faster
     p.add_argument("--cameras", help="cameras.yaml with per-camera alert rules, tiling and mining budget")
     p.add_argument("--group", default="pedstream-detectors", help="agents in one group split the cameras")
@@ -569,11 +596,18 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=cmd_bench_train)
 
     registry_cmds.add_parsers(sub, conn)
-    trainer_parser, _ = loop_cmds.add_parsers(sub, conn, lambda q: q.add_argument("--data", help=f"data folder (default: ${DATA_ENV})"))
+    trainer_parser, _ = loop_cmds.add_parsers(sub, conn, lambda q: q.add_argument("--data", help=f"data folder (default: ${DATA_ENV})"),
+                                                  metrics_flags())
     trainer_parser.set_defaults(func=lambda a: loop_cmds.cmd_trainer(a, _models_dir(a.data)))
 
     p = training.add_train_parser(sub, lambda q: q.add_argument("--data", help=f"data folder (default: ${DATA_ENV})"))
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("dashboard", parents=[conn], help="a live page: each camera's annotated frame, counts, alerts, model")
+    p.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--from-start", action="store_true", help="read the topics from their start instead of from now")
+    p.set_defaults(func=cmd_dashboard)
 
     p = demo_loop.add_parser(sub, conn, lambda q: q.add_argument("--data", help=f"data folder (default: ${DATA_ENV})"))
     p.set_defaults(func=lambda a: cmd_demo_cameras(a) if a.cameras_only else demo_loop.cmd_demo(a, _data_dir(a.data), _models_dir(a.data)))

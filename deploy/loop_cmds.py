@@ -26,6 +26,7 @@ def cmd_trainer(args: argparse.Namespace, models_dir: Path) -> int:
     from deploy.registry_cmds import _registry
     from deploy.training import default_label_cache
     from streams.endpoints import resolve
+    from streams.metrics import serve_metrics
     from streams.model_channel import connect_redis
     from streams.topics import Topics
     from trainer.cluster import RayPorts, ray_session
@@ -52,6 +53,8 @@ def cmd_trainer(args: argparse.Namespace, models_dir: Path) -> int:
 
         signal.signal(signal.SIGTERM, lambda *_: service.stop())
         signal.signal(signal.SIGINT, lambda *_: service.stop())
+        if serve_metrics(args.metrics_port, args.metrics_host):
+            print(f"[trainer] metrics on http://{args.metrics_host}:{args.metrics_port}/metrics", file=sys.stderr, flush=True)
         print(f"[trainer] store {store_dir}; registry current {registry.current_version()}; "
               f"{'automatic triggers on' if service.auto else 'manual cycles only'}", file=sys.stderr, flush=True)
         service.run()
@@ -113,8 +116,9 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     return 0 if result.get("shipped") else 1
 
 
-def add_parsers(sub: Any, conn: argparse.ArgumentParser, data_flag: Any) -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
-    p = sub.add_parser("trainer", parents=[conn], help="the continual-training service: hard examples -> retraining -> registry")
+def add_parsers(sub: Any, conn: argparse.ArgumentParser, data_flag: Any,
+                metrics: argparse.ArgumentParser) -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    p = sub.add_parser("trainer", parents=[conn, metrics], help="the continual-training service: hard examples -> retraining -> registry")
     p.add_argument("--store", help=f"hard-example store folder (default ${STORE_ENV} or ~/.pedstream/hard-examples)")
     p.add_argument("--keys", help="key pair folder (default $PEDSTREAM_KEYS or ~/.pedstream/keys)")
     p.add_argument("--no-auto", action="store_true", help="retrain only when asked (pedstream retrain)")

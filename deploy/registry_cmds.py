@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from detectors.detector import read_model
 from streams.errors import PedstreamError
 from streams.signing import PRIVATE_NAME, PUBLIC_NAME, Signer, default_keys_dir, init_keys
 
@@ -77,14 +78,16 @@ def cmd_models(args: argparse.Namespace) -> int:
         from trainer.registry import Lineage
 
         registry = _registry(args, need_signer=True)
-        onnx = Path(args.model).read_bytes()
+        from detectors.detector import BUNDLED_MODELS, model_path
+        from trainer.report import read_weights
+
+        onnx = read_model(args.model)
         metrics = json.loads(args.metrics) if args.metrics else {}
         lineage = Lineage(parent=args.parent or registry.current_version(), notes=args.notes)
-        weights = None
-        if args.weights:
-            from trainer.report import read_weights
-
-            weights = read_weights(Path(args.weights))
+        weights_file = Path(args.weights) if args.weights else None
+        if weights_file is None and model_path(args.model).parent == BUNDLED_MODELS:  # the bundled student's own weights
+            weights_file = BUNDLED_MODELS / "student.weights.npz"
+        weights = read_weights(weights_file) if weights_file else None
         a = registry.store(onnx, lineage, metrics, weights=weights)
         if not args.no_promote:
             registry.make_current(a.version)

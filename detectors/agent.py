@@ -24,6 +24,7 @@ import numpy as np
 from detectors.alerts import AlertEvaluator
 from detectors.detector import Detector
 from detectors.faust_transport import broker_url
+from detectors import metrics
 from detectors.mining import HardExampleMiner, MiningPolicy
 from detectors.model_updates import ModelUpdater
 from detectors.pipeline import DetectionPipeline, WorkItem
@@ -33,6 +34,7 @@ from streams.bus import DLQ_OFFSET, DLQ_PARTITION, DLQ_REASON, DLQ_TOPIC, DLQ_TS
 from streams.cameras.config import CameraConfig, DetectSettings
 from streams.errors import RecordError
 from streams.kafka_settings import MAX_MESSAGE_BYTES
+from streams.metrics import DEAD_LETTERS, serve_metrics
 from streams.model_channel import ModelKeys, ModelReader, ModelWatcher, connect_redis
 from detectors.tiling import merge_in_frame
 from streams.records import Detections, Frame, HardExample, Record, TileDetections, TileTask
@@ -61,6 +63,8 @@ class AgentSettings:
     redis_url: str | None = None
     public_key: Path | None = None  # Ed25519 public key that every served model must be signed with
     serve_backend: str = "ort"  # ort, or tvm/auto: new versions serve on ORT at once, TVM when compiled
+    metrics_port: int | None = None  # serve Prometheus metrics on this port (None: off)
+    metrics_host: str = "127.0.0.1"
 
 
 class CameraState:
@@ -159,6 +163,8 @@ class DetectorAgent:
         self.detector = detector
         if self.pipeline is not None:
             self.pipeline.swap(detector)
+        metrics.SERVING.serving(detector.version, detector.backend.name)
+        metrics.MODEL_SWAPS.inc()
 
     # --- consuming ----------------------------------------------------------------------------
 
@@ -293,6 +299,7 @@ class DetectorAgent:
         ]
         await self.out[self.settings.topics.dead_letter.name].send(key=message.key, value=message.value, headers=headers)
         self.counters["dead_letters"] += 1
+        DEAD_LETTERS.labels(message.topic).inc()
         log.warning("dead-lettered %s[%d]@%d: %s", message.topic, message.partition, message.offset, reason)
 
     async def _fan_out(self, item: WorkItem, pending: Pending) -> None:
@@ -345,9 +352,11 @@ class DetectorAgent:
         await self._send(self.settings.topics.detections.name, detections)
         self.counters["frames"] += 1
         self.counters["detections"] += len(boxes)
+        metrics.observe_frame(frame.camera_id, len(boxes), latency)
         for alert in state.alerts.evaluate(state.tracker.tracks, frame.seq, frame.capture_ts, model_version):
             await self._send(self.settings.topics.alerts.name, alert)
             self.counters["alerts"] += 1
+            metrics.ALERTS.labels(frame.camera_id, alert.rule).inc()
         reasons = state.miner.decide(found, state.tracker.just_lost(), frame.capture_ts, brightness)
         if reasons and frame.jpeg is not None:
             example = HardExample(
@@ -357,6 +366,8 @@ class DetectorAgent:
             )
             await self._send(self.settings.topics.hard_examples.name, example)
             self.counters["hard_examples"] += 1
+            for reason in reasons:
+                metrics.HARD_EXAMPLES.labels(frame.camera_id, reason).inc()
 
     async def _report(self) -> None:
         log.info("agent %s (%s, %s): %s", self.settings.agent_id, self.detector.version,
@@ -369,6 +380,9 @@ class DetectorAgent:
         log.info("agent %s serving %s on %s (%s)", self.settings.agent_id, self.detector.version,
                  self.detector.backend.name, self.detector.backend_reason)
         worker = faust.Worker(self.app, loglevel=logging.getLevelName(log.getEffectiveLevel()), quiet=True)
+        metrics.SERVING.serving(self.detector.version, self.detector.backend.name)
+        if serve_metrics(self.settings.metrics_port, self.settings.metrics_host):
+            log.info("metrics on http://%s:%d/metrics", self.settings.metrics_host, self.settings.metrics_port)
         if self.watcher is not None:
             self.watcher.start()
         try:

@@ -21,6 +21,7 @@ import numpy as np
 
 from detectors.adapters.base import ImageMeta, ModelAdapter
 from detectors.detector import Detector
+from detectors.metrics import BATCH_SIZE
 from detectors.results import BoxArray
 from detectors.tiling import Tile, merge, plan_tiles, split
 from streams.cameras.config import Tiling
@@ -196,6 +197,7 @@ class DetectionPipeline:
             return
         spent = (time.perf_counter() - started) * 1000.0
         self.batches.append(len(stacked))
+        BATCH_SIZE.observe(len(stacked))
         offset = 0
         for item in ready:
             n = len(item.tensors)

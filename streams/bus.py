@@ -17,6 +17,7 @@ from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from streams.errors import RecordError
+from streams.metrics import DEAD_LETTERS
 from streams.kafka_settings import admin_settings, consumer_settings, producer_settings
 from streams.records import CameraStatus, Frame, HardExample, ModelAnnouncement, Record
 from streams.topics import Topics, TopicSpec
@@ -149,6 +150,7 @@ class DeadLetterPublisher:
             (DLQ_TS, f"{time.time():.3f}".encode()),
         ]
         self.producer.send(self.topic, key=key, value=value, headers=dlq_headers)
+        DEAD_LETTERS.labels(source_topic).inc()
         log.warning("dead-lettered %s[%d]@%d: %s", source_topic, partition, offset, reason)
 
 

@@ -58,6 +58,9 @@ class RayPorts:
         return [self.base + i for i in range(7)]
 
 
+REMOTE_ENV = "PEDSTREAM_RAY_REMOTE"  # "1": the trainer may join a Ray cluster on other machines (docker-compose)
+
+
 def pin_loopback_environment() -> None:
     """Make this process (a Ray driver) and its children keep Ray on loopback, even if Ray was
     imported before the environment was set (Ray reads it into a module constant at import)."""
@@ -166,12 +169,15 @@ def connect(address: str, timeout_s: float = 60.0) -> None:
     """Join an existing Ray cluster as a driver (its head must have been started on loopback)."""
     import ray
 
-    pin_loopback_environment()
     if ray.is_initialized():
         return
     host = address.rsplit(":", 1)[0]
     if host not in (LOOPBACK, "localhost"):
-        raise PedstreamError(f"Ray address {address}: pedstream keeps Ray on loopback ({LOOPBACK})")
+        if os.environ.get(REMOTE_ENV) != "1":
+            raise PedstreamError(f"Ray address {address}: pedstream keeps Ray on loopback ({LOOPBACK}); "
+                                 f"set {REMOTE_ENV}=1 to join a Ray cluster across machines")
+    else:
+        pin_loopback_environment()
     ray.init(address=address, logging_level="WARNING", log_to_driver=False)
 
 

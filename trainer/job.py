@@ -27,6 +27,7 @@ from streams.errors import PedstreamError
 from streams.mot import GroundTruth
 from trainer.actors import ParameterShard, Trainer, save_examples, split_into_shards
 from trainer.data import Augment, Example
+from trainer import metrics
 from trainer.ps import StalenessPolicy, Weights, load_weights, model_weights
 from trainer.student import Student, StudentConfig, export_onnx
 
@@ -268,9 +269,11 @@ class TrainingJob:
         self.staleness.append(staleness)
         if not applied:
             self.dropped += 1
+            metrics.observe_gradient(None, samples, staleness, applied)
             return
         self.updates += 1
         self.smoothed = loss if self.smoothed is None else 0.95 * self.smoothed + 0.05 * loss
+        metrics.observe_gradient(self.smoothed, samples, staleness, applied)
         elapsed = time.perf_counter() - self.t0
         self.loss_curve.append((self.updates, round(elapsed, 3), round(self.smoothed, 4)))
         if s.target_loss is not None and self.seconds_to_loss is None and self.updates >= 10 and self.smoothed <= s.target_loss:
@@ -280,6 +283,7 @@ class TrainingJob:
             _v, weights = self._pull()
             ap50, _recall, _ = evaluate_weights(weights, self.config, self.held_out)
             self.ap_curve.append((self.updates, round(elapsed, 3), ap50))
+            metrics.HELD_OUT_AP50.labels("held-out", "job").set(ap50)
         if s.checkpoint_every and self.updates % s.checkpoint_every == 0:
             ray.get([shard.checkpoint.remote() for shard in self.shards], timeout=s.timeout_s)
         if s.join_after is not None and self.updates == s.join_after:

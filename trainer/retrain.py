@@ -24,6 +24,7 @@ from detectors.results import BoxArray
 from streams.errors import PedstreamError
 from streams.mot import GroundTruth
 from trainer.data import Example, LabelCache, shrink
+from trainer import metrics
 from trainer.job import JobSettings, TrainingJob
 from trainer.labels import TEACHER_SOURCE, Labels
 from trainer.ps import StalenessPolicy
@@ -176,6 +177,10 @@ class Retrainer:
                 per_camera[camera] = {"current": round(self.ap_on(current_detector, held), 4),
                                       "candidate": round(self.ap_on(candidate, held), 4), "frames": len(held)}
         shipped, reason = self.gate(per_camera, targets)
+        for camera, scores in per_camera.items():
+            metrics.HELD_OUT_AP50.labels(camera, "current").set(scores["current"])
+            metrics.HELD_OUT_AP50.labels(camera, "candidate").set(scores["candidate"])
+        metrics.CYCLES.labels("shipped" if shipped else "rejected").inc()
         metrics = {f"ap50_{cam}": v["candidate"] for cam, v in per_camera.items()}
         lineage = Lineage(parent=current, data={"new": len(fresh), "replay": len(replay)}, labels=TEACHER_SOURCE,
                           notes=f"cameras {', '.join(targets)}")

@@ -24,6 +24,7 @@ from streams.records import HardExample
 from streams.topics import Topics
 from trainer.retrain import Retrainer, cycle_as_dict
 from trainer.store import HardExampleStore
+from trainer import metrics
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,9 @@ class TrainerService:
         return added
 
     def publish_status(self, due: dict[str, str] | None = None) -> None:
-        status = {"state": self.state, "ts": time.time(), "counts": self.store.counts(), "due": due or {},
+        counts = self.store.counts()
+        metrics.observe_store(counts)
+        status = {"state": self.state, "ts": time.time(), "counts": counts, "due": due or {},
                   "current": self.retrainer.registry.current_version(), "auto": self.auto, "cycles": self.cycles[-10:]}
         self.client.set(self.keys.status, json.dumps(status))
 
@@ -96,6 +99,7 @@ class TrainerService:
             log.info("cycle %s: %s (%s)", result["version"], "shipped" if result["shipped"] else "rejected", result["reason"])
         except Exception as exc:  # noqa: BLE001 - a failed cycle is reported, the service goes on
             log.exception("retraining failed")
+            metrics.CYCLES.labels("failed").inc()
             result = {"error": str(exc), "cameras": cameras}
         result["request_id"] = request_id
         self.cycles.append(result)

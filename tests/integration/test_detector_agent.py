@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +18,7 @@ import numpy as np
 import pytest
 import yaml
 from kafka.partitioner.default import murmur2
+from prometheus_client.parser import text_string_to_metric_families
 
 from detectors.detector import Detector, read_model
 from detectors.evaluation import average_precision, evaluate_sequence
@@ -36,11 +39,14 @@ FRAMES = 40
 BUDGET_PER_MINUTE = 30.0
 
 
-def start_agent(model: Path, broker: str, topics: Topics, home: Path, agent_id: str, cameras: Path | None = None) -> subprocess.Popen[bytes]:
+def start_agent(model: Path, broker: str, topics: Topics, home: Path, agent_id: str, cameras: Path | None = None,
+                metrics_port: int | None = None) -> subprocess.Popen[bytes]:
     cmd = [sys.executable, "-m", "deploy.cli", "detect", "--model", str(model), "--bootstrap", broker,
            "--topic-prefix", topics.prefix, "--threads", "1", "--agent-id", agent_id, "--batch", "4"]
     if cameras:
         cmd += ["--cameras", str(cameras)]
+    if metrics_port:
+        cmd += ["--metrics-port", str(metrics_port)]
     log = open(home / f"{agent_id}.log", "wb")
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PEDSTREAM_HOME": str(home)})
 
@@ -94,7 +100,10 @@ def one_agent_run(broker: str, shared_models: Path, vtest: str, tmp_path_factory
         "alerts": [{"name": "crowd", "zone": zone, "count_at_least": 2, "cooldown_s": 0.0}],
         "hard_examples_per_minute": BUDGET_PER_MINUTE}}]}))
     model = shared_models / "ssdlite_pedestrian.onnx"
-    agent = start_agent(model, broker, topics, home, "agent-a", cameras)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        metrics_port = sock.getsockname()[1]
+    agent = start_agent(model, broker, topics, home, "agent-a", cameras, metrics_port)
     try:
         publish_frames(broker, topics, {"id": "pets", "source": vtest, "max_frames": FRAMES, "max_width": 768, "jpeg_quality": 90})
         jpeg = cv2.imencode(".jpg", np.zeros((64, 64, 3), np.uint8))[1].tobytes()
@@ -107,12 +116,16 @@ def one_agent_run(broker: str, shared_models: Path, vtest: str, tmp_path_factory
         producer.close()
         publish_frames(broker, topics, {"id": "after", "source": vtest, "max_frames": 5, "start_frame": 100})
         detections = collect(broker, topics, topics.detections, Detections, lambda got: len(got) >= FRAMES + 5, 120)
-        yield {
+        run = {
             "topics": topics, "model": model, "detections": detections,
             "alerts": collect(broker, topics, topics.alerts, Alert, lambda got: False, 20),
             "hard": collect(broker, topics, topics.hard_examples, HardExample, lambda got: False, 20),
             "dead": read_dead_letters(broker, topics, timeout_s=3),
         }
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as response:
+            run["metrics"] = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                              for family in text_string_to_metric_families(response.read().decode()) for s in family.samples}
+        yield run
     finally:
         stop(agent)
 
@@ -252,3 +265,20 @@ def test_tiles_fan_out_to_the_group_and_merge_per_frame(broker: str, shared_mode
         if len(expected) and len(got):  # the same people, boxes within JPEG re-encoding noise
             assert (box_iou(expected.xyxy, got.xyxy).max(axis=1) > 0.7).mean() >= 0.8
     capture.release()
+
+
+def test_the_agent_serves_prometheus_metrics_that_match_what_it_published(one_agent_run: dict) -> None:  # type: ignore[type-arg]
+    m = one_agent_run["metrics"]
+
+    def total(name: str, **labels: str) -> float:
+        return sum(v for (n, ls), v in m.items() if n == name and all(dict(ls).get(k) == x for k, x in labels.items()))
+
+    assert total("pedstream_detector_frames_total", camera="pets") == FRAMES
+    assert total("pedstream_detector_frames_total") == len(one_agent_run["detections"])
+    assert total("pedstream_detector_alerts_total", camera="pets", rule="crowd") == len(one_agent_run["alerts"])
+    assert total("pedstream_detector_hard_examples_total", camera="pets") >= len(one_agent_run["hard"]) > 0
+    assert total("pedstream_dead_letters_total") == len(one_agent_run["dead"]) >= 1
+    assert total("pedstream_detector_stage_seconds_count", stage="infer") == len(one_agent_run["detections"])
+    assert total("pedstream_detector_batch_size_count") >= 1
+    version = one_agent_run["detections"][0].model_version
+    assert total("pedstream_detector_model_info", version=version, backend="ort") == 1

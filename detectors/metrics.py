@@ -1,0 +1,71 @@
+"""Prometheus metrics of a detector agent: fps and latency per camera, latency per pipeline stage,
+batch sizes, the model and backend serving, hard examples, alerts and model swaps.
+
+Served by ``streams.metrics.serve_metrics`` (``pedstream detect --metrics-port``); dead letters are
+counted in ``streams.metrics``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import REGISTRY, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from streams.metrics import RateMeter
+
+STAGE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+FRAMES = Counter("pedstream_detector_frames", "Frames detected and published as Detections", ["camera"])
+PEOPLE = Counter("pedstream_detector_people", "Boxes published", ["camera"])
+STAGE_SECONDS = Histogram("pedstream_detector_stage_seconds", "Time a frame spent in each pipeline stage", ["stage"],
+                          buckets=STAGE_BUCKETS)
+FRAME_TO_DETECTION = Histogram("pedstream_detector_frame_to_detection_seconds", "Capture to Detections published",
+                               ["camera"], buckets=LATENCY_BUCKETS)
+BATCH_SIZE = Histogram("pedstream_detector_batch_size", "Frames per inference batch", buckets=(1, 2, 4, 8, 16, 32, 64))
+HARD_EXAMPLES = Counter("pedstream_detector_hard_examples", "Hard examples published", ["camera", "reason"])
+ALERTS = Counter("pedstream_detector_alerts", "Alerts published", ["camera", "rule"])
+MODEL_SWAPS = Counter("pedstream_detector_model_swaps", "Model versions swapped in (hot swap)")
+
+
+class ServingCollector(Collector):
+    """What the agent serves (``pedstream_detector_model_info{version, backend} 1``) and fps per
+    camera over the last 5 s, read at scrape time."""
+
+    def __init__(self) -> None:
+        self.version = ""
+        self.backend = ""
+        self.fps = RateMeter(5.0)
+
+    def serving(self, version: str, backend: str) -> None:
+        self.version, self.backend = version, backend
+
+    def collect(self) -> Iterator[Metric]:
+        info = GaugeMetricFamily("pedstream_detector_model_info", "The model version and backend serving (value 1)",
+                                 labels=["version", "backend"])
+        if self.version:
+            info.add_metric([self.version, self.backend], 1.0)
+        yield info
+        fps = GaugeMetricFamily("pedstream_detector_fps", "Frames per second detected, per camera, over the last 5 s",
+                                labels=["camera"])
+        for camera, rate in sorted(self.fps.rates().items()):
+            fps.add_metric([camera], rate)
+        yield fps
+
+
+SERVING = ServingCollector()
+REGISTRY.register(SERVING)
+
+
+def observe_frame(camera: str, boxes: int, timings_ms: dict[str, float]) -> None:
+    """One frame's Detections were published: count it and its per-stage times."""
+    FRAMES.labels(camera).inc()
+    PEOPLE.labels(camera).inc(boxes)
+    SERVING.fps.tick(camera)
+    for stage, ms in timings_ms.items():
+        if stage == "frame_to_detection":
+            FRAME_TO_DETECTION.labels(camera).observe(ms / 1000.0)
+        elif stage != "total":
+            STAGE_SECONDS.labels(stage).observe(ms / 1000.0)

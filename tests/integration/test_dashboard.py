@@ -1,0 +1,121 @@
+"""`pedstream dashboard` as a real process reading the real broker, looked at in a real headless
+Chromium: the page shows each camera's annotated frame, its counts, its alerts and the model
+version; the screenshot is kept in artifacts/dashboard.png."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import cv2
+import pytest
+
+from streams.bus import ensure_topics, make_producer
+from streams.records import Alert, Box, Detections, Frame
+from streams.topics import Topics
+from streams.wire import encode
+
+pytestmark = pytest.mark.integration
+ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _publish_site(broker: str, topics: Topics, vtest: str) -> None:
+    """Two cameras: frames, the detections of each frame, and one alert on the first camera."""
+    producer = make_producer(broker)
+    capture = cv2.VideoCapture(vtest)
+    now = time.time()
+    for seq in range(6):
+        ok, image = capture.read()
+        assert ok
+        jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 80])[1].tobytes()
+        for camera, frame_image in (("gate", image), ("plaza", cv2.flip(image, 1))):
+            jpeg = cv2.imencode(".jpg", frame_image, [cv2.IMWRITE_JPEG_QUALITY, 80])[1].tobytes()
+            h, w = frame_image.shape[:2]
+            records = [
+                Frame(camera_id=camera, seq=seq, capture_ts=now + seq * 0.2, width=w, height=h, jpeg=jpeg, source_frame_index=seq),
+                Detections(camera_id=camera, seq=seq, capture_ts=now + seq * 0.2, width=w, height=h, source_frame_index=seq,
+                           model_version="student-test-v3", agent_id="agent-t", produced_ts=now + seq * 0.2 + 0.05,
+                           boxes=[Box(x1=100 + 10 * seq, y1=100, x2=150 + 10 * seq, y2=220, score=0.9, track_id=1),
+                                  Box(x1=400, y1=200, x2=450, y2=330, score=0.7, track_id=2)],
+                           latency_ms={"frame_to_detection": 42.0}),
+            ]
+            for record in records:
+                msg = encode(record)
+                topic = topics.frames if isinstance(record, Frame) else topics.detections
+                producer.send(topic.name, key=msg.key, value=msg.value, headers=msg.headers)
+    alert = Alert(camera_id="gate", alert_id="a-1", rule="crowd", kind="count", seq=5, capture_ts=now + 1.0, count=2,
+                  track_ids=[1, 2], message="2 people in the zone", model_version="student-test-v3")
+    msg = encode(alert)
+    producer.send(topics.alerts.name, key=msg.key, value=msg.value, headers=msg.headers)
+    producer.flush()
+    producer.close()
+    capture.release()
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (.ci/run installs it)")
+def test_the_dashboard_page_shows_every_camera_in_a_real_browser(broker: str, vtest: str, tmp_path: Path) -> None:
+    topics = Topics(f"t{uuid.uuid4().hex[:8]}")
+    ensure_topics(broker, topics.all())
+    _publish_site(broker, topics, vtest)
+    port = _free_port()
+    log = open(tmp_path / "dashboard.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "deploy.cli", "dashboard", "--bootstrap", broker, "--topic-prefix", topics.prefix,
+                             "--port", str(port), "--from-start"], stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 60
+        cameras: list[dict] = []  # type: ignore[type-arg]
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(url + "api/cameras", timeout=2) as response:
+                    cameras = json.loads(response.read())
+            except OSError:
+                cameras = []
+            if len(cameras) == 2 and all(c["seq"] == 5 for c in cameras) and cameras[0]["alerts"] == 1:
+                break
+            time.sleep(0.5)
+        assert [c["camera"] for c in cameras] == ["gate", "plaza"], (tmp_path / "dashboard.log").read_text()[-2000:]
+        gate = cameras[0]
+        assert gate["frames"] == 6 and gate["people"] == 2 and gate["model_version"] == "student-test-v3" and gate["alerts"] == 1
+        with urllib.request.urlopen(url + "camera/gate.jpg", timeout=5) as response:
+            annotated = cv2.imdecode(__import__("numpy").frombuffer(response.read(), "uint8"), cv2.IMREAD_COLOR)
+        assert annotated is not None and annotated.shape[:2] == (576, 768)
+
+        ARTIFACTS.mkdir(exist_ok=True)
+        screenshot = ARTIFACTS / "dashboard.png"
+        screenshot.unlink(missing_ok=True)
+        browser = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars",
+                   f"--user-data-dir={tmp_path / 'chromium'}", "--virtual-time-budget=4000", "--window-size=1300,900"]
+        dom = subprocess.run([*browser, "--dump-dom", url], capture_output=True, text=True, timeout=120,
+                             env={**os.environ, "HOME": str(tmp_path)})
+        assert "cam-gate" in dom.stdout and "cam-plaza" in dom.stdout, dom.stderr[-2000:]
+        assert "student-test-v3" in dom.stdout and "2 people in the zone" in dom.stdout
+        assert 'src="/camera/gate.jpg' in dom.stdout
+        shot = subprocess.run([*browser, f"--screenshot={screenshot}", url], capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "HOME": str(tmp_path)})
+        assert screenshot.is_file(), shot.stderr[-2000:]
+        image = cv2.imread(str(screenshot))
+        assert image is not None and image.shape[:2] == (900, 1300)
+        assert image.std() > 20  # frames drawn, not an empty page
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    assert proc.returncode == 0  # SIGTERM stops it cleanly

@@ -1,0 +1,102 @@
+"""docker-compose.yml, checked without a Docker engine: a real Compose implementation parses it,
+every pedstream command in it exists in the CLI, every pedstream setting it sets is read by the
+code, and the Kafka client settings fit the Apache Kafka broker it configures."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+
+from deploy.cli import build_parser
+from streams.kafka_settings import MAX_MESSAGE_BYTES, admin_settings, consumer_settings, producer_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = ROOT / "docker-compose.yml"
+SOURCES = [p for pkg in ("streams", "detectors", "trainer", "deploy") for p in (ROOT / pkg).rglob("*.py")]
+# settings of third-party programs in the images (the Kafka image, Ray), not read by pedstream
+THIRD_PARTY = re.compile(r"^(KAFKA_|RAY_)")
+# Apache Kafka broker defaults for what the compose file does not set
+BROKER_GROUP_MIN_SESSION_MS, BROKER_GROUP_MAX_SESSION_MS = 6000, 1_800_000
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+def _commands(service: dict[str, Any]) -> list[list[str]]:
+    """The pedstream command lines a service runs (inside ``sh -c "a && b"`` too)."""
+    command = service.get("command") or []
+    if command[:2] == ["sh", "-c"]:
+        return [shlex.split(part) for part in command[2].split("&&")]
+    return [command]
+
+
+@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="needs Debian's docker-compose (.ci/run installs it)")
+def test_a_real_compose_implementation_accepts_the_file(tmp_path: Path) -> None:
+    for folder in ("config", "data", "models"):  # the bind mounts an operator provides
+        (tmp_path / folder).mkdir()
+    shutil.copy(COMPOSE, tmp_path / "docker-compose.yml")
+    run = subprocess.run(["docker-compose", "config", "--services"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert {"kafka", "redis", "camera", "detector", "ray-head", "ray-worker", "trainer"} <= set(run.stdout.split())
+
+
+def test_every_pedstream_command_exists_in_the_cli(compose: dict[str, Any]) -> None:
+    parser = build_parser()
+    checked = 0
+    for name, service in compose["services"].items():
+        for argv in _commands(service):
+            if argv and argv[0] == "pedstream":
+                try:
+                    parser.parse_args(argv[1:])
+                except SystemExit:
+                    pytest.fail(f"service {name}: `{' '.join(argv)}` is not a valid pedstream command")
+                checked += 1
+    assert checked >= 5
+
+
+def test_every_setting_a_service_sets_is_read_by_the_code(compose: dict[str, Any]) -> None:
+    code = "\n".join(p.read_text() for p in SOURCES)
+    for name, service in compose["services"].items():
+        for variable in service.get("environment") or {}:
+            if THIRD_PARTY.match(variable):
+                continue
+            assert f'"{variable}"' in code, f"service {name} sets {variable}, which no pedstream code reads"
+
+
+def test_services_build_from_existing_dockerfiles_and_the_edge_image_has_no_torch(compose: dict[str, Any]) -> None:
+    for name, service in compose["services"].items():
+        if "build" in service:
+            assert (ROOT / service["build"]["dockerfile"]).is_file(), name
+    edge = (ROOT / "deploy" / "Dockerfile.edge").read_text()
+    assert '".[edge]"' in edge and "torch" not in edge.replace("No torch", "")
+    detector = compose["services"]["detector"]
+    assert detector["build"]["dockerfile"].endswith("Dockerfile.edge") and "container_name" not in detector  # scalable
+
+
+def test_kafka_client_settings_fit_the_apache_kafka_broker(compose: dict[str, Any]) -> None:
+    broker = compose["services"]["kafka"]["environment"]
+    assert broker["KAFKA_PROCESS_ROLES"] == "broker,controller"  # KRaft, no ZooKeeper
+    assert int(broker["KAFKA_MESSAGE_MAX_BYTES"]) >= MAX_MESSAGE_BYTES
+    assert int(broker["KAFKA_REPLICA_FETCH_MAX_BYTES"]) >= MAX_MESSAGE_BYTES
+    producer = producer_settings("kafka:9092")
+    consumer = consumer_settings("kafka:9092", "g")
+    assert producer["max_request_size"] <= int(broker["KAFKA_MESSAGE_MAX_BYTES"])
+    assert BROKER_GROUP_MIN_SESSION_MS <= consumer["session_timeout_ms"] <= BROKER_GROUP_MAX_SESSION_MS
+    assert consumer["heartbeat_interval_ms"] * 3 <= consumer["session_timeout_ms"]
+    assert consumer["request_timeout_ms"] > consumer["session_timeout_ms"]
+    # every key is a setting kafka-python knows (it would reject an unknown one at construction)
+    assert set(producer) <= set(KafkaProducer.DEFAULT_CONFIG)
+    assert set(consumer) <= set(KafkaConsumer.DEFAULT_CONFIG)
+    assert set(admin_settings("kafka:9092")) <= set(KafkaAdminClient.DEFAULT_CONFIG)
+    env = compose["x-pedstream-env"]
+    assert env["PEDSTREAM_BOOTSTRAP"] == "kafka:9092" and env["REDIS_URL"].startswith("redis://redis:6379")

@@ -1,0 +1,75 @@
+"""Prometheus metrics: rates, the camera collector, the detector and trainer metrics, and the
+endpoint served on loopback."""
+
+from __future__ import annotations
+
+import socket
+import urllib.request
+
+from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
+
+from detectors import metrics as detector_metrics
+from streams.metrics import CameraCollector, RateMeter, serve_metrics
+from trainer import metrics as trainer_metrics
+
+
+def value(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def test_rate_meter_counts_events_in_its_window() -> None:
+    meter = RateMeter(window_s=2.0)
+    for t in (0.0, 0.5, 1.0, 1.5):
+        meter.tick("cam", now=t)
+    assert meter.rates(now=1.9) == {"cam": 2.0}
+    assert meter.rates(now=3.2) == {"cam": 0.5}  # only the event at 1.5 is still inside
+
+
+def test_camera_collector_reads_the_fleet_counters() -> None:
+    stats = [{"camera_id": "door", "state": "running", "published": 10, "dropped": 3, "failed": 1, "bytes": 5000, "attempts": 1},
+             {"camera_id": "yard", "state": "retrying", "published": 0, "dropped": 0, "failed": 0, "bytes": 0, "attempts": 4}]
+    registry = CollectorRegistry()
+    registry.register(CameraCollector(lambda: stats))
+    assert registry.get_sample_value("pedstream_camera_frames_published_total", {"camera": "door"}) == 10
+    assert registry.get_sample_value("pedstream_camera_frames_dropped_total", {"camera": "door"}) == 3
+    assert registry.get_sample_value("pedstream_camera_up", {"camera": "door"}) == 1
+    assert registry.get_sample_value("pedstream_camera_up", {"camera": "yard"}) == 0
+    assert registry.get_sample_value("pedstream_camera_source_attempts_total", {"camera": "yard"}) == 4
+
+
+def test_detector_metrics_count_frames_stages_and_the_model_serving() -> None:
+    before = value("pedstream_detector_frames_total", camera="m-cam")
+    infer_before = value("pedstream_detector_stage_seconds_count", stage="infer")
+    detector_metrics.observe_frame("m-cam", 3, {"decode": 2.0, "infer": 12.0, "total": 20.0, "frame_to_detection": 80.0})
+    detector_metrics.observe_frame("m-cam", 1, {"decode": 2.0, "infer": 11.0, "total": 19.0, "frame_to_detection": 70.0})
+    assert value("pedstream_detector_frames_total", camera="m-cam") == before + 2
+    assert value("pedstream_detector_people_total", camera="m-cam") >= 4
+    assert value("pedstream_detector_stage_seconds_count", stage="infer") == infer_before + 2
+    assert value("pedstream_detector_stage_seconds_count", stage="total") == 0  # the sum of stages is not a stage
+    assert value("pedstream_detector_frame_to_detection_seconds_count", camera="m-cam") >= 2
+    assert value("pedstream_detector_fps", camera="m-cam") > 0
+    detector_metrics.SERVING.serving("student-v7", "ort")
+    assert value("pedstream_detector_model_info", version="student-v7", backend="ort") == 1
+
+
+def test_trainer_metrics_follow_gradients_and_the_store() -> None:
+    updates = value("pedstream_trainer_updates_total")
+    dropped = value("pedstream_trainer_dropped_stale_gradients_total")
+    trainer_metrics.observe_gradient(1.5, 8, 0, True)
+    trainer_metrics.observe_gradient(None, 8, 9, False)
+    assert value("pedstream_trainer_updates_total") == updates + 1
+    assert value("pedstream_trainer_dropped_stale_gradients_total") == dropped + 1
+    assert value("pedstream_trainer_loss") == 1.5 and value("pedstream_trainer_updates_per_second") > 0
+    trainer_metrics.observe_store({"door": {"new": 4, "held_out": 1, "used": 7}})
+    assert value("pedstream_trainer_hard_examples", camera="door", state="used") == 7
+
+
+def test_the_endpoint_serves_on_loopback() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert serve_metrics(port) == port and serve_metrics(None) is None
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    assert "pedstream_dead_letters" in text and "pedstream_detector_model_info" in text
+    assert generate_latest(REGISTRY).decode().count("pedstream_") > 10
