@@ -45,6 +45,7 @@ def test_a_real_compose_implementation_accepts_the_file(tmp_path: Path) -> None:
     for folder in ("config", "data", "models"):  # the bind mounts an operator provides
         (tmp_path / folder).mkdir()
     shutil.copy(COMPOSE, tmp_path / "docker-compose.yml")
+    shutil.copytree(ROOT / "deploy", tmp_path / "deploy", ignore=shutil.ignore_patterns("*.py", "__pycache__"))
     run = subprocess.run(["docker-compose", "config", "--services"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
     assert {"kafka", "redis", "camera", "detector", "ray-head", "ray-worker", "trainer"} <= set(run.stdout.split())
@@ -100,3 +101,15 @@ def test_kafka_client_settings_fit_the_apache_kafka_broker(compose: dict[str, An
     assert set(admin_settings("kafka:9092")) <= set(KafkaAdminClient.DEFAULT_CONFIG)
     env = compose["x-pedstream-env"]
     assert env["PEDSTREAM_BOOTSTRAP"] == "kafka:9092" and env["REDIS_URL"].startswith("redis://redis:6379")
+
+
+def test_prometheus_scrapes_every_service_that_serves_metrics(compose: dict[str, Any]) -> None:
+    scrape = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
+    targets = {(name, sd["port"]) for job in scrape["scrape_configs"] for sd in job["dns_sd_configs"] for name in sd["names"]}
+    serving = set()
+    for name, service in compose["services"].items():
+        for argv in _commands(service):
+            if "--metrics-port" in argv:
+                assert argv[argv.index("--metrics-host") + 1] == "0.0.0.0", f"{name}: Prometheus scrapes from another container"
+                serving.add((name, int(argv[argv.index("--metrics-port") + 1])))
+    assert serving and serving == targets
