@@ -32,7 +32,7 @@ LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABL
 
 @dataclass(frozen=True)
 class RayPorts:
-    """Every port a Ray head uses, from ``base``: 7 service ports, then 100 for worker processes."""
+    """Every port a Ray head uses, from ``base``: 8 service ports, then 100 for worker processes."""
 
     base: int = DEFAULT_BASE_PORT
 
@@ -54,8 +54,16 @@ class RayPorts:
             f"--min-worker-port={low}", f"--max-worker-port={high}",
         ]
 
+    @property
+    def autoscaler_metrics(self) -> int:
+        """The autoscaler's Prometheus port (Ray listens on 44217 unless told, once prometheus_client is installed)."""
+        return self.base + 7
+
+    def start_env(self) -> dict[str, str]:
+        return {"AUTOSCALER_METRIC_PORT": str(self.autoscaler_metrics)}
+
     def service_ports(self) -> list[int]:
-        return [self.base + i for i in range(7)]
+        return [self.base + i for i in range(8)]
 
 
 REMOTE_ENV = "PEDSTREAM_RAY_REMOTE"  # "1": the trainer may join a Ray cluster on other machines (docker-compose)
@@ -119,7 +127,7 @@ class LocalRayCluster:
                    "--disable-usage-stats"]
         log = self.log_path.open("wb")
         self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent,
-                                        env={**os.environ, **LOOPBACK_ENV})
+                                        env={**os.environ, **LOOPBACK_ENV, **self.ports.start_env()})
         deadline = time.monotonic() + self.startup_timeout_s
         while not _port_in_use(self.ports.gcs) or not _port_in_use(self.ports.base + 1):
             if self.process.poll() is not None or time.monotonic() > deadline:

@@ -181,10 +181,10 @@ class Retrainer:
             metrics.HELD_OUT_AP50.labels(camera, "current").set(scores["current"])
             metrics.HELD_OUT_AP50.labels(camera, "candidate").set(scores["candidate"])
         metrics.CYCLES.labels("shipped" if shipped else "rejected").inc()
-        metrics = {f"ap50_{cam}": v["candidate"] for cam, v in per_camera.items()}
+        version_metrics = {f"ap50_{cam}": v["candidate"] for cam, v in per_camera.items()}
         lineage = Lineage(parent=current, data={"new": len(fresh), "replay": len(replay)}, labels=TEACHER_SOURCE,
                           notes=f"cameras {', '.join(targets)}")
-        self.registry.store(result.model_onnx, lineage, metrics, state="published" if shipped else "rejected",
+        self.registry.store(result.model_onnx, lineage, version_metrics, state="published" if shipped else "rejected",
                             reason=None if shipped else reason, weights=result.weights)
         if shipped and promote:
             self.registry.make_current(version)
