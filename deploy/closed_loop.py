@@ -202,10 +202,10 @@ class ClosedLoop:
                               base_examples=self._replay_examples(), progress=self.say)
         service = TrainerService(self.bootstrap, self.topics, registry.client, store, retrainer, auto=False)
         counter = _Counter(self.bootstrap, self.topics, "live")
+        counter.start()  # its consumers join their groups while the agent starts
         try:
             self.say(f"detector agent starting; registry current {start_version}")
             _wait(lambda: registry.agents().get(AGENT_ID, {}).get("serving") == start_version, 180, "the agent to serve the start model")
-            counter.start()
             self.say("cameras publishing: " + ", ".join(f"{c.camera_id} ({c.sequence.name} frames 1-{c.streamed[1]}"
                                                         f"{', drifted' if c.look != Look() else ''})" for c in self.cameras))
             fleet = CameraFleet(parse_cameras(site), self.bootstrap, self.topics)
@@ -236,7 +236,6 @@ class ClosedLoop:
             publish_to_serving, live_versions = self._swap_while_streaming(registry, counter, swap_version)
             after = Detector.from_bytes(registry.onnx(registry.current_version() or swap_version), name="after", threads=1)
             ap_after = {c.camera_id: _ap(after, c, self.every) for c in self.cameras}
-            counter.close()
             return LoopOutcome(
                 start_version=start_version, cycle=cycle, served_version=swap_version, publish_to_serving_s=publish_to_serving,
                 live_frames=self.live_frames, live_with_detections=len(counter.live), live_versions=live_versions,
@@ -244,7 +243,7 @@ class ClosedLoop:
                 detections=counter.counts["detections"], alerts=counter.counts["alerts"], hard_examples=counts,
                 seconds=round(time.monotonic() - started, 1))
         finally:
-            counter.stopping.set()
+            counter.close()
             service.subscriber.close()
             if agent.poll() is None:
                 agent.terminate()
