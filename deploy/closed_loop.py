@@ -28,7 +28,7 @@ import yaml
 
 from detectors.detector import BUNDLED_MODELS, Detector, read_model
 from detectors.evaluation import evaluate_sequence
-from streams.bus import RecordSubscriber
+from streams.bus import ModelAnnouncementPublisher, RecordSubscriber, make_producer
 from streams.cameras.agent import CameraFleet
 from streams.cameras.config import Look, parse_cameras
 from streams.cameras.looks import render
@@ -188,8 +188,9 @@ class ClosedLoop:
     def run(self) -> LoopOutcome:
         started = time.monotonic()
         init_keys(self.work / "keys")
+        announcements = ModelAnnouncementPublisher(make_producer(self.bootstrap), self.topics.models)
         registry = Registry(connect_redis(self.redis_url), ModelKeys.for_topics(self.topics.prefix),
-                            Signer.load(self.work / "keys" / PRIVATE_NAME))
+                            Signer.load(self.work / "keys" / PRIVATE_NAME), announcements)
         start_bytes = read_model("student")
         registry.publish(start_bytes, Lineage(notes="bundled student"), weights=read_weights(BUNDLED_MODELS / "student.weights.npz"))
         start_version = registry.current_version() or "?"

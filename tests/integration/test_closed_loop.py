@@ -6,14 +6,16 @@ with no frame lost."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from pathlib import Path
 
 import pytest
 
 from deploy.closed_loop import NIGHT, ClosedLoop, SiteCamera
-from streams.bus import ensure_topics
+from streams.bus import RecordSubscriber, ensure_topics
 from streams.mot import MotSequence
+from streams.records import ModelAnnouncement
 from streams.topics import Topics
 from trainer.cluster import RayPorts, ray_session
 
@@ -41,3 +43,11 @@ def test_a_cycle_driven_by_mined_hard_examples_changes_the_served_version_withou
     assert out.live_versions == sorted({out.start_version, out.served_version})
     assert 0 < out.publish_to_serving_s < 30
     assert set(out.ap50_before) == set(out.ap50_after) == {"tud-night", "tud-day"}
+    # making versions current also announced them on Kafka, for any other subscriber
+    subscriber = RecordSubscriber(broker, topics, topics.models, ModelAnnouncement, f"check-{uuid.uuid4().hex[:6]}")
+    announced: list[str] = []
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and out.served_version not in announced:
+        announced += [d.record.version for d in subscriber.poll(0.5)]
+    subscriber.close()
+    assert announced[0] == out.start_version and out.served_version in announced
