@@ -137,7 +137,7 @@ def test_detections_agree_with_direct_detection_and_eval(one_agent_run: dict, vt
     assert {d.model_version for d in dets} == {detector.version}
     sequence = MotSequence.load(shared_data / "PETS09-S2L1")
     capture = cv2.VideoCapture(vtest)
-    truths, agent_boxes, eval_boxes = [], [], []
+    truths, agent_boxes = [], []
     for d in dets:
         ok, image = capture.read()
         assert ok

@@ -4,7 +4,6 @@ restores the previous version, and a Redis restart mid-stream does not stop dete
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import socket

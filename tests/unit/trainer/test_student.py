@@ -10,7 +10,7 @@ from detectors.adapters.student import SIZE_UNIT, STRIDE, heatmap_peaks
 from detectors.detector import Detector
 from detectors.results import BoxArray
 from trainer.labels import weighted_box_fusion
-from trainer.student import Student, StudentConfig, count_parameters, export_onnx, gflops
+from trainer.student import Student, count_parameters, export_onnx, gflops
 from trainer.targets import make_targets
 
 
