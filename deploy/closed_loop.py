@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from detectors.detector import BUNDLED_MODELS, Detector, read_model
+from detectors.detector import BUNDLED_MODELS, Detector, read_model, with_version
 from detectors.evaluation import evaluate_sequence
 from streams.bus import ModelAnnouncementPublisher, RecordSubscriber, make_producer
 from streams.cameras.agent import CameraFleet
@@ -49,6 +49,15 @@ from trainer.store import HardExampleStore
 NIGHT = Look(brightness=0.25, noise=12.0)
 LIVE_FRAMES = 80  # frames the live camera streams around the swap (10 fps, real time)
 AGENT_ID = "loop-agent"
+
+
+Replay = tuple[MotSequence, tuple[int, int], int]  # sequence, (first, last) frame, every k-th
+
+
+def student_replay(pets: MotSequence) -> Replay:
+    """The bundled student's own training frames (PETS09-S2L1's first half, `make student`), every
+    2nd, teacher-labelled: the replay set that keeps a cycle from forgetting them."""
+    return pets, (1, pets.length // 2), 2
 
 
 @dataclass(frozen=True)
@@ -148,7 +157,7 @@ class _Counter(threading.Thread):
 
 class ClosedLoop:
     def __init__(self, bootstrap: str, redis_url: str, topics: Topics, cameras: list[SiteCamera], models_dir: Path,
-                 label_cache: Path, replay: tuple[MotSequence, tuple[int, int], int] | None = None, updates: int = 300,
+                 label_cache: Path, replay: Replay | None = None, updates: int = 300,
                  workers: int = 2, every: int = 4, alert_people: int = 5, progress: Callable[[str], None] | None = None) -> None:
         if not any(c.adapt for c in cameras):
             raise ValueError("at least one camera must be one to adapt")
@@ -162,10 +171,14 @@ class ClosedLoop:
         self.work = Path(tempfile.mkdtemp(prefix="pedstream-loop-"))
 
     @property
+    def live_source(self) -> SiteCamera:
+        """The camera whose video the live camera replays around the swap: one not being adapted."""
+        return next((c for c in self.cameras if not c.adapt), self.cameras[0])
+
+    @property
     def live_frames(self) -> int:
         """Frames the live camera streams around the swap (its source may be shorter than LIVE_FRAMES)."""
-        camera = next((c for c in self.cameras if not c.adapt), self.cameras[0])
-        return min(LIVE_FRAMES, camera.sequence.length)
+        return min(LIVE_FRAMES, self.live_source.sequence.length)
 
     @property
     def adapted(self) -> list[SiteCamera]:
@@ -256,21 +269,15 @@ class ClosedLoop:
     def _resigned_copy(self, registry: Registry, start_bytes: bytes, start_version: str) -> str:
         """A candidate that failed the gate is not served; the swap is still measured, with the start
         model stored again under a new version (same weights, so the cameras' AP is unchanged)."""
-        import onnx
-
         version = f"{start_version}-again"
-        proto = onnx.load_model_from_string(start_bytes)
-        for prop in proto.metadata_props:
-            if prop.key == "pedstream_version":
-                prop.value = version
-        registry.store(proto.SerializeToString(), Lineage(parent=start_version, notes="swap timing only: the candidate was rejected"))
+        registry.store(with_version(start_bytes, version), Lineage(parent=start_version, notes="swap timing only: the candidate was rejected"))
         return version
 
     def _swap_while_streaming(self, registry: Registry, counter: _Counter, version: str) -> tuple[float, list[str]]:
         """Make ``version`` current while the live camera streams at 10 fps; returns the seconds from
         publishing to the agent reporting it serves it, and the versions seen on live detections."""
-        camera = next((c for c in self.cameras if not c.adapt), self.cameras[0])
-        live = CameraFleet(parse_cameras({"cameras": [{"id": "live", "source": str(camera.sequence.video or camera.sequence.image_dir),
+        sequence = self.live_source.sequence
+        live = CameraFleet(parse_cameras({"cameras": [{"id": "live", "source": str(sequence.video or sequence.image_dir),
                                                        "max_frames": self.live_frames, "fps": 10, "realtime": True}]}),
                            self.bootstrap, self.topics)
         live.start()

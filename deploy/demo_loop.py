@@ -17,7 +17,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from deploy.closed_loop import NIGHT, ClosedLoop, LoopOutcome, SiteCamera
+from deploy.closed_loop import NIGHT, ClosedLoop, LoopOutcome, SiteCamera, student_replay
 from streams.errors import PedstreamError
 from streams.mot import MotSequence
 from streams.topics import Topics
@@ -70,7 +70,7 @@ def cmd_demo(args: argparse.Namespace, data_dir: Path, models_dir: Path) -> int:
         say(f"Ray head on 127.0.0.1:{args.ray_port} with {args.workers} trainers")
         with ray_session(None, RayPorts(args.ray_port)):
             loop = ClosedLoop(endpoints.bootstrap, endpoints.redis_url, topics, cameras, models_dir, default_label_cache(),
-                              replay=(pets, (1, pets.length // 2), 2), updates=args.updates, workers=args.workers,
+                              replay=student_replay(pets), updates=args.updates, workers=args.workers,
                               every=args.every, alert_people=args.alert_people, progress=say)
             out = loop.run()
     if args.json:

@@ -73,11 +73,8 @@ def _accepts_connections(bootstrap: str, timeout_s: float = 1.0) -> bool:
     """Whether any bootstrap address takes a TCP connection (a fast no before the Kafka client's retries)."""
     for address in bootstrap.split(","):
         host, _, port = address.strip().rpartition(":")
-        try:
-            with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout_s):
-                return True
-        except (OSError, ValueError):
-            continue
+        if port.isdigit() and port_open(host.strip("[]") or LOOPBACK, int(port), timeout_s):
+            return True
     return False
 
 

@@ -34,6 +34,15 @@ def onnx_metadata(model_bytes: bytes) -> dict[str, str]:
     return {p.key: p.value for p in load_model(model_bytes).metadata_props}
 
 
+def with_version(model_bytes: bytes, version: str) -> bytes:
+    """The same model under another ``pedstream_version`` (the registry names versions by it)."""
+    proto = load_model(model_bytes)
+    for prop in proto.metadata_props:
+        if prop.key == VERSION_METADATA_KEY:
+            prop.value = version
+    return proto.SerializeToString()
+
+
 BUNDLED_MODELS = Path(__file__).parent / "models"
 BUNDLED_NAMES = {"student": "student.onnx"}  # `--model student`: the project's own student, shipped in the package
 

@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 import redis
 
-from detectors.detector import onnx_metadata
+from detectors.adapters.registry import FORMAT_METADATA_KEY
+from detectors.detector import VERSION_METADATA_KEY, onnx_metadata
 from streams.errors import PedstreamError
 from streams.model_channel import ModelKeys, read_announcement
 from streams.records import ModelAnnouncement
@@ -56,7 +57,7 @@ class Registry:
         if state not in STATES:
             raise PedstreamError(f"state must be one of {STATES}")
         meta = onnx_metadata(onnx)
-        version = meta.get("pedstream_version")
+        version = meta.get(VERSION_METADATA_KEY)
         if not version:
             raise PedstreamError("the model has no pedstream_version in its ONNX metadata")
         if self.client.exists(self.keys.version(version)):
@@ -64,7 +65,7 @@ class Registry:
         announcement = ModelAnnouncement(
             version=version, sha256=sha256_hex(onnx), size_bytes=len(onnx), signature=self.signer.sign(onnx),
             registry_key=self.keys.onnx(version), parent_version=lineage.parent,
-            model_format=meta.get("pedstream_format", "unknown"), published_ts=time.time(),
+            model_format=meta.get(FORMAT_METADATA_KEY, "unknown"), published_ts=time.time(),
             metrics={k: float(v) for k, v in (metrics or {}).items()},
         )
         entry = {"announcement": json.loads(announcement.model_dump_json()), "lineage": lineage.__dict__,

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
-from deploy.closed_loop import NIGHT, ClosedLoop, SiteCamera
+from deploy.closed_loop import NIGHT, ClosedLoop, SiteCamera, student_replay
 from streams.cameras.config import Look
 from streams.mot import MotSequence
 from streams.topics import Topics
@@ -32,8 +32,7 @@ def run(bootstrap: str, redis_url: str, topics: Topics, sequence_dir: Path, data
         label_cache: Path, updates: int = 300, every: int = 4, progress: Callable[[str], None] | None = None) -> dict[str, object]:
     cameras = site(sequence_dir, data_dir, drift)
     pets = MotSequence.load(data_dir / "PETS09-S2L1")
-    replay = (pets, (1, pets.length // 2), 2)  # the bundled student's own training frames, teacher-labelled
-    loop = ClosedLoop(bootstrap, redis_url, topics, cameras, models_dir, label_cache, replay, updates=updates, every=every,
+    loop = ClosedLoop(bootstrap, redis_url, topics, cameras, models_dir, label_cache, student_replay(pets), updates=updates, every=every,
                       progress=progress)
     out = loop.run()
     others = [c.camera_id for c in cameras if not c.adapt]

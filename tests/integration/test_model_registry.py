@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from detectors.detector import BUNDLED_MODELS, onnx_metadata
+from detectors.detector import BUNDLED_MODELS, onnx_metadata, with_version
 from streams.bus import RecordSubscriber, ensure_topics
 from streams.model_channel import ModelKeys, ModelReader, connect_redis
 from streams.records import Detections
@@ -29,16 +29,6 @@ from trainer.registry import Lineage, Registry
 
 pytestmark = pytest.mark.integration
 STUDENT = BUNDLED_MODELS / "student.onnx"
-
-
-def with_version(onnx: bytes, version: str) -> bytes:
-    import onnx as onnx_lib
-
-    proto = onnx_lib.load_model_from_string(onnx)
-    for prop in proto.metadata_props:
-        if prop.key == "pedstream_version":
-            prop.value = version
-    return proto.SerializeToString()
 
 
 @pytest.fixture
