@@ -29,11 +29,11 @@ from detectors.detector import Detector, model_path, read_model
 from detectors.evaluation import evaluate_sequence
 from detectors.tiling import tiled
 from streams.bus import RecordSubscriber, read_dead_letters
-from streams.metrics import register_cameras, serve_metrics
 from streams.cameras.agent import CameraFleet
 from streams.cameras.config import CameraConfig, Tiling, load_cameras, parse_cameras
 from streams.endpoints import resolve
 from streams.errors import PedstreamError
+from streams.metrics import register_cameras, serve_metrics
 from streams.monitor import FlowMonitor, render_table
 from streams.mot import MotSequence
 from streams.records import Alert
@@ -50,8 +50,11 @@ def metrics_flags() -> argparse.ArgumentParser:
     parent = argparse.ArgumentParser(add_help=False)
     group = parent.add_argument_group("metrics")
     group.add_argument("--metrics-port", type=int, help="serve Prometheus metrics at http://HOST:PORT/metrics (default: off)")
-    group.add_argument("--metrics-host", default="127.0.0.1", help="address to serve metrics on (default 127.0.0.1; "
-                                                                    "0.0.0.0 for a Prometheus on another machine)")
+    group.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        help="address to serve metrics on (default 127.0.0.1; 0.0.0.0 for a Prometheus on another machine)",
+    )
     return parent
 
 
@@ -161,8 +164,11 @@ def _cameras_from_args(args: argparse.Namespace) -> list[CameraConfig]:
     if not args.source:
         raise PedstreamError("give --config cameras.yaml, or --source URI with --id NAME (or --virtual N)")
     options: dict[str, Any] = {
-        "fps": args.fps, "max_width": args.max_width, "jpeg_quality": args.jpeg_quality,
-        "loop": not args.once, "realtime": not args.fast,
+        "fps": args.fps,
+        "max_width": args.max_width,
+        "jpeg_quality": args.jpeg_quality,
+        "loop": not args.once,
+        "realtime": not args.fast,
     }
     options = {k: v for k, v in options.items() if v is not None}
     if args.virtual:
@@ -181,7 +187,9 @@ def cmd_camera(args: argparse.Namespace) -> int:
     cameras = _cameras_from_args(args)
     if args.validate_config:
         for cam in cameras:
-            print(f"{cam.id}: {cam.source} fps<={cam.option('fps')} max_width={cam.option('max_width')} look={cam.look.model_dump(exclude_defaults=True)}")
+            print(
+                f"{cam.id}: {cam.source} fps<={cam.option('fps')} max_width={cam.option('max_width')} look={cam.look.model_dump(exclude_defaults=True)}"
+            )
         print(f"configuration valid: {len(cameras)} camera(s)")
         return 0
     endpoints = resolve(args.bootstrap, args.redis)
@@ -197,8 +205,11 @@ def cmd_camera(args: argparse.Namespace) -> int:
 
     def report() -> None:
         if time.monotonic() - started >= args.report_every:
-            rows = [f"{s['camera_id']}: {s['state']} published={s['published']} dropped={s['dropped']}"
-                    + (f" error={s['last_error']}" if s["last_error"] else "") for s in fleet.stats()]
+            rows = [
+                f"{s['camera_id']}: {s['state']} published={s['published']} dropped={s['dropped']}"
+                + (f" error={s['last_error']}" if s["last_error"] else "")
+                for s in fleet.stats()
+            ]
             log.info("cameras: %s", "; ".join(rows))
 
     fleet.wait(args.seconds, on_tick=report, tick_s=args.report_every)
@@ -211,8 +222,13 @@ def cmd_camera(args: argparse.Namespace) -> int:
 def cmd_frames_watch(args: argparse.Namespace) -> int:
 
     endpoints = resolve(args.bootstrap, args.redis)
-    monitor = FlowMonitor(endpoints.bootstrap, Topics.from_env(args.topic_prefix), f"pedstream-watch-{os.getpid()}",
-                          from_beginning=args.from_beginning, camera=args.camera).start()
+    monitor = FlowMonitor(
+        endpoints.bootstrap,
+        Topics.from_env(args.topic_prefix),
+        f"pedstream-watch-{os.getpid()}",
+        from_beginning=args.from_beginning,
+        camera=args.camera,
+    ).start()
     stopping = {"now": False}
     _stop_on_signals(lambda: stopping.update(now=True))
     deadline = None if args.seconds is None else time.monotonic() + args.seconds
@@ -232,9 +248,18 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
 
     endpoints = resolve(args.bootstrap, args.redis)
     letters = read_dead_letters(endpoints.bootstrap, Topics.from_env(args.topic_prefix), timeout_s=args.timeout)
-    rows = [{"reason": d.reason, "topic": d.source_topic, "partition": d.source_partition, "offset": d.source_offset,
-             "key": d.key.decode(errors="replace") if d.key else None, "bytes": len(d.value or b""),
-             "at": d.dead_lettered_ts} for d in letters]
+    rows = [
+        {
+            "reason": d.reason,
+            "topic": d.source_topic,
+            "partition": d.source_partition,
+            "offset": d.source_offset,
+            "key": d.key.decode(errors="replace") if d.key else None,
+            "bytes": len(d.value or b""),
+            "at": d.dead_lettered_ts,
+        }
+        for d in letters
+    ]
     if args.json:
         _print_json(rows)
     else:
@@ -258,14 +283,26 @@ def cmd_detect(args: argparse.Namespace) -> int:
     endpoints = resolve(args.bootstrap, args.redis)
     public_key = None if args.no_registry else registry_cmds.default_public_key(args.public_key)
     settings = AgentSettings(
-        bootstrap=endpoints.bootstrap, topics=Topics.from_env(args.topic_prefix), group=args.group,
-        **({"agent_id": args.agent_id} if args.agent_id else {}), max_batch=args.batch, max_wait_ms=args.batch_wait_ms,
-        publish_threshold=args.publish_threshold, track_threshold=args.score_threshold,
-        redis_url=None if args.no_registry else endpoints.redis_url, public_key=public_key, serve_backend=args.backend,
-        metrics_port=args.metrics_port, metrics_host=args.metrics_host,
+        bootstrap=endpoints.bootstrap,
+        topics=Topics.from_env(args.topic_prefix),
+        group=args.group,
+        **({"agent_id": args.agent_id} if args.agent_id else {}),
+        max_batch=args.batch,
+        max_wait_ms=args.batch_wait_ms,
+        publish_threshold=args.publish_threshold,
+        track_threshold=args.score_threshold,
+        redis_url=None if args.no_registry else endpoints.redis_url,
+        public_key=public_key,
+        serve_backend=args.backend,
+        metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
     )
-    print(f"detector agent {settings.agent_id}: model {detector.version} ({detector.info.format}) on "
-          f"{detector.backend.name}: {detector.backend_reason}", file=sys.stderr, flush=True)
+    print(
+        f"detector agent {settings.agent_id}: model {detector.version} ({detector.info.format}) on "
+        f"{detector.backend.name}: {detector.backend_reason}",
+        file=sys.stderr,
+        flush=True,
+    )
     if settings.redis_url and public_key:
         print(f"following the model registry at {endpoints.redis_url} (models signed for {public_key})", file=sys.stderr, flush=True)
     elif not args.no_registry:
@@ -331,14 +368,24 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     detect = tiled(detector.detect, tiling) if tiling else detector.detect
     result = evaluate_sequence(detect, sequence, start, stop, args.every, progress)
-    out = {**result.as_dict(), "model": detector.version, "tiling": tiling.model_dump() if tiling else None, "format": detector.info.format,
-           "backend": detector.backend.name, "backend_reason": detector.backend_reason,
-           "sequence": sequence.name, "frame_range": [start, stop or sequence.length], "every": args.every}
+    out = {
+        **result.as_dict(),
+        "model": detector.version,
+        "tiling": tiling.model_dump() if tiling else None,
+        "format": detector.info.format,
+        "backend": detector.backend.name,
+        "backend_reason": detector.backend_reason,
+        "sequence": sequence.name,
+        "frame_range": [start, stop or sequence.length],
+        "every": args.every,
+    }
     if args.json:
         _print_json(out)
     else:
-        print(f"{sequence.name} frames {start}-{stop or sequence.length} every {args.every}: AP50 {result.ap50:.3f}, "
-              f"best recall {result.recall:.3f}, {result.fps:.1f} fps ({detector.backend.name})")
+        print(
+            f"{sequence.name} frames {start}-{stop or sequence.length} every {args.every}: AP50 {result.ap50:.3f}, "
+            f"best recall {result.recall:.3f}, {result.fps:.1f} fps ({detector.backend.name})"
+        )
     return 0
 
 
@@ -359,9 +406,11 @@ def cmd_bench_ingest(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(result)
     else:
-        print(f"offered {result['offered_fps']} fps, achieved {result['achieved_fps']} fps, "
-              f"{result['bytes_per_s'] / 1e6:.2f} MB/s, publish latency p50 {result['publish_latency_ms']['p50']} ms "
-              f"p99 {result['publish_latency_ms']['p99']} ms")
+        print(
+            f"offered {result['offered_fps']} fps, achieved {result['achieved_fps']} fps, "
+            f"{result['bytes_per_s'] / 1e6:.2f} MB/s, publish latency p50 {result['publish_latency_ms']['p50']} ms "
+            f"p99 {result['publish_latency_ms']['p99']} ms"
+        )
     return 0
 
 
@@ -388,8 +437,13 @@ def tvm_backend():  # type: ignore[no-untyped-def]
 def cmd_bench_detector(args: argparse.Namespace) -> int:
     model = _bench_model(args)
     result = bench_detector.run(
-        model.read_bytes(), model.stem, _data_dir(args.data) / "PETS09-S2L1", args.backends.split(","),
-        [int(b) for b in args.batch.split(",")], seconds=args.seconds, threads=args.threads,
+        model.read_bytes(),
+        model.stem,
+        _data_dir(args.data) / "PETS09-S2L1",
+        args.backends.split(","),
+        [int(b) for b in args.batch.split(",")],
+        seconds=args.seconds,
+        threads=args.threads,
         progress=lambda m: print(f"[bench detector] {m}", file=sys.stderr, flush=True),
     )
     _print_json(result) if args.json else print(json.dumps(result))
@@ -403,8 +457,17 @@ def cmd_bench_pipeline(args: argparse.Namespace) -> int:
     with endpoints_or_temporary_stack(args.bootstrap, args.redis, topics, announce=lambda m: print(m, file=sys.stderr)) as ep:
         with tempfile.TemporaryDirectory(prefix="pedstream-bench-") as home:
             result = bench_pipeline.run(
-                ep.bootstrap, topics, model, str(data / "PETS09-S2L1" / "vtest.avi"), data / "PETS09-S2L1",
-                args.cameras, args.fps, args.seconds, args.threads, args.batch, Path(home),
+                ep.bootstrap,
+                topics,
+                model,
+                str(data / "PETS09-S2L1" / "vtest.avi"),
+                data / "PETS09-S2L1",
+                args.cameras,
+                args.fps,
+                args.seconds,
+                args.threads,
+                args.batch,
+                Path(home),
                 progress=lambda m: print(f"[bench pipeline] {m}", file=sys.stderr, flush=True),
             )
     _print_json(result) if args.json else print(json.dumps(result))
@@ -447,8 +510,10 @@ def cmd_demo_cameras(args: argparse.Namespace) -> int:
         started = time.monotonic()
 
         def show() -> None:
-            _live(f"pedstream demo: {len(cameras)} virtual cameras -> kafka {ep.bootstrap} "
-                  f"[{time.monotonic() - started:4.0f}s / {args.seconds:.0f}s]\n" + render_table(monitor.snapshot()))
+            _live(
+                f"pedstream demo: {len(cameras)} virtual cameras -> kafka {ep.bootstrap} "
+                f"[{time.monotonic() - started:4.0f}s / {args.seconds:.0f}s]\n" + render_table(monitor.snapshot())
+            )
 
         try:
             fleet.wait(args.seconds, on_tick=show)
@@ -459,8 +524,10 @@ def cmd_demo_cameras(args: argparse.Namespace) -> int:
             monitor.stop()
     published = sum(int(s["published"]) for s in fleet.stats())  # type: ignore[call-overload]
     received = sum(int(f["frames"]) for f in snapshot.values())  # type: ignore[call-overload]
-    print(f"\nsummary: {len(cameras)} cameras, {published} frames published, {received} received by the consumer, "
-          f"{sum(int(f['missing']) for f in snapshot.values())} missing")  # type: ignore[call-overload]
+    print(
+        f"\nsummary: {len(cameras)} cameras, {published} frames published, {received} received by the consumer, "
+        f"{sum(int(f['missing']) for f in snapshot.values())} missing"
+    )  # type: ignore[call-overload]
     return 0 if received > 0 else 1
 
 
@@ -514,8 +581,12 @@ def build_parser() -> argparse.ArgumentParser:
     group = model.add_argument_group("model")
     group.add_argument("--model", required=True, help="ONNX model file, or 'student' for the bundled student")
     group.add_argument("--format", help="model family if it cannot be told from the ONNX signature")
-    group.add_argument("--backend", choices=BACKEND_CHOICES, default="ort",
-                       help="ort, tvm (falls back to ort with the reason), or auto (measure both here, serve the faster); default: auto for detect, ort otherwise")
+    group.add_argument(
+        "--backend",
+        choices=BACKEND_CHOICES,
+        default="ort",
+        help="ort, tvm (falls back to ort with the reason), or auto (measure both here, serve the faster); default: auto for detect, ort otherwise",
+    )
     group.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: all cores)")
 
     p = sub.add_parser("detect", parents=[conn, model, metrics_flags()], help="run an edge detector agent (faust)")
@@ -527,8 +598,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-wait-ms", type=float, default=10.0, help="...or until this long has passed")
     p.add_argument("--publish-threshold", type=float, default=0.3, help="publish boxes at or above this score")
     p.add_argument("--score-threshold", type=float, default=0.5, help="boxes that count for tracking and alerts")
-    p.add_argument("--public-key", help="follow the model registry, serving only models signed for this Ed25519 public key "
-                                        "(default: $PEDSTREAM_KEYS/model-signing.pub when it exists)")
+    p.add_argument(
+        "--public-key",
+        help="follow the model registry, serving only models signed for this Ed25519 public key "
+        "(default: $PEDSTREAM_KEYS/model-signing.pub when it exists)",
+    )
     p.add_argument("--no-registry", action="store_true", help="serve --model only; ignore the model registry")
     p.set_defaults(func=cmd_detect)
 
@@ -596,8 +670,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=cmd_bench_train)
 
     registry_cmds.add_parsers(sub, conn)
-    trainer_parser, _ = loop_cmds.add_parsers(sub, conn, lambda q: q.add_argument("--data", help=f"data folder (default: ${DATA_ENV})"),
-                                                  metrics_flags())
+    trainer_parser, _ = loop_cmds.add_parsers(
+        sub, conn, lambda q: q.add_argument("--data", help=f"data folder (default: ${DATA_ENV})"), metrics_flags()
+    )
     trainer_parser.set_defaults(func=lambda a: loop_cmds.cmd_trainer(a, _models_dir(a.data)))
 
     p = training.add_train_parser(sub, lambda q: q.add_argument("--data", help=f"data folder (default: ${DATA_ENV})"))

@@ -41,7 +41,7 @@ from trainer.data import Example, LabelCache
 from trainer.labels import TeacherLabeler
 from trainer.registry import Lineage, Registry
 from trainer.report import read_weights
-from trainer.retrain import CycleResult, RetrainPolicy, Retrainer, fine_tune_settings
+from trainer.retrain import CycleResult, Retrainer, RetrainPolicy, fine_tune_settings
 from trainer.service import TrainerService
 from trainer.sources import labelled_examples
 from trainer.store import HardExampleStore
@@ -79,10 +79,18 @@ class SiteCamera:
         return self.sequence.length // 2 + 1, self.sequence.length
 
     def config(self, alert_people: int) -> dict[str, Any]:
-        return {"id": self.camera_id, "source": str(self.sequence.video or self.sequence.image_dir),
-                "max_frames": self.streamed[1], "fps": 0, "realtime": False, "look": self.look.model_dump(),
-                "detect": {"hard_examples_per_minute": 6000 if self.adapt else 600,
-                           "alerts": [{"name": "crowd", "count_at_least": alert_people, "cooldown_s": 5}]}}
+        return {
+            "id": self.camera_id,
+            "source": str(self.sequence.video or self.sequence.image_dir),
+            "max_frames": self.streamed[1],
+            "fps": 0,
+            "realtime": False,
+            "look": self.look.model_dump(),
+            "detect": {
+                "hard_examples_per_minute": 6000 if self.adapt else 600,
+                "alerts": [{"name": "crowd", "count_at_least": alert_people, "cooldown_s": 5}],
+            },
+        }
 
 
 @dataclass
@@ -156,9 +164,21 @@ class _Counter(threading.Thread):
 
 
 class ClosedLoop:
-    def __init__(self, bootstrap: str, redis_url: str, topics: Topics, cameras: list[SiteCamera], models_dir: Path,
-                 label_cache: Path, replay: Replay | None = None, updates: int = 300,
-                 workers: int = 2, every: int = 4, alert_people: int = 5, progress: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        redis_url: str,
+        topics: Topics,
+        cameras: list[SiteCamera],
+        models_dir: Path,
+        label_cache: Path,
+        replay: Replay | None = None,
+        updates: int = 300,
+        workers: int = 2,
+        every: int = 4,
+        alert_people: int = 5,
+        progress: Callable[[str], None] | None = None,
+    ) -> None:
         if not any(c.adapt for c in cameras):
             raise ValueError("at least one camera must be one to adapt")
         self.bootstrap, self.redis_url, self.topics = bootstrap, redis_url, topics
@@ -185,9 +205,30 @@ class ClosedLoop:
         return [c for c in self.cameras if c.adapt]
 
     def _start_agent(self, cameras_yaml: Path) -> subprocess.Popen[bytes]:
-        command = [sys.executable, "-m", "deploy.cli", "detect", "--model", "student", "--bootstrap", self.bootstrap,
-                   "--redis", self.redis_url, "--topic-prefix", self.topics.prefix, "--threads", "1", "--agent-id", AGENT_ID,
-                   "--backend", "ort", "--cameras", str(cameras_yaml), "--public-key", str(self.work / "keys" / PUBLIC_NAME)]
+        command = [
+            sys.executable,
+            "-m",
+            "deploy.cli",
+            "detect",
+            "--model",
+            "student",
+            "--bootstrap",
+            self.bootstrap,
+            "--redis",
+            self.redis_url,
+            "--topic-prefix",
+            self.topics.prefix,
+            "--threads",
+            "1",
+            "--agent-id",
+            AGENT_ID,
+            "--backend",
+            "ort",
+            "--cameras",
+            str(cameras_yaml),
+            "--public-key",
+            str(self.work / "keys" / PUBLIC_NAME),
+        ]
         log = open(self.work / "agent.log", "wb")  # noqa: SIM115 - the agent's lifetime
         return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PEDSTREAM_HOME": str(self.work)})
 
@@ -202,8 +243,12 @@ class ClosedLoop:
         started = time.monotonic()
         init_keys(self.work / "keys")
         announcements = ModelAnnouncementPublisher(make_producer(self.bootstrap), self.topics.models)
-        registry = Registry(connect_redis(self.redis_url), ModelKeys.for_topics(self.topics.prefix),
-                            Signer.load(self.work / "keys" / PRIVATE_NAME), announcements)
+        registry = Registry(
+            connect_redis(self.redis_url),
+            ModelKeys.for_topics(self.topics.prefix),
+            Signer.load(self.work / "keys" / PRIVATE_NAME),
+            announcements,
+        )
         start_bytes = read_model("student")
         registry.publish(start_bytes, Lineage(notes="bundled student"), weights=read_weights(BUNDLED_MODELS / "student.weights.npz"))
         start_version = registry.current_version() or "?"
@@ -212,16 +257,28 @@ class ClosedLoop:
         agent = self._start_agent(self.work / "cameras.yaml")
         store = HardExampleStore(self.work / "store")
         policy = RetrainPolicy(min_new_examples=10**9, job=fine_tune_settings(self.updates, self.workers))
-        retrainer = Retrainer(store, registry, TeacherLabeler(self.models_dir).label, LabelCache(self.label_cache), policy,
-                              base_examples=self._replay_examples(), progress=self.say)
+        retrainer = Retrainer(
+            store,
+            registry,
+            TeacherLabeler(self.models_dir).label,
+            LabelCache(self.label_cache),
+            policy,
+            base_examples=self._replay_examples(),
+            progress=self.say,
+        )
         service = TrainerService(self.bootstrap, self.topics, registry.client, store, retrainer, auto=False)
         counter = _Counter(self.bootstrap, self.topics, "live")
         counter.start()  # its consumers join their groups while the agent starts
         try:
             self.say(f"detector agent starting; registry current {start_version}")
             _wait(lambda: registry.agents().get(AGENT_ID, {}).get("serving") == start_version, 180, "the agent to serve the start model")
-            self.say("cameras publishing: " + ", ".join(f"{c.camera_id} ({c.sequence.name} frames 1-{c.streamed[1]}"
-                                                        f"{', drifted' if c.look != Look() else ''})" for c in self.cameras))
+            self.say(
+                "cameras publishing: "
+                + ", ".join(
+                    f"{c.camera_id} ({c.sequence.name} frames 1-{c.streamed[1]}{', drifted' if c.look != Look() else ''})"
+                    for c in self.cameras
+                )
+            )
             fleet = CameraFleet(parse_cameras(site), self.bootstrap, self.topics)
             fleet.start()
             waiter = threading.Thread(target=fleet.wait, args=(900,), daemon=True)
@@ -233,8 +290,10 @@ class ClosedLoop:
                     quiet_since = time.monotonic()
                 if time.monotonic() - last_note > 10:
                     last_note = time.monotonic()
-                    self.say(f"frames {sum(int(s['published']) for s in fleet.stats())}, detections {counter.counts['detections']}, "  # type: ignore[call-overload]
-                             f"alerts {counter.counts['alerts']}, hard examples {sum(c['new'] + c['held_out'] for c in store.counts().values())}")
+                    self.say(
+                        f"frames {sum(int(s['published']) for s in fleet.stats())}, detections {counter.counts['detections']}, "  # type: ignore[call-overload]
+                        f"alerts {counter.counts['alerts']}, hard examples {sum(c['new'] + c['held_out'] for c in store.counts().values())}"
+                    )
                 if not waiter.is_alive() and time.monotonic() - quiet_since > 8:
                     break
             fleet.stop()
@@ -251,11 +310,21 @@ class ClosedLoop:
             after = Detector.from_bytes(registry.onnx(registry.current_version() or swap_version), name="after", threads=1)
             ap_after = {c.camera_id: _ap(after, c, self.every) for c in self.cameras}
             return LoopOutcome(
-                start_version=start_version, cycle=cycle, served_version=swap_version, publish_to_serving_s=publish_to_serving,
-                live_frames=self.live_frames, live_with_detections=len(counter.live), live_versions=live_versions,
-                ap50_before=ap_before, ap50_after=ap_after, frames_published=published,
-                detections=counter.counts["detections"], alerts=counter.counts["alerts"], hard_examples=counts,
-                seconds=round(time.monotonic() - started, 1))
+                start_version=start_version,
+                cycle=cycle,
+                served_version=swap_version,
+                publish_to_serving_s=publish_to_serving,
+                live_frames=self.live_frames,
+                live_with_detections=len(counter.live),
+                live_versions=live_versions,
+                ap50_before=ap_before,
+                ap50_after=ap_after,
+                frames_published=published,
+                detections=counter.counts["detections"],
+                alerts=counter.counts["alerts"],
+                hard_examples=counts,
+                seconds=round(time.monotonic() - started, 1),
+            )
         finally:
             counter.close()
             service.subscriber.close()
@@ -270,16 +339,32 @@ class ClosedLoop:
         """A candidate that failed the gate is not served; the swap is still measured, with the start
         model stored again under a new version (same weights, so the cameras' AP is unchanged)."""
         version = f"{start_version}-again"
-        registry.store(with_version(start_bytes, version), Lineage(parent=start_version, notes="swap timing only: the candidate was rejected"))
+        registry.store(
+            with_version(start_bytes, version), Lineage(parent=start_version, notes="swap timing only: the candidate was rejected")
+        )
         return version
 
     def _swap_while_streaming(self, registry: Registry, counter: _Counter, version: str) -> tuple[float, list[str]]:
         """Make ``version`` current while the live camera streams at 10 fps; returns the seconds from
         publishing to the agent reporting it serves it, and the versions seen on live detections."""
         sequence = self.live_source.sequence
-        live = CameraFleet(parse_cameras({"cameras": [{"id": "live", "source": str(sequence.video or sequence.image_dir),
-                                                       "max_frames": self.live_frames, "fps": 10, "realtime": True}]}),
-                           self.bootstrap, self.topics)
+        live = CameraFleet(
+            parse_cameras(
+                {
+                    "cameras": [
+                        {
+                            "id": "live",
+                            "source": str(sequence.video or sequence.image_dir),
+                            "max_frames": self.live_frames,
+                            "fps": 10,
+                            "realtime": True,
+                        }
+                    ]
+                }
+            ),
+            self.bootstrap,
+            self.topics,
+        )
         live.start()
         time.sleep(3)
         self.say(f"publishing {version} while camera 'live' streams")

@@ -31,8 +31,22 @@ from streams.topics import Topics
 log = logging.getLogger(__name__)
 
 RECENT_FRAMES = 60  # frames kept per camera to find the one the latest detections belong to
-COLOURS = [(56, 56, 255), (151, 157, 255), (31, 112, 255), (29, 178, 255), (49, 210, 207), (10, 249, 72), (23, 204, 146),
-           (134, 219, 61), (52, 147, 26), (187, 212, 0), (168, 153, 44), (255, 194, 0), (147, 69, 52), (255, 115, 100)]
+COLOURS = [
+    (56, 56, 255),
+    (151, 157, 255),
+    (31, 112, 255),
+    (29, 178, 255),
+    (49, 210, 207),
+    (10, 249, 72),
+    (23, 204, 146),
+    (134, 219, 61),
+    (52, 147, 26),
+    (187, 212, 0),
+    (168, 153, 44),
+    (255, 194, 0),
+    (147, 69, 52),
+    (255, 115, 100),
+]
 
 
 @dataclass
@@ -121,15 +135,21 @@ class SiteView:
             out = []
             for camera_id, view in sorted(self.cameras.items()):
                 latest = view.latest
-                out.append({
-                    "camera": camera_id, "frames": view.frames_seen, "detections": view.detections_seen,
-                    "people": len(latest.boxes) if latest else None, "model_version": latest.model_version if latest else None,
-                    "agent": latest.agent_id if latest else None, "seq": latest.seq if latest else None,
-                    "latency_ms": latest.latency_ms.get("frame_to_detection") if latest else None,
-                    "alerts": view.alerts_seen,
-                    "recent_alerts": [{"rule": a.rule, "message": a.message, "ts": a.capture_ts} for a in reversed(view.alerts)],
-                    "updated": view.updated,
-                })
+                out.append(
+                    {
+                        "camera": camera_id,
+                        "frames": view.frames_seen,
+                        "detections": view.detections_seen,
+                        "people": len(latest.boxes) if latest else None,
+                        "model_version": latest.model_version if latest else None,
+                        "agent": latest.agent_id if latest else None,
+                        "seq": latest.seq if latest else None,
+                        "latency_ms": latest.latency_ms.get("frame_to_detection") if latest else None,
+                        "alerts": view.alerts_seen,
+                        "recent_alerts": [{"rule": a.rule, "message": a.message, "ts": a.capture_ts} for a in reversed(view.alerts)],
+                        "updated": view.updated,
+                    }
+                )
             return out
 
 
@@ -187,15 +207,19 @@ class Dashboard:
         offset = "earliest" if from_start else "latest"
         self.subscribers = [
             (RecordSubscriber(bootstrap, topics, topics.frames, Frame, f"{group}-frames", auto_offset_reset=offset), self.view.on_frame),
-            (RecordSubscriber(bootstrap, topics, topics.detections, Detections, f"{group}-detections", auto_offset_reset=offset),
-             self.view.on_detections),
+            (
+                RecordSubscriber(bootstrap, topics, topics.detections, Detections, f"{group}-detections", auto_offset_reset=offset),
+                self.view.on_detections,
+            ),
             (RecordSubscriber(bootstrap, topics, topics.alerts, Alert, f"{group}-alerts", auto_offset_reset=offset), self.view.on_alert),
         ]
         self.stopping = threading.Event()
         self.server = ThreadingHTTPServer((host, port), self._handler())
         self.server.daemon_threads = True
-        self.threads = [threading.Thread(target=self._consume, args=(sub, handle), daemon=True, name=f"dashboard-{sub.topic}")
-                        for sub, handle in self.subscribers]
+        self.threads = [
+            threading.Thread(target=self._consume, args=(sub, handle), daemon=True, name=f"dashboard-{sub.topic}")
+            for sub, handle in self.subscribers
+        ]
 
     @property
     def address(self) -> str:
@@ -234,7 +258,7 @@ class Dashboard:
                 elif path == "/api/cameras":
                     self._send(200, json.dumps(dashboard.view.summary()).encode(), "application/json")
                 elif path.startswith("/camera/") and path.endswith(".jpg"):
-                    image = dashboard.view.image(unquote(path[len("/camera/"):-len(".jpg")]))
+                    image = dashboard.view.image(unquote(path[len("/camera/") : -len(".jpg")]))
                     if image is None:
                         self._send(404, b"no such camera", "text/plain")
                     else:

@@ -29,20 +29,28 @@ def site(data_dir: Path) -> list[SiteCamera]:
     if missing:
         raise PedstreamError(f"the demo needs {', '.join(missing)} (set PEDSTREAM_DATA or --data)")
     pets = MotSequence.load(folders["PETS09-S2L1"])
-    return [SiteCamera("pets-day", pets), SiteCamera("pets-night", pets, NIGHT, adapt=True),
-            SiteCamera("tud-campus", MotSequence.load(folders["TUD-Campus"]))]
+    return [
+        SiteCamera("pets-day", pets),
+        SiteCamera("pets-night", pets, NIGHT, adapt=True),
+        SiteCamera("tud-campus", MotSequence.load(folders["TUD-Campus"])),
+    ]
 
 
 def summary(out: LoopOutcome, cameras: list[SiteCamera]) -> str:
     cycle = out.cycle
-    lines = [f"\npedstream demo: one turn of the closed loop in {out.seconds:.0f} s", "",
-             f"  {'camera':<12} {'frames':>6} {'hard ex.':>8} {'AP50 before':>11} {'AP50 after':>10} {'change':>7}"]
+    lines = [
+        f"\npedstream demo: one turn of the closed loop in {out.seconds:.0f} s",
+        "",
+        f"  {'camera':<12} {'frames':>6} {'hard ex.':>8} {'AP50 before':>11} {'AP50 after':>10} {'change':>7}",
+    ]
     for c in cameras:
         hard = out.hard_examples.get(c.camera_id, {})
         before, after = out.ap50_before[c.camera_id], out.ap50_after[c.camera_id]
-        lines.append(f"  {c.camera_id:<12} {out.frames_published.get(c.camera_id, 0):>6} "
-                     f"{hard.get('total', 0):>8} {before:>11.3f} {after:>10.3f} "
-                     f"{after - before:>+7.3f}" + ("   <- retrained for" if c.adapt else ""))
+        lines.append(
+            f"  {c.camera_id:<12} {out.frames_published.get(c.camera_id, 0):>6} "
+            f"{hard.get('total', 0):>8} {before:>11.3f} {after:>10.3f} "
+            f"{after - before:>+7.3f}" + ("   <- retrained for" if c.adapt else "")
+        )
     lines += [
         "",
         f"  detections {out.detections}, alerts {out.alerts}",
@@ -69,9 +77,20 @@ def cmd_demo(args: argparse.Namespace, data_dir: Path, models_dir: Path) -> int:
     with endpoints_or_temporary_stack(args.bootstrap, args.redis, topics, announce=say) as endpoints:
         say(f"Ray head on 127.0.0.1:{args.ray_port} with {args.workers} trainers")
         with ray_session(None, RayPorts(args.ray_port)):
-            loop = ClosedLoop(endpoints.bootstrap, endpoints.redis_url, topics, cameras, models_dir, default_label_cache(),
-                              replay=student_replay(pets), updates=args.updates, workers=args.workers,
-                              every=args.every, alert_people=args.alert_people, progress=say)
+            loop = ClosedLoop(
+                endpoints.bootstrap,
+                endpoints.redis_url,
+                topics,
+                cameras,
+                models_dir,
+                default_label_cache(),
+                replay=student_replay(pets),
+                updates=args.updates,
+                workers=args.workers,
+                every=args.every,
+                alert_people=args.alert_people,
+                progress=say,
+            )
             out = loop.run()
     if args.json:
         print(json.dumps({**asdict(out), "frames_dropped": out.frames_dropped}, indent=2, default=str))
@@ -81,16 +100,23 @@ def cmd_demo(args: argparse.Namespace, data_dir: Path, models_dir: Path) -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction, conn: argparse.ArgumentParser, data_flag: object) -> argparse.ArgumentParser:
-    p = sub.add_parser("demo", parents=[conn], help="the whole loop on embedded defaults: cameras, detector agent, hard "
-                                                     "examples, retraining on Ray, signed model pushed and hot-swapped")
+    p = sub.add_parser(
+        "demo",
+        parents=[conn],
+        help="the whole loop on embedded defaults: cameras, detector agent, hard "
+        "examples, retraining on Ray, signed model pushed and hot-swapped",
+    )
     p.add_argument("--updates", type=int, default=300, help="parameter-server updates of the retraining cycle")
     p.add_argument("--workers", type=int, default=2, help="Ray trainers")
     p.add_argument("--every", type=int, default=4, help="score every K-th frame of the second halves")
     p.add_argument("--alert-people", type=int, default=4, help="each camera alerts when this many people are in view")
     p.add_argument("--ray-port", type=int, default=47300)
     p.add_argument("--json", action="store_true", help="print the outcome as JSON instead of the summary")
-    p.add_argument("--cameras-only", action="store_true",
-                   help="only the stack, the bundled virtual cameras and a live consumer (no detection, no training)")
+    p.add_argument(
+        "--cameras-only",
+        action="store_true",
+        help="only the stack, the bundled virtual cameras and a live consumer (no detection, no training)",
+    )
     p.add_argument("--seconds", type=float, default=30.0, help="--cameras-only: how long to run")
     p.add_argument("--config", help="--cameras-only: cameras.yaml to use instead of the bundled one")
     data_flag(p)  # type: ignore[operator]

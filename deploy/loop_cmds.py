@@ -32,7 +32,7 @@ def cmd_trainer(args: argparse.Namespace, models_dir: Path) -> int:
     from trainer.cluster import RayPorts, ray_session
     from trainer.data import LabelCache
     from trainer.labels import TeacherLabeler
-    from trainer.retrain import RetrainPolicy, Retrainer, fine_tune_settings
+    from trainer.retrain import Retrainer, RetrainPolicy, fine_tune_settings
     from trainer.service import TrainerService
     from trainer.store import HardExampleStore
 
@@ -41,22 +41,44 @@ def cmd_trainer(args: argparse.Namespace, models_dir: Path) -> int:
     store = HardExampleStore(store_dir)
     registry = _registry(args, need_signer=True)
     teacher = TeacherLabeler(models_dir)
-    policy = RetrainPolicy(min_new_examples=args.min_examples, min_agreement=args.min_agreement, gate_margin=args.gate_margin,
-                           max_loss=args.max_loss, job=fine_tune_settings(args.updates, args.workers, args.lr))
+    policy = RetrainPolicy(
+        min_new_examples=args.min_examples,
+        min_agreement=args.min_agreement,
+        gate_margin=args.gate_margin,
+        max_loss=args.max_loss,
+        job=fine_tune_settings(args.updates, args.workers, args.lr),
+    )
     say = lambda m: print(f"[trainer] {m}", file=sys.stderr, flush=True)  # noqa: E731
-    retrainer = Retrainer(store, registry, teacher.label, LabelCache(default_label_cache()), policy,
-                          base_examples=_replay_set(args, models_dir, say), progress=say)
+    retrainer = Retrainer(
+        store,
+        registry,
+        teacher.label,
+        LabelCache(default_label_cache()),
+        policy,
+        base_examples=_replay_set(args, models_dir, say),
+        progress=say,
+    )
     with ray_session(args.ray_address, RayPorts(args.ray_port), num_cpus=max(os.cpu_count() or 1, args.workers)):
-        service = TrainerService(endpoints.bootstrap, Topics.from_env(args.topic_prefix), connect_redis(endpoints.redis_url),
-                                 store, retrainer, auto=not args.no_auto)
+        service = TrainerService(
+            endpoints.bootstrap,
+            Topics.from_env(args.topic_prefix),
+            connect_redis(endpoints.redis_url),
+            store,
+            retrainer,
+            auto=not args.no_auto,
+        )
         import signal
 
         signal.signal(signal.SIGTERM, lambda *_: service.stop())
         signal.signal(signal.SIGINT, lambda *_: service.stop())
         if serve_metrics(args.metrics_port, args.metrics_host):
             print(f"[trainer] metrics on http://{args.metrics_host}:{args.metrics_port}/metrics", file=sys.stderr, flush=True)
-        print(f"[trainer] store {store_dir}; registry current {registry.current_version()}; "
-              f"{'automatic triggers on' if service.auto else 'manual cycles only'}", file=sys.stderr, flush=True)
+        print(
+            f"[trainer] store {store_dir}; registry current {registry.current_version()}; "
+            f"{'automatic triggers on' if service.auto else 'manual cycles only'}",
+            file=sys.stderr,
+            flush=True,
+        )
         service.run()
     return 0
 
@@ -93,11 +115,15 @@ def cmd_retrain(args: argparse.Namespace) -> int:
         else:
             print(f"trainer: {status['state']}; current model {status['current']}; auto {status['auto']}")
             for cam, c in sorted(status["counts"].items()):
-                print(f"  {cam:<20} new {c['new']:>4}  held-out {c['held_out']:>4}  trained-on {c['used']:>4}"
-                      + (f"  due: {status['due'][cam]}" if cam in status["due"] else ""))
+                print(
+                    f"  {cam:<20} new {c['new']:>4}  held-out {c['held_out']:>4}  trained-on {c['used']:>4}"
+                    + (f"  due: {status['due'][cam]}" if cam in status["due"] else "")
+                )
             for cycle in status["cycles"]:
-                print(f"  cycle {cycle.get('version', '-')}: {'shipped' if cycle.get('shipped') else 'not shipped'} "
-                      f"({cycle.get('reason') or cycle.get('error')})")
+                print(
+                    f"  cycle {cycle.get('version', '-')}: {'shipped' if cycle.get('shipped') else 'not shipped'} "
+                    f"({cycle.get('reason') or cycle.get('error')})"
+                )
         return 0
     request_id = request_retrain(client, keys, args.camera, args.min_examples)
     if not args.wait:
@@ -116,8 +142,9 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     return 0 if result.get("shipped") else 1
 
 
-def add_parsers(sub: Any, conn: argparse.ArgumentParser, data_flag: Any,
-                metrics: argparse.ArgumentParser) -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+def add_parsers(
+    sub: Any, conn: argparse.ArgumentParser, data_flag: Any, metrics: argparse.ArgumentParser
+) -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     p = sub.add_parser("trainer", parents=[conn, metrics], help="the continual-training service: hard examples -> retraining -> registry")
     p.add_argument("--store", help=f"hard-example store folder (default ${STORE_ENV} or ~/.pedstream/hard-examples)")
     p.add_argument("--keys", help="key pair folder (default $PEDSTREAM_KEYS or ~/.pedstream/keys)")
@@ -129,8 +156,11 @@ def add_parsers(sub: Any, conn: argparse.ArgumentParser, data_flag: Any,
     p.add_argument("--updates", type=int, default=300, help="parameter-server updates per cycle")
     p.add_argument("--workers", type=int, default=2, help="Ray trainers per cycle")
     p.add_argument("--lr", type=float, default=5e-4, help="fine-tuning learning rate (Adam)")
-    p.add_argument("--replay-sequence", help="MOT-style folder the current model was trained on: its teacher-labelled "
-                                             "frames join every cycle's replay set (against forgetting)")
+    p.add_argument(
+        "--replay-sequence",
+        help="MOT-style folder the current model was trained on: its teacher-labelled "
+        "frames join every cycle's replay set (against forgetting)",
+    )
     p.add_argument("--replay-frames", help="A:B frames of --replay-sequence (default: its first half)")
     p.add_argument("--replay-every", type=int, default=2, help="every K-th of those frames")
     p.add_argument("--ray-address")
@@ -161,8 +191,19 @@ def cmd_bench_loop(args: argparse.Namespace, data_dir: Path, models_dir: Path) -
     say = lambda m: print(f"[bench loop] {m}", file=sys.stderr, flush=True)  # noqa: E731
     with endpoints_or_temporary_stack(args.bootstrap, args.redis, topics, announce=say) as endpoints:
         with ray_session(args.ray_address, RayPorts(args.ray_port)):
-            result = bench_loop.run(endpoints.bootstrap, endpoints.redis_url, topics, sequence, data_dir, models_dir,
-                                    args.drift, default_label_cache(), updates=args.updates, every=args.every, progress=say)
+            result = bench_loop.run(
+                endpoints.bootstrap,
+                endpoints.redis_url,
+                topics,
+                sequence,
+                data_dir,
+                models_dir,
+                args.drift,
+                default_label_cache(),
+                updates=args.updates,
+                every=args.every,
+                progress=say,
+            )
     print(json.dumps(result, indent=2))
     return 0
 

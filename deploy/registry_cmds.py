@@ -30,8 +30,12 @@ def default_public_key(explicit: str | None) -> Path | None:
 
 def cmd_keys_init(args: argparse.Namespace) -> int:
     paths = init_keys(keys_dir(args), overwrite=args.force)
-    print(json.dumps({"private": str(paths.private), "public": str(paths.public),
-                      "note": "give edge agents only the public key (--public-key)"}, indent=2))
+    print(
+        json.dumps(
+            {"private": str(paths.private), "public": str(paths.public), "note": "give edge agents only the public key (--public-key)"},
+            indent=2,
+        )
+    )
     return 0
 
 
@@ -65,11 +69,17 @@ def cmd_models(args: argparse.Namespace) -> int:
     if action == "list":
         registry = _registry(args)
         versions = registry.versions()
-        lines = [f"{'*' if v['current'] else ' '} {v['version']:<28} {v['state']:<9} parent={v['parent'] or '-':<24} "
-                 f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(v['published_ts']))} {json.dumps(v['metrics'])}"
-                 + (f" ({v['reason']})" if v["reason"] else "") for v in versions]
-        _show({"current": registry.current_version(), "versions": versions, "agents": registry.agents()}, args.json,
-              "\n".join(lines) or "no versions yet")
+        lines = [
+            f"{'*' if v['current'] else ' '} {v['version']:<28} {v['state']:<9} parent={v['parent'] or '-':<24} "
+            f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(v['published_ts']))} {json.dumps(v['metrics'])}"
+            + (f" ({v['reason']})" if v["reason"] else "")
+            for v in versions
+        ]
+        _show(
+            {"current": registry.current_version(), "versions": versions, "agents": registry.agents()},
+            args.json,
+            "\n".join(lines) or "no versions yet",
+        )
     elif action == "show":
         registry = _registry(args)
         entry = registry.entry(args.version)
@@ -91,8 +101,11 @@ def cmd_models(args: argparse.Namespace) -> int:
         a = registry.store(onnx, lineage, metrics, weights=weights)
         if not args.no_promote:
             registry.make_current(a.version)
-        _show(json.loads(a.model_dump_json()), args.json, f"published {a.version} (sha256 {a.sha256[:12]}...)"
-              + ("" if args.no_promote else ", now current"))
+        _show(
+            json.loads(a.model_dump_json()),
+            args.json,
+            f"published {a.version} (sha256 {a.sha256[:12]}...)" + ("" if args.no_promote else ", now current"),
+        )
     elif action == "promote":
         a = _registry(args, need_signer=True).make_current(args.version)
         _show(json.loads(a.model_dump_json()), args.json, f"{a.version} is current")
@@ -112,9 +125,13 @@ def add_parsers(sub: Any, conn: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser("models", help="the model registry in Redis: list, show, publish, promote, rollback")
     models_sub = p.add_subparsers(dest="models_command", required=True)
-    for name, help_text in (("list", "every version, the current one starred, and what each agent serves"),
-                            ("show", "one version's record"), ("publish", "sign, store and make current an ONNX model"),
-                            ("promote", "make a stored version current"), ("rollback", "make the previous current version current again")):
+    for name, help_text in (
+        ("list", "every version, the current one starred, and what each agent serves"),
+        ("show", "one version's record"),
+        ("publish", "sign, store and make current an ONNX model"),
+        ("promote", "make a stored version current"),
+        ("rollback", "make the previous current version current again"),
+    ):
         m = models_sub.add_parser(name, parents=[conn], help=help_text)
         m.add_argument("--json", action="store_true")
         m.add_argument("--keys", help="key pair folder (default $PEDSTREAM_KEYS or ~/.pedstream/keys)")

@@ -27,7 +27,13 @@ from kafka.errors import KafkaError
 
 from streams.bus import ensure_topics
 from streams.endpoints import (
-    BOOTSTRAP_ENV, DEFAULT_REDIS, REDIS_ENV, Endpoints, pedstream_home, resolve, stack_state_path,
+    BOOTSTRAP_ENV,
+    DEFAULT_REDIS,
+    REDIS_ENV,
+    Endpoints,
+    pedstream_home,
+    resolve,
+    stack_state_path,
 )
 from streams.errors import StackError
 from streams.kafka_settings import admin_settings
@@ -164,8 +170,18 @@ def start_tansu(home: Path, port: int | None = None) -> tuple[subprocess.Popen[b
     address = f"tcp://{LOOPBACK}:{port}"
     log_path = home / "logs" / "tansu.log"
     proc = _spawn(
-        [str(tansu_binary()), "broker", "--listener-url", address, "--advertised-listener-url", address,
-         "--storage-engine", "memory://tansu/", "--cluster-id", "pedstream"],
+        [
+            str(tansu_binary()),
+            "broker",
+            "--listener-url",
+            address,
+            "--advertised-listener-url",
+            address,
+            "--storage-engine",
+            "memory://tansu/",
+            "--cluster-id",
+            "pedstream",
+        ],
         log_path,
     )
     bootstrap = f"{LOOPBACK}:{port}"
@@ -218,9 +234,14 @@ def up(home: Path | None = None, redis_url: str | None = None, topics: Topics | 
             _terminate(redis_proc.pid)
         raise
     state = StackState(
-        bootstrap=bootstrap, redis_url=final_redis, tansu_pid=tansu.pid,
-        redis_pid=redis_proc.pid if redis_proc else None, redis_replaces=replaces,
-        topic_prefix=topics.prefix, started_ts=time.time(), home=str(home),
+        bootstrap=bootstrap,
+        redis_url=final_redis,
+        tansu_pid=tansu.pid,
+        redis_pid=redis_proc.pid if redis_proc else None,
+        redis_replaces=replaces,
+        topic_prefix=topics.prefix,
+        started_ts=time.time(),
+        home=str(home),
     )
     state.save(state_path)
     return state, True
@@ -282,8 +303,13 @@ def status(home: Path | None = None) -> dict[str, object]:
     return {
         "up": kafka_ok and redis_ok,
         "kafka": {"bootstrap": state.bootstrap, "pid": state.tansu_pid, "answers": kafka_ok, "broker": "tansu (embedded)"},
-        "redis": {"url": state.redis_url, "pid": state.redis_pid, "answers": redis_ok,
-                  "started_by_stack": state.redis_pid is not None, "replaces": state.redis_replaces},
+        "redis": {
+            "url": state.redis_url,
+            "pid": state.redis_pid,
+            "answers": redis_ok,
+            "started_by_stack": state.redis_pid is not None,
+            "replaces": state.redis_replaces,
+        },
         "topic_prefix": state.topic_prefix,
         "uptime_s": round(time.time() - state.started_ts, 1),
         "home": state.home,
@@ -292,7 +318,10 @@ def status(home: Path | None = None) -> dict[str, object]:
 
 @contextmanager
 def endpoints_or_temporary_stack(
-    bootstrap: str | None, redis_url: str | None, topics: Topics, announce=print  # type: ignore[no-untyped-def]
+    bootstrap: str | None,
+    redis_url: str | None,
+    topics: Topics,
+    announce=print,  # type: ignore[no-untyped-def]
 ) -> Iterator[Endpoints]:
     """The endpoints a command should use; when no broker was named and none answers, a temporary stack.
 

@@ -77,8 +77,14 @@ def job_settings(args: argparse.Namespace, **overrides: Any) -> Any:
     from trainer.ps import StalenessPolicy
 
     policy = StalenessPolicy(lr=args.lr, optimizer=args.optimizer, staleness_bound=args.staleness_bound)
-    values: dict[str, Any] = dict(policy=policy, augment=Augment(enabled=not args.no_augment), seed=args.seed,
-                                  batch_size=args.batch_size, updates=args.updates, target_loss=args.target_loss)
+    values: dict[str, Any] = dict(
+        policy=policy,
+        augment=Augment(enabled=not args.no_augment),
+        seed=args.seed,
+        batch_size=args.batch_size,
+        updates=args.updates,
+        target_loss=args.target_loss,
+    )
     for name in ("mode", "workers", "ps_shards", "eval_every", "join_after"):  # train has them; bench train overrides them
         if name not in overrides:
             values[name] = getattr(args, name)
@@ -93,13 +99,16 @@ def load_training_data(args: argparse.Namespace, models_dir: Path | None) -> tup
     sequence = MotSequence.load(args.sequence)
     frames = parse_frames(args.frames, sequence.length)
     bar = ProgressBar(f"label {args.labels}")
-    examples = labelled_examples(sequence, frames, args.labels, models_dir, default_label_cache(), args.every,
-                                 lambda done, total: bar.update(done, total))
+    examples = labelled_examples(
+        sequence, frames, args.labels, models_dir, default_label_cache(), args.every, lambda done, total: bar.update(done, total)
+    )
     held_sequence = MotSequence.load(args.holdout_sequence) if args.holdout_sequence else sequence
     held_range = parse_frames(args.holdout_frames, held_sequence.length)
     if held_sequence.root.resolve() == sequence.root.resolve() and not (held_range[0] > frames[1] or held_range[1] < frames[0]):
-        raise PedstreamError(f"--holdout-frames {held_range[0]}:{held_range[1]} overlap the training frames "
-                             f"{frames[0]}:{frames[1]}: held-out AP must be measured on frames not trained on")
+        raise PedstreamError(
+            f"--holdout-frames {held_range[0]}:{held_range[1]} overlap the training frames "
+            f"{frames[0]}:{frames[1]}: held-out AP must be measured on frames not trained on"
+        )
     held_out = held_out_frames(held_sequence, held_range, args.holdout_every)
     return examples, held_out
 
@@ -121,30 +130,50 @@ def cmd_train(args: argparse.Namespace, models_dir: Path | None) -> int:
         if p.ap50 is not None:
             last_ap.append(p.ap50)
         ap = f" AP50 {last_ap[-1]:.3f}" if last_ap else ""
-        bar.update(p.update, p.total, f"loss {p.loss:.3f}{ap} {p.update / max(p.elapsed_s, 1e-9):.1f} upd/s "
-                                      f"trainers {p.workers} restarts {p.restarts}")
+        bar.update(
+            p.update,
+            p.total,
+            f"loss {p.loss:.3f}{ap} {p.update / max(p.elapsed_s, 1e-9):.1f} upd/s trainers {p.workers} restarts {p.restarts}",
+        )
 
     started = time.perf_counter()
     with ray_session(args.ray_address, RayPorts(args.ray_port), num_cpus=max(os.cpu_count() or 1, settings.workers)):
-        job = TrainingJob(examples, settings, config, held_out, Path(args.out) / "checkpoints", init, on_progress,
-                          model_version=args.version)
+        job = TrainingJob(
+            examples, settings, config, held_out, Path(args.out) / "checkpoints", init, on_progress, model_version=args.version
+        )
         result = job.run()
     paths = write_outputs(result, Path(args.out))
     model = Student(config)
-    summary = {"student": {"input_size": [config.input_width, config.input_height], "widths": list(config.widths), "neck": config.neck},
-        "model": paths.get("model"), "version": job.model_version, "metrics": paths["metrics"], "curves": paths["curves"],
-        "mode": settings.mode, "workers": settings.workers, "ps_shards": settings.ps_shards, "updates": result.updates,
-        "updates_per_s": result.updates_per_s, "samples_per_s": result.samples_per_s, "final_loss": result.final_loss,
-        "ap50": result.ap50, "recall": result.recall, "held_out": held_out.name, "examples": len(examples),
-        "labels": args.labels, "trainer_restarts": result.trainer_restarts,
-        "parameters": count_parameters(model), "gflops": round(gflops(model), 3),
+    summary = {
+        "student": {"input_size": [config.input_width, config.input_height], "widths": list(config.widths), "neck": config.neck},
+        "model": paths.get("model"),
+        "version": job.model_version,
+        "metrics": paths["metrics"],
+        "curves": paths["curves"],
+        "mode": settings.mode,
+        "workers": settings.workers,
+        "ps_shards": settings.ps_shards,
+        "updates": result.updates,
+        "updates_per_s": result.updates_per_s,
+        "samples_per_s": result.samples_per_s,
+        "final_loss": result.final_loss,
+        "ap50": result.ap50,
+        "recall": result.recall,
+        "held_out": held_out.name,
+        "examples": len(examples),
+        "labels": args.labels,
+        "trainer_restarts": result.trainer_restarts,
+        "parameters": count_parameters(model),
+        "gflops": round(gflops(model), 3),
         "wall_s": round(time.perf_counter() - started, 1),
     }
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
-        print(f"trained {job.model_version}: AP50 {result.ap50:.3f} on {held_out.name}; {result.updates_per_s:.2f} updates/s; "
-              f"model {paths.get('model')}, metrics {paths['metrics']}, curves {paths['curves']}")
+        print(
+            f"trained {job.model_version}: AP50 {result.ap50:.3f} on {held_out.name}; {result.updates_per_s:.2f} updates/s; "
+            f"model {paths.get('model')}, metrics {paths['metrics']}, curves {paths['curves']}"
+        )
     return 0
 
 
@@ -153,8 +182,12 @@ def add_job_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sequence", help="MOT-style sequence folder to train on (default: PETS09-S2L1 in the data folder)")
     p.add_argument("--frames", default="1:397", help="training frames A:B, 1-based inclusive")
     p.add_argument("--every", type=int, default=1, help="train on every K-th of those frames")
-    p.add_argument("--labels", choices=("teacher", "oracle"), default="teacher",
-                   help="teacher: NanoDet + CenterNet fused; oracle: MOT ground truth standing in for human annotators")
+    p.add_argument(
+        "--labels",
+        choices=("teacher", "oracle"),
+        default="teacher",
+        help="teacher: NanoDet + CenterNet fused; oracle: MOT ground truth standing in for human annotators",
+    )
     p.add_argument("--holdout-sequence", help="sequence of the held-out frames (default: the training sequence)")
     p.add_argument("--holdout-frames", default="398:795", help="held-out frames A:B, never trained on")
     p.add_argument("--holdout-every", type=int, default=8, help="score every K-th held-out frame during training")
@@ -214,8 +247,17 @@ def cmd_bench_train(args: argparse.Namespace, models_dir: Path | None) -> int:
     examples, held_out = load_training_data(args, models_dir)
     cpus = max(os.cpu_count() or 1, max(workers), args.processes)
     with ray_session(args.ray_address, RayPorts(args.ray_port), num_cpus=cpus):
-        result = bench_train.run(examples, held_out, base, config, modes, workers, args.processes, args.allocation_updates,
-                                 progress=lambda m: print(f"[bench train] {m}", file=sys.stderr, flush=True))
+        result = bench_train.run(
+            examples,
+            held_out,
+            base,
+            config,
+            modes,
+            workers,
+            args.processes,
+            args.allocation_updates,
+            progress=lambda m: print(f"[bench train] {m}", file=sys.stderr, flush=True),
+        )
     print(json.dumps(result, indent=2))
     return 0
 

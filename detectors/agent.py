@@ -21,14 +21,15 @@ from typing import Any
 import faust
 import numpy as np
 
+from detectors import metrics
 from detectors.alerts import AlertEvaluator
 from detectors.detector import Detector
 from detectors.faust_transport import broker_url
-from detectors import metrics
 from detectors.mining import HardExampleMiner, MiningPolicy
 from detectors.model_updates import ModelUpdater
 from detectors.pipeline import DetectionPipeline, WorkItem
 from detectors.results import BoxArray
+from detectors.tiling import merge_in_frame
 from detectors.tracker import IouTracker
 from streams.bus import DLQ_OFFSET, DLQ_PARTITION, DLQ_REASON, DLQ_TOPIC, DLQ_TS
 from streams.cameras.config import CameraConfig, DetectSettings
@@ -36,10 +37,9 @@ from streams.errors import RecordError
 from streams.kafka_settings import MAX_MESSAGE_BYTES
 from streams.metrics import DEAD_LETTERS, serve_metrics
 from streams.model_channel import ModelKeys, ModelReader, ModelWatcher, connect_redis
-from detectors.tiling import merge_in_frame
 from streams.records import Detections, Frame, HardExample, Record, TileDetections, TileTask
-from streams.topics import Topics
 from streams.signing import Verifier
+from streams.topics import Topics
 from streams.wire import decode, encode
 
 log = logging.getLogger(__name__)
@@ -174,8 +174,10 @@ class DetectorAgent:
             self.results = asyncio.Queue()
             results = self.results
             self.pipeline = DetectionPipeline(
-                self.detector, lambda item: loop.call_soon_threadsafe(results.put_nowait, item),
-                max_batch=self.settings.max_batch, max_wait_ms=self.settings.max_wait_ms,
+                self.detector,
+                lambda item: loop.call_soon_threadsafe(results.put_nowait, item),
+                max_batch=self.settings.max_batch,
+                max_wait_ms=self.settings.max_wait_ms,
             )
         return self.pipeline
 
@@ -213,7 +215,9 @@ class DetectorAgent:
             try:
                 task = decode(TileTask, event.value, list(event.message.headers or []))
             except RecordError as exc:
-                item = WorkItem(token=Pending(event, None, time.time(), "tile"), camera_id="?", jpeg=b"", error=f"invalid tile record: {exc}")
+                item = WorkItem(
+                    token=Pending(event, None, time.time(), "tile"), camera_id="?", jpeg=b"", error=f"invalid tile record: {exc}"
+                )
             else:
                 item = WorkItem(token=Pending(event, task, time.time(), "tile"), camera_id=task.camera_id, jpeg=task.jpeg)
             await loop.run_in_executor(None, pipeline.submit, item)
@@ -237,8 +241,14 @@ class DetectorAgent:
             parts.append(part)
             now = time.time()
             for stale in [k for k, v in self.merging.items() if now - v[0].produced_ts > MERGE_TIMEOUT_S]:
-                log.warning("tiles of %s frame %d incomplete after %.0fs: merging %d/%d", stale[0], stale[1],
-                            MERGE_TIMEOUT_S, len(self.merging[stale]), self.merging[stale][0].tile_count)
+                log.warning(
+                    "tiles of %s frame %d incomplete after %.0fs: merging %d/%d",
+                    stale[0],
+                    stale[1],
+                    MERGE_TIMEOUT_S,
+                    len(self.merging[stale]),
+                    self.merging[stale][0].tile_count,
+                )
                 await self._publish_merged(self.merging.pop(stale))
             if len(parts) == part.tile_count:
                 await self._publish_merged(self.merging.pop(key))
@@ -246,10 +256,12 @@ class DetectorAgent:
     async def _publish_merged(self, parts: list[TileDetections]) -> None:
         first = parts[0]
         boxes = merge_in_frame([BoxArray.from_boxes(p.boxes) for p in parts])
-        ref = FrameRef(first.camera_id, first.seq, first.capture_ts, first.frame_width, first.frame_height,
-                       first.source_frame_index, None)
-        timings = {"tiles": float(len(parts)), "infer": max(p.latency_ms.get("infer", 0.0) for p in parts),
-                   "total": max(p.latency_ms.get("total", 0.0) for p in parts)}
+        ref = FrameRef(first.camera_id, first.seq, first.capture_ts, first.frame_width, first.frame_height, first.source_frame_index, None)
+        timings = {
+            "tiles": float(len(parts)),
+            "infer": max(p.latency_ms.get("infer", 0.0) for p in parts),
+            "total": max(p.latency_ms.get("total", 0.0) for p in parts),
+        }
         await self._publish_detections(ref, boxes, first.model_version, timings)
 
     def _camera(self, camera_id: str) -> CameraState:
@@ -278,8 +290,9 @@ class DetectorAgent:
                 else:
                     frame = pending.record
                     assert isinstance(frame, Frame) and item.boxes is not None
-                    ref = FrameRef(frame.camera_id, frame.seq, frame.capture_ts, frame.width, frame.height,
-                                   frame.source_frame_index, frame.jpeg)
+                    ref = FrameRef(
+                        frame.camera_id, frame.seq, frame.capture_ts, frame.width, frame.height, frame.source_frame_index, frame.jpeg
+                    )
                     await self._publish_detections(ref, item.boxes, item.model_version, item.timings_ms, item.brightness)
             except Exception:
                 log.exception("publishing results failed for camera %s", item.camera_id)
@@ -293,8 +306,10 @@ class DetectorAgent:
     async def _dead_letter(self, event: Any, reason: str) -> None:
         message = event.message
         headers = list(message.headers or []) + [
-            (DLQ_REASON, reason.encode()), (DLQ_TOPIC, message.topic.encode()),
-            (DLQ_PARTITION, str(message.partition).encode()), (DLQ_OFFSET, str(message.offset).encode()),
+            (DLQ_REASON, reason.encode()),
+            (DLQ_TOPIC, message.topic.encode()),
+            (DLQ_PARTITION, str(message.partition).encode()),
+            (DLQ_OFFSET, str(message.offset).encode()),
             (DLQ_TS, f"{time.time():.3f}".encode()),
         ]
         await self.out[self.settings.topics.dead_letter.name].send(key=message.key, value=message.value, headers=headers)
@@ -305,12 +320,22 @@ class DetectorAgent:
     async def _fan_out(self, item: WorkItem, pending: Pending) -> None:
         frame = pending.record
         assert isinstance(frame, Frame) and item.tiles is not None
-        for index, (tile, jpeg) in enumerate(zip(item.tiles, item.tile_jpegs)):
+        for index, (tile, jpeg) in enumerate(zip(item.tiles, item.tile_jpegs, strict=False)):
             task = TileTask(
-                camera_id=frame.camera_id, seq=frame.seq, capture_ts=frame.capture_ts, width=tile.x1 - tile.x0,
-                height=tile.y1 - tile.y0, jpeg=jpeg, source_frame_index=frame.source_frame_index,
-                frame_width=frame.width, frame_height=frame.height, tile_index=index, tile_count=len(item.tiles),
-                x0=tile.x0, y0=tile.y0, requested_by=self.settings.agent_id,
+                camera_id=frame.camera_id,
+                seq=frame.seq,
+                capture_ts=frame.capture_ts,
+                width=tile.x1 - tile.x0,
+                height=tile.y1 - tile.y0,
+                jpeg=jpeg,
+                source_frame_index=frame.source_frame_index,
+                frame_width=frame.width,
+                frame_height=frame.height,
+                tile_index=index,
+                tile_count=len(item.tiles),
+                x0=tile.x0,
+                y0=tile.y0,
+                requested_by=self.settings.agent_id,
             )
             await self._send(self.settings.topics.tiles.name, task)
         self.counters["tiles_sent"] = self.counters.get("tiles_sent", 0) + len(item.tiles)
@@ -321,17 +346,26 @@ class DetectorAgent:
         found = item.boxes.above(self.settings.publish_threshold)
         shifted = BoxArray(found.xyxy + np.array([task.x0, task.y0, task.x0, task.y0], np.float32), found.scores, found.class_ids)
         result = TileDetections(
-            camera_id=task.camera_id, seq=task.seq, capture_ts=task.capture_ts, frame_width=task.frame_width,
-            frame_height=task.frame_height, source_frame_index=task.source_frame_index, tile_index=task.tile_index,
-            tile_count=task.tile_count, model_version=item.model_version, boxes=shifted.to_boxes(),
-            latency_ms={k: round(v, 2) for k, v in item.timings_ms.items()}, agent_id=self.settings.agent_id,
+            camera_id=task.camera_id,
+            seq=task.seq,
+            capture_ts=task.capture_ts,
+            frame_width=task.frame_width,
+            frame_height=task.frame_height,
+            source_frame_index=task.source_frame_index,
+            tile_index=task.tile_index,
+            tile_count=task.tile_count,
+            model_version=item.model_version,
+            boxes=shifted.to_boxes(),
+            latency_ms={k: round(v, 2) for k, v in item.timings_ms.items()},
+            agent_id=self.settings.agent_id,
             produced_ts=time.time(),
         )
         await self._send(self.settings.topics.tile_detections.name, result)
         self.counters["tiles_done"] = self.counters.get("tiles_done", 0) + 1
 
-    async def _publish_detections(self, frame: FrameRef, found: BoxArray, model_version: str, timings: dict[str, float],
-                                  brightness: float | None = None) -> None:
+    async def _publish_detections(
+        self, frame: FrameRef, found: BoxArray, model_version: str, timings: dict[str, float], brightness: float | None = None
+    ) -> None:
         """Track, publish Detections, evaluate alert rules and mine hard examples for one frame."""
         state = self._camera(frame.camera_id)
         published = found.above(self.settings.publish_threshold)
@@ -339,15 +373,23 @@ class DetectorAgent:
         track_ids = state.tracker.update(published[confident_mask], frame.capture_ts)
         boxes = published.to_boxes()
         confident_rows = [i for i, keep in enumerate(confident_mask) if keep]
-        for row, track_id in zip(confident_rows, track_ids):
+        for row, track_id in zip(confident_rows, track_ids, strict=False):
             boxes[row] = boxes[row].model_copy(update={"track_id": track_id})
         now = time.time()
         latency = {k: round(v, 2) for k, v in timings.items()}
         latency["frame_to_detection"] = round(max(0.0, now - frame.capture_ts) * 1000.0, 2)
         detections = Detections(
-            camera_id=frame.camera_id, seq=frame.seq, capture_ts=frame.capture_ts, width=frame.width, height=frame.height,
-            source_frame_index=frame.source_frame_index, model_version=model_version, boxes=boxes,
-            latency_ms=latency, agent_id=self.settings.agent_id, produced_ts=now,
+            camera_id=frame.camera_id,
+            seq=frame.seq,
+            capture_ts=frame.capture_ts,
+            width=frame.width,
+            height=frame.height,
+            source_frame_index=frame.source_frame_index,
+            model_version=model_version,
+            boxes=boxes,
+            latency_ms=latency,
+            agent_id=self.settings.agent_id,
+            produced_ts=now,
         )
         await self._send(self.settings.topics.detections.name, detections)
         self.counters["frames"] += 1
@@ -360,9 +402,17 @@ class DetectorAgent:
         reasons = state.miner.decide(found, state.tracker.just_lost(), frame.capture_ts, brightness)
         if reasons and frame.jpeg is not None:
             example = HardExample(
-                camera_id=frame.camera_id, seq=frame.seq, capture_ts=frame.capture_ts, width=frame.width,
-                height=frame.height, jpeg=frame.jpeg, source_frame_index=frame.source_frame_index,
-                model_version=model_version, detections=found.above(0.05).to_boxes(), reasons=reasons, mined_ts=now,
+                camera_id=frame.camera_id,
+                seq=frame.seq,
+                capture_ts=frame.capture_ts,
+                width=frame.width,
+                height=frame.height,
+                jpeg=frame.jpeg,
+                source_frame_index=frame.source_frame_index,
+                model_version=model_version,
+                detections=found.above(0.05).to_boxes(),
+                reasons=reasons,
+                mined_ts=now,
             )
             await self._send(self.settings.topics.hard_examples.name, example)
             self.counters["hard_examples"] += 1
@@ -370,15 +420,19 @@ class DetectorAgent:
                 metrics.HARD_EXAMPLES.labels(frame.camera_id, reason).inc()
 
     async def _report(self) -> None:
-        log.info("agent %s (%s, %s): %s", self.settings.agent_id, self.detector.version,
-                 self.detector.backend.name, self.counters)
+        log.info("agent %s (%s, %s): %s", self.settings.agent_id, self.detector.version, self.detector.backend.name, self.counters)
 
     # --- running ------------------------------------------------------------------------------
 
     def run(self) -> None:
         """Run until SIGINT/SIGTERM (faust's worker owns the event loop and the signals)."""
-        log.info("agent %s serving %s on %s (%s)", self.settings.agent_id, self.detector.version,
-                 self.detector.backend.name, self.detector.backend_reason)
+        log.info(
+            "agent %s serving %s on %s (%s)",
+            self.settings.agent_id,
+            self.detector.version,
+            self.detector.backend.name,
+            self.detector.backend_reason,
+        )
         worker = faust.Worker(self.app, loglevel=logging.getLevelName(log.getEffectiveLevel()), quiet=True)
         metrics.SERVING.serving(self.detector.version, self.detector.backend.name)
         if serve_metrics(self.settings.metrics_port, self.settings.metrics_host):

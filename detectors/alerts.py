@@ -56,10 +56,19 @@ class AlertEvaluator:
             if not fired:
                 continue
             self._last_fired[rule.name] = capture_ts
-            alerts.append(Alert(
-                camera_id=self.camera_id, alert_id=uuid.uuid4().hex, rule=rule.name, kind=rule.kind,
-                zone=rule.name if rule.zone is not None else None, seq=seq, capture_ts=capture_ts,
-                count=len(present) if rule.kind == "count" else len(fired),
-                track_ids=sorted(t.track_id for t in fired), message=message, model_version=model_version,
-            ))
+            alerts.append(
+                Alert(
+                    camera_id=self.camera_id,
+                    alert_id=uuid.uuid4().hex,
+                    rule=rule.name,
+                    kind=rule.kind,
+                    zone=rule.name if rule.zone is not None else None,
+                    seq=seq,
+                    capture_ts=capture_ts,
+                    count=len(present) if rule.kind == "count" else len(fired),
+                    track_ids=sorted(t.track_id for t in fired),
+                    message=message,
+                    model_version=model_version,
+                )
+            )
         return alerts

@@ -78,8 +78,13 @@ class Detector:
 
     @classmethod
     def from_bytes(
-        cls, model_bytes: bytes, backend: Backend | str = "ort", fmt: str | None = None,
-        version: str | None = None, name: str = "model", threads: int = 0,
+        cls,
+        model_bytes: bytes,
+        backend: Backend | str = "ort",
+        fmt: str | None = None,
+        version: str | None = None,
+        name: str = "model",
+        threads: int = 0,
     ) -> Detector:
         """A detector for ONNX ``model_bytes`` on ``backend`` (an instance, or ``ort``/``tvm``/``auto``)."""
         metadata = onnx_metadata(model_bytes)  # first: refuses what is not ONNX at all, with that reason
@@ -106,7 +111,7 @@ class Detector:
         if fixed != 1:
             raise BackendError(f"model wants batches of exactly {fixed}, got {len(batch)}")
         runs = [self.backend.run({self.adapter.input_name: batch[i : i + 1]}) for i in range(len(batch))]
-        return [np.concatenate(parts, axis=0) for parts in zip(*runs)]
+        return [np.concatenate(parts, axis=0) for parts in zip(*runs, strict=False)]
 
     def postprocess(self, outputs: list[np.ndarray], metas: list[ImageMeta]) -> list[BoxArray]:
         return self.adapter.postprocess(outputs, metas)

@@ -30,7 +30,7 @@ def average_precision(detections: list[BoxArray], truths: list[GroundTruth], iou
     entries = [(float(s), f, i) for f, d in enumerate(detections) for i, s in enumerate(d.scores)]
     entries.sort(key=lambda e: -e[0])
     matched = [np.zeros(len(t.xyxy), bool) for t in truths]
-    ious = [box_iou(d.xyxy, t.xyxy) for d, t in zip(detections, truths)]
+    ious = [box_iou(d.xyxy, t.xyxy) for d, t in zip(detections, truths, strict=False)]
     tp = np.zeros(len(entries))
     fp = np.zeros(len(entries))
     for k, (_, f, i) in enumerate(entries):
@@ -73,13 +73,23 @@ class EvalResult:
     detections: int
 
     def as_dict(self) -> dict[str, float | int]:
-        return {"ap50": round(self.ap50, 4), "recall": round(self.recall, 4), "fps": round(self.fps, 2),
-                "frames": self.frames, "positives": self.positives, "detections": self.detections}
+        return {
+            "ap50": round(self.ap50, 4),
+            "recall": round(self.recall, 4),
+            "fps": round(self.fps, 2),
+            "frames": self.frames,
+            "positives": self.positives,
+            "detections": self.detections,
+        }
 
 
 def evaluate_sequence(
-    detect: Callable[[list[np.ndarray]], list[BoxArray]], sequence: MotSequence, start: int = 1,
-    stop: int | None = None, every: int = 1, progress: Callable[[int], None] | None = None,
+    detect: Callable[[list[np.ndarray]], list[BoxArray]],
+    sequence: MotSequence,
+    start: int = 1,
+    stop: int | None = None,
+    every: int = 1,
+    progress: Callable[[int], None] | None = None,
 ) -> EvalResult:
     """Run ``detect`` one frame at a time over a range of a sequence and score it; fps counts detection only."""
     found: list[BoxArray] = []

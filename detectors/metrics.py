@@ -20,10 +20,10 @@ LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 FRAMES = Counter("pedstream_detector_frames", "Frames detected and published as Detections", ["camera"])
 PEOPLE = Counter("pedstream_detector_people", "Boxes published", ["camera"])
-STAGE_SECONDS = Histogram("pedstream_detector_stage_seconds", "Time a frame spent in each pipeline stage", ["stage"],
-                          buckets=STAGE_BUCKETS)
-FRAME_TO_DETECTION = Histogram("pedstream_detector_frame_to_detection_seconds", "Capture to Detections published",
-                               ["camera"], buckets=LATENCY_BUCKETS)
+STAGE_SECONDS = Histogram("pedstream_detector_stage_seconds", "Time a frame spent in each pipeline stage", ["stage"], buckets=STAGE_BUCKETS)
+FRAME_TO_DETECTION = Histogram(
+    "pedstream_detector_frame_to_detection_seconds", "Capture to Detections published", ["camera"], buckets=LATENCY_BUCKETS
+)
 BATCH_SIZE = Histogram("pedstream_detector_batch_size", "Frames per inference batch", buckets=(1, 2, 4, 8, 16, 32, 64))
 HARD_EXAMPLES = Counter("pedstream_detector_hard_examples", "Hard examples published", ["camera", "reason"])
 ALERTS = Counter("pedstream_detector_alerts", "Alerts published", ["camera", "rule"])
@@ -43,13 +43,13 @@ class ServingCollector(Collector):
         self.version, self.backend = version, backend
 
     def collect(self) -> Iterator[Metric]:
-        info = GaugeMetricFamily("pedstream_detector_model_info", "The model version and backend serving (value 1)",
-                                 labels=["version", "backend"])
+        info = GaugeMetricFamily(
+            "pedstream_detector_model_info", "The model version and backend serving (value 1)", labels=["version", "backend"]
+        )
         if self.version:
             info.add_metric([self.version, self.backend], 1.0)
         yield info
-        fps = GaugeMetricFamily("pedstream_detector_fps", "Frames per second detected, per camera, over the last 5 s",
-                                labels=["camera"])
+        fps = GaugeMetricFamily("pedstream_detector_fps", "Frames per second detected, per camera, over the last 5 s", labels=["camera"])
         for camera, rate in sorted(self.fps.rates().items()):
             fps.add_metric([camera], rate)
         yield fps

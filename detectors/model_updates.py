@@ -29,8 +29,9 @@ CANARY_SHAPE = (480, 640, 3)
 class ModelUpdater:
     """Receives announcements (from ``ModelWatcher``) and swaps verified models in."""
 
-    def __init__(self, reader: ModelReader, swap: Callable[[Detector], None], agent_id: str, serving: str,
-                 backend: str = "ort", threads: int = 0) -> None:
+    def __init__(
+        self, reader: ModelReader, swap: Callable[[Detector], None], agent_id: str, serving: str, backend: str = "ort", threads: int = 0
+    ) -> None:
         self.reader = reader
         self.swap = swap
         self.agent_id = agent_id

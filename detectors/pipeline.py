@@ -60,8 +60,12 @@ class DetectionPipeline:
     in submission order, from the postprocess thread (errors included, with ``error`` set)."""
 
     def __init__(
-        self, detector: Detector, on_result: Callable[[WorkItem], None], max_batch: int = 4,
-        max_wait_ms: float = 10.0, queue_size: int = 2,
+        self,
+        detector: Detector,
+        on_result: Callable[[WorkItem], None],
+        max_batch: int = 4,
+        max_wait_ms: float = 10.0,
+        queue_size: int = 2,
     ) -> None:
         self.detector = detector
         self.on_result = on_result
@@ -206,7 +210,8 @@ class DetectionPipeline:
             item.batch_size = len(stacked)
             item.timings_ms["infer"] = spent
             item.timings_ms["queue"] = (started - item.entered) * 1000.0 - sum(
-                item.timings_ms.get(k, 0.0) for k in ("decode", "preprocess"))
+                item.timings_ms.get(k, 0.0) for k in ("decode", "preprocess")
+            )
 
     def _postprocess(self, item: WorkItem) -> None:
         if item.tile_jpegs:

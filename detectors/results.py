@@ -41,8 +41,9 @@ class BoxArray:
     def concat(cls, parts: list[BoxArray]) -> BoxArray:
         if not parts:
             return cls.empty()
-        return cls(np.concatenate([p.xyxy for p in parts]), np.concatenate([p.scores for p in parts]),
-                   np.concatenate([p.class_ids for p in parts]))
+        return cls(
+            np.concatenate([p.xyxy for p in parts]), np.concatenate([p.scores for p in parts]), np.concatenate([p.class_ids for p in parts])
+        )
 
     def __len__(self) -> int:
         return len(self.scores)
@@ -57,9 +58,15 @@ class BoxArray:
     def to_boxes(self) -> list[Box]:
         """As record boxes for the bus (scores clipped to [0, 1])."""
         return [
-            Box(x1=float(b[0]), y1=float(b[1]), x2=float(max(b[2], b[0])), y2=float(max(b[3], b[1])),
-                score=float(min(max(s, 0.0), 1.0)), class_id=int(c))
-            for b, s, c in zip(self.xyxy, self.scores, self.class_ids)
+            Box(
+                x1=float(b[0]),
+                y1=float(b[1]),
+                x2=float(max(b[2], b[0])),
+                y2=float(max(b[3], b[1])),
+                score=float(min(max(s, 0.0), 1.0)),
+                class_id=int(c),
+            )
+            for b, s, c in zip(self.xyxy, self.scores, self.class_ids, strict=False)
         ]
 
     @classmethod

@@ -29,6 +29,7 @@ class Tile:
 def plan_tiles(width: int, height: int, tiling: Tiling) -> list[Tile]:
     """``rows`` x ``cols`` tiles covering the frame, neighbours sharing ``overlap`` pixels (plus the
     full frame when asked)."""
+
     def spans(size: int, parts: int) -> list[tuple[int, int]]:
         if parts == 1:
             return [(0, size)]
@@ -50,9 +51,8 @@ def merge(parts: list[BoxArray], tiles: list[Tile], iou_threshold: float = MERGE
     """Boxes of every tile moved to frame coordinates, duplicates across seams removed by NMS."""
     if len(parts) != len(tiles):
         raise ValueError(f"{len(parts)} results for {len(tiles)} tiles")
-    return merge_in_frame([
-        BoxArray(scale_boxes(p.xyxy, 1.0, 1.0, t.x0, t.y0), p.scores, p.class_ids) for p, t in zip(parts, tiles)
-    ], iou_threshold)
+    moved = [BoxArray(scale_boxes(p.xyxy, 1.0, 1.0, t.x0, t.y0), p.scores, p.class_ids) for p, t in zip(parts, tiles, strict=True)]
+    return merge_in_frame(moved, iou_threshold)
 
 
 def merge_in_frame(parts: list[BoxArray], iou_threshold: float = MERGE_IOU) -> BoxArray:
@@ -65,6 +65,7 @@ def merge_in_frame(parts: list[BoxArray], iou_threshold: float = MERGE_IOU) -> B
 
 def tiled(detect: Callable[[list[np.ndarray]], list[BoxArray]], tiling: Tiling) -> Callable[[list[np.ndarray]], list[BoxArray]]:
     """A detect function that runs ``detect`` on each frame's tiles as one batch and merges them."""
+
     def run(images: list[np.ndarray]) -> list[BoxArray]:
         out = []
         for image in images:

@@ -17,8 +17,8 @@ from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from streams.errors import RecordError
-from streams.metrics import DEAD_LETTERS
 from streams.kafka_settings import admin_settings, consumer_settings, producer_settings
+from streams.metrics import DEAD_LETTERS
 from streams.records import CameraStatus, Frame, HardExample, ModelAnnouncement, Record
 from streams.topics import Topics, TopicSpec
 from streams.wire import Headers, decode, encode, header_value
@@ -139,8 +139,14 @@ class DeadLetterPublisher:
         self.topic = topics.dead_letter.name
 
     def publish(
-        self, reason: str, source_topic: str, partition: int, offset: int,
-        key: bytes | None, value: bytes | None, headers: Headers | None,
+        self,
+        reason: str,
+        source_topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Headers | None,
     ) -> None:
         dlq_headers = list(headers or []) + [
             (DLQ_REASON, reason.encode()),

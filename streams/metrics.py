@@ -66,8 +66,9 @@ class CameraCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         counters = {
             "published": CounterMetricFamily("pedstream_camera_frames_published", "Frames the broker acknowledged", labels=["camera"]),
-            "dropped": CounterMetricFamily("pedstream_camera_frames_dropped", "Frames dropped by the fps cap or behind the source",
-                                           labels=["camera"]),
+            "dropped": CounterMetricFamily(
+                "pedstream_camera_frames_dropped", "Frames dropped by the fps cap or behind the source", labels=["camera"]
+            ),
             "failed": CounterMetricFamily("pedstream_camera_publish_failures", "Frames the broker did not take", labels=["camera"]),
             "bytes": CounterMetricFamily("pedstream_camera_bytes_published", "JPEG bytes acknowledged", labels=["camera"]),
             "attempts": CounterMetricFamily("pedstream_camera_source_attempts", "Times the source was (re)opened", labels=["camera"]),

@@ -118,8 +118,7 @@ class ModelWatcher:
     """Calls ``on_announcement`` for the current version at start and for every announcement after,
     reconnecting with backoff when Redis goes away (the agent keeps serving meanwhile)."""
 
-    def __init__(self, url: str, keys: ModelKeys, on_announcement: Callable[[ModelAnnouncement], None],
-                 max_backoff_s: float = 5.0) -> None:
+    def __init__(self, url: str, keys: ModelKeys, on_announcement: Callable[[ModelAnnouncement], None], max_backoff_s: float = 5.0) -> None:
         self.url = url
         self.keys = keys
         self.on_announcement = on_announcement

@@ -49,9 +49,14 @@ class CameraFlow:
 
     def as_dict(self, now: float) -> dict[str, object]:
         return {
-            "fps": round(self.fps(now), 2), "frames": self.frames, "last_seq": self.last_seq,
-            "missing": self.missing, "out_of_order": self.out_of_order, "size": f"{self.width}x{self.height}",
-            "lag_ms": round(self.lag_ms, 1), "kb_per_frame": round(self.bytes / max(1, self.frames) / 1024, 1),
+            "fps": round(self.fps(now), 2),
+            "frames": self.frames,
+            "last_seq": self.last_seq,
+            "missing": self.missing,
+            "out_of_order": self.out_of_order,
+            "size": f"{self.width}x{self.height}",
+            "lag_ms": round(self.lag_ms, 1),
+            "kb_per_frame": round(self.bytes / max(1, self.frames) / 1024, 1),
         }
 
 

@@ -74,8 +74,14 @@ class MotSequence:
         gt_path = root / "gt" / "gt.txt"
         ground_truth = _read_gt(gt_path) if gt_path.is_file() else {}
         return cls(
-            root=root, name=name, frame_rate=frame_rate, length=length, width=width, height=height,
-            image_dir=image_dir if has_images else None, video=None if has_images else videos[0],
+            root=root,
+            name=name,
+            frame_rate=frame_rate,
+            length=length,
+            width=width,
+            height=height,
+            image_dir=image_dir if has_images else None,
+            video=None if has_images else videos[0],
             ground_truth=ground_truth,
         )
 

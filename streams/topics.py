@@ -8,7 +8,15 @@ from dataclasses import dataclass
 
 from streams.errors import ConfigError
 from streams.records import (
-    Alert, CameraStatus, Detections, Frame, HardExample, ModelAnnouncement, Record, TileDetections, TileTask,
+    Alert,
+    CameraStatus,
+    Detections,
+    Frame,
+    HardExample,
+    ModelAnnouncement,
+    Record,
+    TileDetections,
+    TileTask,
 )
 
 DEFAULT_PREFIX = "pedstream"

@@ -72,9 +72,15 @@ class ParameterShard:
 
     def stats(self) -> dict[str, object]:
         s = self.server
-        return {"shard": self.index, "version": s.version, "applied": s.applied, "dropped": s.dropped,
-                "parameters": int(sum(w.size for w in s.weights.values())), "restored_from": self.restored_from,
-                "pid": os.getpid()}
+        return {
+            "shard": self.index,
+            "version": s.version,
+            "applied": s.applied,
+            "dropped": s.dropped,
+            "parameters": int(sum(w.size for w in s.weights.values())),
+            "restored_from": self.restored_from,
+            "pid": os.getpid(),
+        }
 
 
 @ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=0)
@@ -82,8 +88,9 @@ class Trainer:
     """A data-parallel trainer on its shard of the examples, read from a file: Ray keeps an actor's
     constructor arguments to restart it, and large in-memory arguments do not survive a restart."""
 
-    def __init__(self, examples_path: str, config: StudentConfig, batch_size: int, augment: Augment, seed: int,
-                 freeze_batchnorm: bool = False) -> None:
+    def __init__(
+        self, examples_path: str, config: StudentConfig, batch_size: int, augment: Augment, seed: int, freeze_batchnorm: bool = False
+    ) -> None:
         examples = load_examples(Path(examples_path))
         self.worker = GradientWorker(examples, config, batch_size, augment, seed, freeze_batchnorm)
         self.batch_size = min(batch_size, len(examples))

@@ -48,10 +48,15 @@ class RayPorts:
         b = self.base
         low, high = self.worker_range
         return [
-            f"--port={b}", f"--node-manager-port={b + 1}", f"--object-manager-port={b + 2}",
-            f"--dashboard-agent-listen-port={b + 3}", f"--dashboard-agent-grpc-port={b + 4}",
-            f"--runtime-env-agent-port={b + 5}", f"--metrics-export-port={b + 6}",
-            f"--min-worker-port={low}", f"--max-worker-port={high}",
+            f"--port={b}",
+            f"--node-manager-port={b + 1}",
+            f"--object-manager-port={b + 2}",
+            f"--dashboard-agent-listen-port={b + 3}",
+            f"--dashboard-agent-grpc-port={b + 4}",
+            f"--runtime-env-agent-port={b + 5}",
+            f"--metrics-export-port={b + 6}",
+            f"--min-worker-port={low}",
+            f"--max-worker-port={high}",
         ]
 
     @property
@@ -101,8 +106,9 @@ def _port_in_use(port: int) -> bool:
 class LocalRayCluster:
     """A Ray head on 127.0.0.1 started by us, connected as a driver; ``stop()`` ends what we started."""
 
-    def __init__(self, ports: RayPorts = RayPorts(), num_cpus: int | None = None, temp_dir: Path | None = None,
-                 startup_timeout_s: float = 60.0) -> None:
+    def __init__(
+        self, ports: RayPorts = RayPorts(), num_cpus: int | None = None, temp_dir: Path | None = None, startup_timeout_s: float = 60.0
+    ) -> None:
         self.ports = ports
         self.num_cpus = num_cpus or os.cpu_count() or 1
         self.temp_dir = temp_dir or Path(tempfile.gettempdir()) / f"pedstream-ray-{ports.base}"
@@ -117,17 +123,34 @@ class LocalRayCluster:
     def start(self) -> LocalRayCluster:
         busy = [p for p in self.ports.service_ports() if _port_in_use(p)]
         if busy:
-            raise PedstreamError(f"Ray ports {busy} on {LOOPBACK} are in use: pass another --ray-port base "
-                                 f"(pinned range {self.ports.base}-{self.ports.worker_range[1]})")
+            raise PedstreamError(
+                f"Ray ports {busy} on {LOOPBACK} are in use: pass another --ray-port base "
+                f"(pinned range {self.ports.base}-{self.ports.worker_range[1]})"
+            )
         pin_loopback_environment()
         self.temp_dir.mkdir(parents=True, exist_ok=True)
         ray_cli = Path(sys.executable).with_name("ray")
-        command = [str(ray_cli), "start", "--head", "--block", f"--node-ip-address={LOOPBACK}", *self.ports.start_flags(),
-                   "--include-dashboard=false", f"--num-cpus={self.num_cpus}", f"--temp-dir={self.temp_dir}",
-                   "--disable-usage-stats"]
+        command = [
+            str(ray_cli),
+            "start",
+            "--head",
+            "--block",
+            f"--node-ip-address={LOOPBACK}",
+            *self.ports.start_flags(),
+            "--include-dashboard=false",
+            f"--num-cpus={self.num_cpus}",
+            f"--temp-dir={self.temp_dir}",
+            "--disable-usage-stats",
+        ]
         log = self.log_path.open("wb")
-        self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent,
-                                        env={**os.environ, **LOOPBACK_ENV, **self.ports.start_env()})
+        self.process = subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+            env={**os.environ, **LOOPBACK_ENV, **self.ports.start_env()},
+        )
         deadline = time.monotonic() + self.startup_timeout_s
         while not _port_in_use(self.ports.gcs) or not _port_in_use(self.ports.base + 1):
             if self.process.poll() is not None or time.monotonic() > deadline:
@@ -182,8 +205,10 @@ def connect(address: str, timeout_s: float = 60.0) -> None:
     host = address.rsplit(":", 1)[0]
     if host not in (LOOPBACK, "localhost"):
         if os.environ.get(REMOTE_ENV) != "1":
-            raise PedstreamError(f"Ray address {address}: pedstream keeps Ray on loopback ({LOOPBACK}); "
-                                 f"set {REMOTE_ENV}=1 to join a Ray cluster across machines")
+            raise PedstreamError(
+                f"Ray address {address}: pedstream keeps Ray on loopback ({LOOPBACK}); "
+                f"set {REMOTE_ENV}=1 to join a Ray cluster across machines"
+            )
     else:
         pin_loopback_environment()
     ray.init(address=address, logging_level="WARNING", log_to_driver=False)
@@ -202,7 +227,9 @@ def sockets_off_loopback(pids: list[int]) -> list[str]:
             for end in ends:
                 ip = end.ip.removeprefix("::ffff:")
                 if ip not in (LOOPBACK, "::1"):
-                    bad.append(f"pid {pid}: {c.laddr.ip}:{c.laddr.port} -> {c.raddr.ip + ':' + str(c.raddr.port) if c.raddr else '-'} ({c.status})")
+                    bad.append(
+                        f"pid {pid}: {c.laddr.ip}:{c.laddr.port} -> {c.raddr.ip + ':' + str(c.raddr.port) if c.raddr else '-'} ({c.status})"
+                    )
     return bad
 
 

@@ -50,8 +50,11 @@ class LabelCache:
 
 
 def label_frames(
-    frames: Iterable[tuple[str, np.ndarray]], labeler: Callable[[np.ndarray], Labels], source: str,
-    cache: LabelCache | None = None, progress: Callable[[int], None] | None = None,
+    frames: Iterable[tuple[str, np.ndarray]],
+    labeler: Callable[[np.ndarray], Labels],
+    source: str,
+    cache: LabelCache | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> list[Example]:
     """Label ``(ref, image)`` pairs with ``labeler``, reusing cached labels."""
     examples = []
@@ -117,7 +120,12 @@ def prepare(example: Example, input_w: int, input_h: int, augment: Augment, rng:
 
 
 def make_batch(
-    examples: list[Example], input_w: int, input_h: int, augment: Augment, rng: np.random.Generator, min_score: float = 0.3,
+    examples: list[Example],
+    input_w: int,
+    input_h: int,
+    augment: Augment,
+    rng: np.random.Generator,
+    min_score: float = 0.3,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Images (N, 3, H, W) and stacked targets for a list of examples (labels below ``min_score`` dropped)."""
     images, targets = [], []

@@ -25,9 +25,9 @@ from detectors.detector import Detector
 from detectors.evaluation import average_precision
 from streams.errors import PedstreamError
 from streams.mot import GroundTruth
+from trainer import metrics
 from trainer.actors import ParameterShard, Trainer, save_examples, split_into_shards
 from trainer.data import Augment, Example
-from trainer import metrics
 from trainer.ps import StalenessPolicy, Weights, load_weights, model_weights
 from trainer.student import Student, StudentConfig, export_onnx
 
@@ -130,10 +130,18 @@ def evaluate_weights(weights: Weights, config: StudentConfig, held_out: HeldOut,
 class TrainingJob:
     """Runs one job on a connected Ray cluster (see ``trainer.cluster``)."""
 
-    def __init__(self, examples: list[Example], settings: JobSettings, config: StudentConfig = StudentConfig(),
-                 held_out: HeldOut | None = None, checkpoint_dir: Path | None = None, init_weights: Weights | None = None,
-                 on_progress: Callable[[Progress], None] | None = None, on_update: Callable[[TrainingJob, int], None] | None = None,
-                 model_version: str | None = None) -> None:
+    def __init__(
+        self,
+        examples: list[Example],
+        settings: JobSettings,
+        config: StudentConfig = StudentConfig(),
+        held_out: HeldOut | None = None,
+        checkpoint_dir: Path | None = None,
+        init_weights: Weights | None = None,
+        on_progress: Callable[[Progress], None] | None = None,
+        on_update: Callable[[TrainingJob, int], None] | None = None,
+        model_version: str | None = None,
+    ) -> None:
         if len(examples) < settings.batch_size:
             raise PedstreamError(f"{len(examples)} labelled examples: need at least batch_size={settings.batch_size}")
         self.examples = examples
@@ -159,8 +167,10 @@ class TrainingJob:
         ckpt = str(self.checkpoint_dir) if self.checkpoint_dir else None
         if self.checkpoint_dir:
             self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        self.shards = [ParameterShard.remote(i, {n: self.initial[n] for n in names}, self.settings.policy, ckpt)
-                       for i, names in enumerate(self.shard_names)]
+        self.shards = [
+            ParameterShard.remote(i, {n: self.initial[n] for n in names}, self.settings.policy, ckpt)
+            for i, names in enumerate(self.shard_names)
+        ]
 
     def _data_shard(self, index: int, of: int) -> list[Example]:
         shard = self.examples[index::of]
@@ -171,8 +181,16 @@ class TrainingJob:
         total = max(self.settings.workers, index + 1)
         path = self.work_dir / f"examples-{index}-of-{total}.pkl"
         save_examples(self._data_shard(index, total), path)
-        self.trainers.append(Trainer.remote(str(path), self.config, self.settings.batch_size, self.settings.augment,
-                                            self.settings.seed * 1000 + index + 1, self.settings.freeze_batchnorm))
+        self.trainers.append(
+            Trainer.remote(
+                str(path),
+                self.config,
+                self.settings.batch_size,
+                self.settings.augment,
+                self.settings.seed * 1000 + index + 1,
+                self.settings.freeze_batchnorm,
+            )
+        )
 
     def trainer_pids(self) -> list[int]:
         return ray.get([t.pid.remote() for t in self.trainers], timeout=self.settings.timeout_s)
@@ -189,9 +207,12 @@ class TrainingJob:
         norm = float(np.sqrt(sum(float((g * g).sum()) for g in grads.values())))
         scale = self.settings.lr_scale(update)
         calls = []
-        for shard, names in zip(self.shards, self.shard_names):
-            calls.append(shard.push.remote({n: grads[n] for n in names if n in grads}, based_on, norm,
-                                           {n: buffers[n] for n in names if n in buffers}, scale))
+        for shard, names in zip(self.shards, self.shard_names, strict=False):
+            calls.append(
+                shard.push.remote(
+                    {n: grads[n] for n in names if n in grads}, based_on, norm, {n: buffers[n] for n in names if n in buffers}, scale
+                )
+            )
         replies = ray.get(calls, timeout=self.settings.timeout_s)
         weights: Weights = {}
         for _result, _version, part in replies:
@@ -252,15 +273,24 @@ class TrainingJob:
         st = np.asarray(self.staleness or [0])
         return JobResult(
             settings={**asdict(s), "input_size": [self.config.input_width, self.config.input_height], "examples": len(self.examples)},
-            updates=self.updates, samples=self.samples, seconds=round(seconds, 3),
-            updates_per_s=round(self.updates / seconds, 3), samples_per_s=round(self.samples / seconds, 2),
+            updates=self.updates,
+            samples=self.samples,
+            seconds=round(seconds, 3),
+            updates_per_s=round(self.updates / seconds, 3),
+            samples_per_s=round(self.samples / seconds, 2),
             seconds_to_loss=None if self.seconds_to_loss is None else round(self.seconds_to_loss, 2),
-            final_loss=round(float(self.smoothed or 0.0), 4), ap50=ap50, recall=recall,
-            trainer_restarts=self.restarts, dropped_stale=self.dropped,
+            final_loss=round(float(self.smoothed or 0.0), 4),
+            ap50=ap50,
+            recall=recall,
+            trainer_restarts=self.restarts,
+            dropped_stale=self.dropped,
             staleness={"mean": round(float(st.mean()), 3), "p99": float(np.percentile(st, 99)), "max": int(st.max())},
-            loss_curve=self.loss_curve, ap_curve=self.ap_curve, shards=shard_stats,
+            loss_curve=self.loss_curve,
+            ap_curve=self.ap_curve,
+            shards=shard_stats,
             gradients_per_trainer=[self.contributions.get(i, 0) for i in range(self.trainer_count)],
-            model_onnx=onnx_bytes, weights=weights,
+            model_onnx=onnx_bytes,
+            weights=weights,
         )
 
     def _record(self, loss: float, samples: int, staleness: int, applied: bool) -> None:

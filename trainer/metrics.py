@@ -12,17 +12,22 @@ from streams.metrics import RateMeter
 
 UPDATES = Counter("pedstream_trainer_updates", "Gradients applied by the parameter server")
 DROPPED_STALE = Counter("pedstream_trainer_dropped_stale_gradients", "Gradients dropped for exceeding the staleness bound")
-STALENESS = Histogram("pedstream_trainer_staleness", "Versions a gradient lagged behind the parameter server",
-                      buckets=(0, 1, 2, 3, 4, 6, 8, 12, 16))
+STALENESS = Histogram(
+    "pedstream_trainer_staleness", "Versions a gradient lagged behind the parameter server", buckets=(0, 1, 2, 3, 4, 6, 8, 12, 16)
+)
 LOSS = Gauge("pedstream_trainer_loss", "Smoothed training loss of the running job")
 UPDATES_PER_S = Gauge("pedstream_trainer_updates_per_second", "Updates applied per second over the last 10 s")
 SAMPLES = Counter("pedstream_trainer_samples", "Training samples the gradients were computed on")
-HELD_OUT_AP50 = Gauge("pedstream_trainer_held_out_ap50", "AP50 on held-out frames at the latest evaluation, per camera and model "
-                      "(model: current or candidate in a retraining gate, job for a training job's own held-out set)",
-                      ["camera", "model"])
+HELD_OUT_AP50 = Gauge(
+    "pedstream_trainer_held_out_ap50",
+    "AP50 on held-out frames at the latest evaluation, per camera and model "
+    "(model: current or candidate in a retraining gate, job for a training job's own held-out set)",
+    ["camera", "model"],
+)
 CYCLES = Counter("pedstream_trainer_cycles", "Retraining cycles by outcome", ["outcome"])
-STORED = Gauge("pedstream_trainer_hard_examples", "Hard examples in the store, per camera and state (new, held_out, used)",
-               ["camera", "state"])
+STORED = Gauge(
+    "pedstream_trainer_hard_examples", "Hard examples in the store, per camera and state (new, held_out, used)", ["camera", "state"]
+)
 
 _rate = RateMeter(10.0)
 

@@ -67,8 +67,9 @@ class ParameterServer:
     def pull(self) -> tuple[int, Weights]:
         return self.version, self.weights
 
-    def push(self, grads: Weights, based_on: int, grad_norm: float | None = None, buffers: Weights | None = None,
-             lr_scale: float = 1.0) -> PushResult:
+    def push(
+        self, grads: Weights, based_on: int, grad_norm: float | None = None, buffers: Weights | None = None, lr_scale: float = 1.0
+    ) -> PushResult:
         """Apply one gradient computed on weights of version ``based_on``.
 
         ``grad_norm`` is the gradient's global norm over every shard (for clipping across shards);
@@ -108,8 +109,17 @@ class ParameterServer:
 
     def checkpoint(self, path: Path) -> None:
         tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(pickle.dumps({"weights": self.weights, "velocity": self.velocity, "second_moment": self.second_moment,
-                                     "version": self.version, "applied": self.applied}))
+        tmp.write_bytes(
+            pickle.dumps(
+                {
+                    "weights": self.weights,
+                    "velocity": self.velocity,
+                    "second_moment": self.second_moment,
+                    "version": self.version,
+                    "applied": self.applied,
+                }
+            )
+        )
         tmp.replace(path)
 
     @classmethod
@@ -130,8 +140,9 @@ def load_weights(model: torch.nn.Module, weights: Weights) -> None:
 class GradientWorker:
     """A trainer: takes weights, computes the loss gradient on a mini-batch of its data shard."""
 
-    def __init__(self, examples: list[Example], config: StudentConfig, batch_size: int, augment: Augment, seed: int,
-                 freeze_batchnorm: bool = False) -> None:
+    def __init__(
+        self, examples: list[Example], config: StudentConfig, batch_size: int, augment: Augment, seed: int, freeze_batchnorm: bool = False
+    ) -> None:
         torch.set_num_threads(1)
         self.freeze_batchnorm = freeze_batchnorm  # fine-tuning: normalise with the start model's statistics
         self.examples = examples
@@ -150,8 +161,9 @@ class GradientWorker:
                 if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
                     module.eval()
         picks = self.rng.choice(len(self.examples), size=min(self.batch_size, len(self.examples)), replace=False)
-        images, targets = make_batch([self.examples[i] for i in picks], self.model.config.input_width,
-                                     self.model.config.input_height, self.augment, self.rng)
+        images, targets = make_batch(
+            [self.examples[i] for i in picks], self.model.config.input_width, self.model.config.input_height, self.augment, self.rng
+        )
         self.model.zero_grad()
         loss = detection_loss(*self.model(images), targets)
         loss.backward()

@@ -39,8 +39,7 @@ class Lineage:
 
 
 class Registry:
-    def __init__(self, client: redis.Redis, keys: ModelKeys, signer: Signer | None = None,
-                 kafka_publisher: Any | None = None) -> None:
+    def __init__(self, client: redis.Redis, keys: ModelKeys, signer: Signer | None = None, kafka_publisher: Any | None = None) -> None:
         self.client = client
         self.keys = keys
         self.signer = signer
@@ -48,8 +47,15 @@ class Registry:
 
     # --- writing ---------------------------------------------------------------------------------
 
-    def store(self, onnx: bytes, lineage: Lineage = Lineage(), metrics: dict[str, float] | None = None,
-              state: str = "published", reason: str | None = None, weights: dict[str, np.ndarray] | None = None) -> ModelAnnouncement:
+    def store(
+        self,
+        onnx: bytes,
+        lineage: Lineage = Lineage(),
+        metrics: dict[str, float] | None = None,
+        state: str = "published",
+        reason: str | None = None,
+        weights: dict[str, np.ndarray] | None = None,
+    ) -> ModelAnnouncement:
         """Sign and store a version (its name is the ONNX metadata's ``pedstream_version``); with
         ``weights`` (the student's training weights) later cycles can fine-tune it."""
         if self.signer is None:
@@ -63,13 +69,17 @@ class Registry:
         if self.client.exists(self.keys.version(version)):
             raise PedstreamError(f"version {version} already exists in the registry: versions are immutable")
         announcement = ModelAnnouncement(
-            version=version, sha256=sha256_hex(onnx), size_bytes=len(onnx), signature=self.signer.sign(onnx),
-            registry_key=self.keys.onnx(version), parent_version=lineage.parent,
-            model_format=meta.get(FORMAT_METADATA_KEY, "unknown"), published_ts=time.time(),
+            version=version,
+            sha256=sha256_hex(onnx),
+            size_bytes=len(onnx),
+            signature=self.signer.sign(onnx),
+            registry_key=self.keys.onnx(version),
+            parent_version=lineage.parent,
+            model_format=meta.get(FORMAT_METADATA_KEY, "unknown"),
+            published_ts=time.time(),
             metrics={k: float(v) for k, v in (metrics or {}).items()},
         )
-        entry = {"announcement": json.loads(announcement.model_dump_json()), "lineage": lineage.__dict__,
-                 "state": state, "reason": reason}
+        entry = {"announcement": json.loads(announcement.model_dump_json()), "lineage": lineage.__dict__, "state": state, "reason": reason}
         pipe = self.client.pipeline()
         pipe.set(self.keys.onnx(version), onnx)
         pipe.set(self.keys.version(version), json.dumps(entry))
@@ -98,8 +108,13 @@ class Registry:
             self.kafka_publisher.flush(10)
         return announcement
 
-    def publish(self, onnx: bytes, lineage: Lineage = Lineage(), metrics: dict[str, float] | None = None,
-                weights: dict[str, np.ndarray] | None = None) -> ModelAnnouncement:
+    def publish(
+        self,
+        onnx: bytes,
+        lineage: Lineage = Lineage(),
+        metrics: dict[str, float] | None = None,
+        weights: dict[str, np.ndarray] | None = None,
+    ) -> ModelAnnouncement:
         """Store and make current in one step."""
         announcement = self.store(onnx, lineage, metrics, weights=weights)
         return self.make_current(announcement.version)
@@ -151,10 +166,20 @@ class Registry:
             version = raw.decode()
             entry = self.entry(version)
             a = entry["announcement"]
-            out.append({"version": version, "state": entry["state"], "current": version == current,
-                        "parent": a.get("parent_version"), "format": a["model_format"], "sha256": a["sha256"],
-                        "size_bytes": a["size_bytes"], "published_ts": a["published_ts"], "metrics": a["metrics"],
-                        "reason": entry.get("reason")})
+            out.append(
+                {
+                    "version": version,
+                    "state": entry["state"],
+                    "current": version == current,
+                    "parent": a.get("parent_version"),
+                    "format": a["model_format"],
+                    "sha256": a["sha256"],
+                    "size_bytes": a["size_bytes"],
+                    "published_ts": a["published_ts"],
+                    "metrics": a["metrics"],
+                    "reason": entry.get("reason"),
+                }
+            )
         return out
 
     def agents(self) -> dict[str, dict[str, Any]]:

@@ -35,17 +35,18 @@ def _panel(points: list[tuple[float, float]], title: str, colour: tuple[int, int
         cv2.putText(image, f"{value:.3g}", (2, y + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
     cv2.putText(image, f"update {x1:.0f}", (MARGIN + w - 80, MARGIN + h + 18), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
     if len(points) < 30:
-        for x, y in zip(px, py):
+        for x, y in zip(px, py, strict=False):
             cv2.circle(image, (int(x), int(y)), 3, colour, -1, cv2.LINE_AA)
     return image
 
 
 def curves_png(result: JobResult) -> bytes:
-    loss = [(u, l) for u, _t, l in result.loss_curve]
+    loss = [(u, value) for u, _t, value in result.loss_curve]
     ap = [(u, a) for u, _t, a in result.ap_curve]
     mode = result.settings.get("mode")
-    image = np.hstack([_panel(loss, f"training loss (smoothed), {mode}", (200, 80, 0), None),
-                       _panel(ap, "held-out AP50", (0, 140, 0), (0.0, 1.0))])
+    image = np.hstack(
+        [_panel(loss, f"training loss (smoothed), {mode}", (200, 80, 0), None), _panel(ap, "held-out AP50", (0, 140, 0), (0.0, 1.0))]
+    )
     ok, png = cv2.imencode(".png", image)
     assert ok
     return png.tobytes()
@@ -54,8 +55,12 @@ def curves_png(result: JobResult) -> bytes:
 def write_outputs(result: JobResult, out_dir: Path, model_name: str = "student.onnx") -> dict[str, str]:
     """Write model, weights, metrics and curves into ``out_dir``; return their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"model": out_dir / model_name, "weights": out_dir / "weights.npz",
-             "metrics": out_dir / "metrics.json", "curves": out_dir / "curves.png"}
+    paths = {
+        "model": out_dir / model_name,
+        "weights": out_dir / "weights.npz",
+        "metrics": out_dir / "metrics.json",
+        "curves": out_dir / "curves.png",
+    }
     if result.model_onnx:
         paths["model"].write_bytes(result.model_onnx)
     else:

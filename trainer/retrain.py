@@ -23,8 +23,8 @@ from detectors.evaluation import average_precision
 from detectors.results import BoxArray
 from streams.errors import PedstreamError
 from streams.mot import GroundTruth
-from trainer.data import Example, LabelCache, shrink
 from trainer import metrics
+from trainer.data import Example, LabelCache, shrink
 from trainer.job import JobSettings, TrainingJob
 from trainer.labels import TEACHER_SOURCE, Labels
 from trainer.ps import StalenessPolicy
@@ -33,14 +33,12 @@ from trainer.sources import STORAGE_WIDTH
 from trainer.store import HardExampleStore, StoredExample
 from trainer.student import StudentConfig
 
-
 FINE_TUNE_LR = 5e-4  # a quarter of training from scratch: adapt to the new cameras, keep the rest
 
 
 def fine_tune_settings(updates: int = 300, workers: int = 2, lr: float = FINE_TUNE_LR) -> JobSettings:
     """Training settings of a retraining cycle: it starts from the current version's weights."""
-    return JobSettings(updates=updates, workers=workers, eval_every=0, warmup=10, policy=StalenessPolicy(lr=lr),
-                       freeze_batchnorm=True)
+    return JobSettings(updates=updates, workers=workers, eval_every=0, warmup=10, policy=StalenessPolicy(lr=lr), freeze_batchnorm=True)
 
 
 @dataclass(frozen=True)
@@ -81,9 +79,17 @@ def _decode(example: StoredExample) -> np.ndarray:
 
 
 class Retrainer:
-    def __init__(self, store: HardExampleStore, registry: Registry, teacher: Callable[[np.ndarray], Labels],
-                 label_cache: LabelCache, policy: RetrainPolicy = RetrainPolicy(), config: StudentConfig = StudentConfig(),
-                 base_examples: list[Example] | None = None, progress: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        store: HardExampleStore,
+        registry: Registry,
+        teacher: Callable[[np.ndarray], Labels],
+        label_cache: LabelCache,
+        policy: RetrainPolicy = RetrainPolicy(),
+        config: StudentConfig = StudentConfig(),
+        base_examples: list[Example] | None = None,
+        progress: Callable[[str], None] | None = None,
+    ) -> None:
         self.store = store
         self.registry = registry
         self.teacher = teacher
@@ -115,8 +121,13 @@ class Retrainer:
         recent = (self.store.new_examples(camera) + self.store.held_out(camera))[-self.policy.agreement_window :]
         if len(recent) < 5:
             return None
-        found = [BoxArray.of([[d["x1"], d["y1"], d["x2"], d["y2"]] for d in e.detections] or np.zeros((0, 4)),
-                             [d["score"] for d in e.detections] or np.zeros(0)) for e in recent]
+        found = [
+            BoxArray.of(
+                [[d["x1"], d["y1"], d["x2"], d["y2"]] for d in e.detections] or np.zeros((0, 4)),
+                [d["score"] for d in e.detections] or np.zeros(0),
+            )
+            for e in recent
+        ]
         truths = [_truth(self.label(e)) for e in recent]
         return average_precision(found, truths).ap50
 
@@ -174,24 +185,35 @@ class Retrainer:
         for camera in self.store.counts():
             held = self.store.held_out(camera)
             if held:
-                per_camera[camera] = {"current": round(self.ap_on(current_detector, held), 4),
-                                      "candidate": round(self.ap_on(candidate, held), 4), "frames": len(held)}
+                per_camera[camera] = {
+                    "current": round(self.ap_on(current_detector, held), 4),
+                    "candidate": round(self.ap_on(candidate, held), 4),
+                    "frames": len(held),
+                }
         shipped, reason = self.gate(per_camera, targets)
         for camera, scores in per_camera.items():
             metrics.HELD_OUT_AP50.labels(camera, "current").set(scores["current"])
             metrics.HELD_OUT_AP50.labels(camera, "candidate").set(scores["candidate"])
         metrics.CYCLES.labels("shipped" if shipped else "rejected").inc()
         version_metrics = {f"ap50_{cam}": v["candidate"] for cam, v in per_camera.items()}
-        lineage = Lineage(parent=current, data={"new": len(fresh), "replay": len(replay)}, labels=TEACHER_SOURCE,
-                          notes=f"cameras {', '.join(targets)}")
-        self.registry.store(result.model_onnx, lineage, version_metrics, state="published" if shipped else "rejected",
-                            reason=None if shipped else reason, weights=result.weights)
+        lineage = Lineage(
+            parent=current, data={"new": len(fresh), "replay": len(replay)}, labels=TEACHER_SOURCE, notes=f"cameras {', '.join(targets)}"
+        )
+        self.registry.store(
+            result.model_onnx,
+            lineage,
+            version_metrics,
+            state="published" if shipped else "rejected",
+            reason=None if shipped else reason,
+            weights=result.weights,
+        )
         if shipped and promote:
             self.registry.make_current(version)
         self.store.mark_used(new, version)
         train = {k: v for k, v in result.metrics().items() if k not in ("loss_curve", "ap_curve", "shards", "settings")}
-        return CycleResult(version, shipped, reason, targets, len(fresh), len(replay), per_camera, train,
-                           round(time.perf_counter() - started, 1))
+        return CycleResult(
+            version, shipped, reason, targets, len(fresh), len(replay), per_camera, train, round(time.perf_counter() - started, 1)
+        )
 
     def gate(self, per_camera: dict[str, dict[str, float]], targets: list[str]) -> tuple[bool, str]:
         gains = {cam: v["candidate"] - v["current"] for cam, v in per_camera.items()}

@@ -22,9 +22,9 @@ from streams.bus import RecordSubscriber
 from streams.model_channel import ModelKeys
 from streams.records import HardExample
 from streams.topics import Topics
+from trainer import metrics
 from trainer.retrain import Retrainer, cycle_as_dict
 from trainer.store import HardExampleStore
-from trainer import metrics
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +62,16 @@ def wait_for_result(client: redis.Redis, keys: RetrainKeys, request_id: str, tim
 
 
 class TrainerService:
-    def __init__(self, bootstrap: str, topics: Topics, client: redis.Redis, store: HardExampleStore, retrainer: Retrainer,
-                 auto: bool = True, check_every_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        topics: Topics,
+        client: redis.Redis,
+        store: HardExampleStore,
+        retrainer: Retrainer,
+        auto: bool = True,
+        check_every_s: float = 10.0,
+    ) -> None:
         self.client = client
         self.keys = RetrainKeys(retrainer.registry.keys)
         self.store = store
@@ -87,8 +95,15 @@ class TrainerService:
     def publish_status(self, due: dict[str, str] | None = None) -> None:
         counts = self.store.counts()
         metrics.observe_store(counts)
-        status = {"state": self.state, "ts": time.time(), "counts": counts, "due": due or {},
-                  "current": self.retrainer.registry.current_version(), "auto": self.auto, "cycles": self.cycles[-10:]}
+        status = {
+            "state": self.state,
+            "ts": time.time(),
+            "counts": counts,
+            "due": due or {},
+            "current": self.retrainer.registry.current_version(),
+            "auto": self.auto,
+            "cycles": self.cycles[-10:],
+        }
         self.client.set(self.keys.status, json.dumps(status))
 
     def _cycle(self, cameras: list[str] | None, min_examples: int | None, request_id: str | None) -> None:

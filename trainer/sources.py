@@ -33,8 +33,13 @@ def parse_frames(text: str | None, length: int) -> tuple[int, int]:
 
 
 def labelled_examples(
-    sequence: MotSequence, frames: tuple[int, int], labeler: str, models_dir: Path | None, cache_dir: Path | None,
-    every: int = 1, progress: Callable[[int, int], None] | None = None,
+    sequence: MotSequence,
+    frames: tuple[int, int],
+    labeler: str,
+    models_dir: Path | None,
+    cache_dir: Path | None,
+    every: int = 1,
+    progress: Callable[[int, int], None] | None = None,
 ) -> list[Example]:
     """Examples from ``frames`` of ``sequence``, labelled by the teacher ensemble or the oracle."""
     if labeler not in LABELERS:
@@ -53,8 +58,9 @@ def labelled_examples(
 
         source = TEACHER_SOURCE
         refs = ((f"{sequence.name}#{n}", image) for n, image in sequence.frames(start, stop, every))
-        examples = label_frames(refs, label, source, LabelCache(cache_dir) if cache_dir else None,
-                                (lambda done: progress(done, total)) if progress else None)
+        examples = label_frames(
+            refs, label, source, LabelCache(cache_dir) if cache_dir else None, (lambda done: progress(done, total)) if progress else None
+        )
     else:
         oracle = OracleLabeler()
         examples = []

@@ -74,17 +74,32 @@ class HardExampleStore:
         path = folder / f"{record.seq:08d}-{digest[:8]}.jpg"
         held_out = int(int(digest[:8], 16) % self.split_every == 0)
         with self._lock:
-            exists = self.db.execute("SELECT 1 FROM examples WHERE sha256 = ? OR (camera_id = ? AND seq = ? AND capture_ts = ?)",
-                                     (digest, record.camera_id, record.seq, record.capture_ts)).fetchone()
+            exists = self.db.execute(
+                "SELECT 1 FROM examples WHERE sha256 = ? OR (camera_id = ? AND seq = ? AND capture_ts = ?)",
+                (digest, record.camera_id, record.seq, record.capture_ts),
+            ).fetchone()
             if exists:
                 return False
             folder.mkdir(parents=True, exist_ok=True)
             path.write_bytes(record.jpeg)
             self.db.execute(
                 "INSERT INTO examples VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)",
-                (digest, record.camera_id, record.seq, record.source_frame_index, record.capture_ts, record.width, record.height,
-                 str(path.relative_to(self.root)), json.dumps(list(record.reasons)), record.model_version,
-                 json.dumps([b.model_dump() for b in record.detections]), time.time(), held_out))
+                (
+                    digest,
+                    record.camera_id,
+                    record.seq,
+                    record.source_frame_index,
+                    record.capture_ts,
+                    record.width,
+                    record.height,
+                    str(path.relative_to(self.root)),
+                    json.dumps(list(record.reasons)),
+                    record.model_version,
+                    json.dumps([b.model_dump() for b in record.detections]),
+                    time.time(),
+                    held_out,
+                ),
+            )
             self.db.commit()
         return True
 
@@ -92,16 +107,23 @@ class HardExampleStore:
         """Per camera: ``new`` (never trained on, not held out), ``held_out``, ``used`` (replay), ``total``."""
         rows = self.db.execute(
             "SELECT camera_id, SUM(held_out = 0 AND used_in IS NULL), SUM(held_out), SUM(used_in IS NOT NULL), COUNT(*) "
-            "FROM examples GROUP BY camera_id").fetchall()
-        return {cam: {"new": int(new or 0), "held_out": int(held or 0), "used": int(used or 0), "total": int(total)}
-                for cam, new, held, used, total in rows}
+            "FROM examples GROUP BY camera_id"
+        ).fetchall()
+        return {
+            cam: {"new": int(new or 0), "held_out": int(held or 0), "used": int(used or 0), "total": int(total)}
+            for cam, new, held, used, total in rows
+        }
 
     def _select(self, where: str, args: Iterable[object]) -> list[StoredExample]:
         rows = self.db.execute(
             "SELECT sha256, camera_id, seq, source_frame_index, capture_ts, path, reasons, model_version, detections, held_out, used_in "
-            f"FROM examples WHERE {where} ORDER BY camera_id, seq", tuple(args)).fetchall()
-        return [StoredExample(r[0], r[1], r[2], r[3], r[4], self.root / r[5], json.loads(r[6]), r[7], json.loads(r[8]), bool(r[9]), r[10])
-                for r in rows]
+            f"FROM examples WHERE {where} ORDER BY camera_id, seq",
+            tuple(args),
+        ).fetchall()
+        return [
+            StoredExample(r[0], r[1], r[2], r[3], r[4], self.root / r[5], json.loads(r[6]), r[7], json.loads(r[8]), bool(r[9]), r[10])
+            for r in rows
+        ]
 
     def new_examples(self, camera: str | None = None) -> list[StoredExample]:
         if camera:

@@ -16,8 +16,8 @@ import onnx
 import torch
 from torch import nn
 
-from detectors.adapters.student import INPUT_NAME, OUTPUT_HEATMAP, OUTPUT_REGRESSION, STRIDE, StudentAdapter
 from detectors.adapters.registry import FORMAT_METADATA_KEY
+from detectors.adapters.student import INPUT_NAME, OUTPUT_HEATMAP, OUTPUT_REGRESSION, STRIDE, StudentAdapter
 from detectors.detector import VERSION_METADATA_KEY
 
 
@@ -33,8 +33,12 @@ class StudentConfig:
 
 def _separable(c_in: int, c_out: int, stride: int) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(c_in, c_in, 3, stride, 1, groups=c_in, bias=False), nn.BatchNorm2d(c_in), nn.ReLU(inplace=True),
-        nn.Conv2d(c_in, c_out, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
+        nn.Conv2d(c_in, c_in, 3, stride, 1, groups=c_in, bias=False),
+        nn.BatchNorm2d(c_in),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(c_in, c_out, 1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
     )
 
 
@@ -105,16 +109,26 @@ def export_onnx(model: Student, version: str, extra_metadata: dict[str, str] | N
     dummy = torch.zeros(1, 3, cfg.input_height, cfg.input_width)
     buffer = io.BytesIO()
     torch.onnx.export(
-        model, dummy, buffer, input_names=[INPUT_NAME], output_names=[OUTPUT_HEATMAP, OUTPUT_REGRESSION],
+        model,
+        dummy,
+        buffer,
+        input_names=[INPUT_NAME],
+        output_names=[OUTPUT_HEATMAP, OUTPUT_REGRESSION],
         dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_HEATMAP: {0: "batch"}, OUTPUT_REGRESSION: {0: "batch"}},
-        opset_version=17, dynamo=False,
+        opset_version=17,
+        dynamo=False,
     )
     proto = onnx.load_model_from_string(buffer.getvalue())
     metadata = {
-        FORMAT_METADATA_KEY: StudentAdapter.format, VERSION_METADATA_KEY: version,
-        "input_width": str(cfg.input_width), "input_height": str(cfg.input_height), "stride": str(STRIDE),
-        "widths": ",".join(map(str, cfg.widths)), "neck": str(cfg.neck),
-        "exported_ts": f"{time.time():.0f}", **(extra_metadata or {}),
+        FORMAT_METADATA_KEY: StudentAdapter.format,
+        VERSION_METADATA_KEY: version,
+        "input_width": str(cfg.input_width),
+        "input_height": str(cfg.input_height),
+        "stride": str(STRIDE),
+        "widths": ",".join(map(str, cfg.widths)),
+        "neck": str(cfg.neck),
+        "exported_ts": f"{time.time():.0f}",
+        **(extra_metadata or {}),
     }
     onnx.helper.set_model_props(proto, metadata)
     return proto.SerializeToString()

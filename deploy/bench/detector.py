@@ -19,8 +19,14 @@ def _frames(sequence_dir: Path, count: int) -> list[np.ndarray]:
 
 
 def run(
-    model_bytes: bytes, name: str, sequence_dir: Path, backends: list[str], batches: list[int],
-    seconds: float = 8.0, threads: int = 0, progress: Callable[[str], None] | None = None,
+    model_bytes: bytes,
+    name: str,
+    sequence_dir: Path,
+    backends: list[str],
+    batches: list[int],
+    seconds: float = 8.0,
+    threads: int = 0,
+    progress: Callable[[str], None] | None = None,
 ) -> dict[str, object]:
     """Time ``detector.infer`` on preprocessed PETS frames for every (backend, batch), interleaving
     rounds so that load from other processes hits all of them alike."""
@@ -51,16 +57,25 @@ def run(
     results = []
     for (kind, batch), ms in samples.items():
         arr = np.array(ms)
-        results.append({"backend": kind, "batch": batch, "fps": round(batch * 1000.0 / float(np.median(arr)), 2),
-                        "p50_ms": round(float(np.percentile(arr, 50)), 2), "p99_ms": round(float(np.percentile(arr, 99)), 2),
-                        "runs": len(ms)})
+        results.append(
+            {
+                "backend": kind,
+                "batch": batch,
+                "fps": round(batch * 1000.0 / float(np.median(arr)), 2),
+                "p50_ms": round(float(np.percentile(arr, 50)), 2),
+                "p99_ms": round(float(np.percentile(arr, 99)), 2),
+                "runs": len(ms),
+            }
+        )
     fps = {(r["backend"], r["batch"]): r["fps"] for r in results}
     ratio = fps[("tvm", 1)] / fps[("ort", 1)] if ("tvm", 1) in fps and ("ort", 1) in fps else None
     served = max(detectors, key=lambda k: fps.get((k, 1), 0.0)) if detectors else None
     return {
-        "model": name, "results": results,
+        "model": name,
+        "results": results,
         "tvm_over_ort": round(ratio, 3) if ratio is not None else None,
-        "served": served, "served_reason": (f"{served} has the higher batch-1 fps here" if served else None),
+        "served": served,
+        "served_reason": (f"{served} has the higher batch-1 fps here" if served else None),
         "backend_notes": reasons,
         "tvm": detectors["tvm"].backend.describe() if "tvm" in detectors else None,
         "rounds": rounds,

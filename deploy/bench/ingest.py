@@ -7,7 +7,7 @@ import time
 import numpy as np
 
 from streams.cameras.agent import CameraFleet
-from streams.cameras.config import VirtualCameras, expand_virtual, CameraOptions
+from streams.cameras.config import CameraOptions, VirtualCameras, expand_virtual
 from streams.topics import Topics
 
 

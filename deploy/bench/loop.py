@@ -28,27 +28,55 @@ def site(sequence_dir: Path, data_dir: Path, drift: str) -> list[SiteCamera]:
     return cameras
 
 
-def run(bootstrap: str, redis_url: str, topics: Topics, sequence_dir: Path, data_dir: Path, models_dir: Path, drift: str,
-        label_cache: Path, updates: int = 300, every: int = 4, progress: Callable[[str], None] | None = None) -> dict[str, object]:
+def run(
+    bootstrap: str,
+    redis_url: str,
+    topics: Topics,
+    sequence_dir: Path,
+    data_dir: Path,
+    models_dir: Path,
+    drift: str,
+    label_cache: Path,
+    updates: int = 300,
+    every: int = 4,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, object]:
     cameras = site(sequence_dir, data_dir, drift)
     pets = MotSequence.load(data_dir / "PETS09-S2L1")
-    loop = ClosedLoop(bootstrap, redis_url, topics, cameras, models_dir, label_cache, student_replay(pets), updates=updates, every=every,
-                      progress=progress)
+    loop = ClosedLoop(
+        bootstrap,
+        redis_url,
+        topics,
+        cameras,
+        models_dir,
+        label_cache,
+        student_replay(pets),
+        updates=updates,
+        every=every,
+        progress=progress,
+    )
     out = loop.run()
     others = [c.camera_id for c in cameras if not c.adapt]
     cycle = out.cycle
     return {
         "publish_to_serving_s": out.publish_to_serving_s,
         "frames_dropped": out.frames_dropped,
-        "ap50_before": out.ap50_before["adapt"], "ap50_after": out.ap50_after["adapt"],
+        "ap50_before": out.ap50_before["adapt"],
+        "ap50_after": out.ap50_after["adapt"],
         "others_ap50_before": {c: out.ap50_before[c] for c in others},
         "others_ap50_after": {c: out.ap50_after[c] for c in others},
-        "frames_around_swap": {"published": out.live_frames, "with_detections": out.live_with_detections,
-                               "versions": out.live_versions},
-        "cycle": {**{k: v for k, v in asdict(cycle).items() if k != "train"}, "train_s": cycle.train.get("seconds"),
-                  "updates_per_s": cycle.train.get("updates_per_s")},
-        "served_after": out.served_version, "start_version": out.start_version,
-        "hard_examples": out.hard_examples, "frames_published": out.frames_published,
-        "drift": drift, "sequence": cameras[0].sequence.name,
-        "scored_frames": {c.camera_id: [*c.scored, every] for c in cameras}, "seconds": out.seconds,
+        "frames_around_swap": {"published": out.live_frames, "with_detections": out.live_with_detections, "versions": out.live_versions},
+        "cycle": {
+            **{k: v for k, v in asdict(cycle).items() if k != "train"},
+            "train_s": cycle.train.get("seconds"),
+            "updates_per_s": cycle.train.get("updates_per_s"),
+        },
+        "served_after": out.served_version,
+        "start_version": out.start_version,
+        "hard_examples": out.hard_examples,
+        "frames_published": out.frames_published,
+        "drift": drift,
+        "sequence": cameras[0].sequence.name,
+        "scored_frames": {c.camera_id: [*c.scored, every] for c in cameras},
+        "seconds": out.seconds,
     }

@@ -49,8 +49,7 @@ def efficiency(detector: Detector, sequence_dir: Path, seconds: float, max_batch
         submitted += 1
     pipe.stop()
     pipeline_fps = finished["n"] / (time.perf_counter() - started)
-    return {"bare_backend_fps": round(bare_fps, 2), "pipeline_fps": round(pipeline_fps, 2),
-            "efficiency": round(pipeline_fps / bare_fps, 3)}
+    return {"bare_backend_fps": round(bare_fps, 2), "pipeline_fps": round(pipeline_fps, 2), "efficiency": round(pipeline_fps / bare_fps, 3)}
 
 
 class DetectionsCollector:
@@ -100,8 +99,18 @@ def _wait_for_agent(bootstrap: str, topics: Topics, collector: DetectionsCollect
 
 
 def run(
-    bootstrap: str, topics: Topics, model: Path, source: str, sequence_dir: Path, cameras: int, fps: float,
-    seconds: float, threads: int, batch: int, home: Path, progress: Callable[[str], None] = print,
+    bootstrap: str,
+    topics: Topics,
+    model: Path,
+    source: str,
+    sequence_dir: Path,
+    cameras: int,
+    fps: float,
+    seconds: float,
+    threads: int,
+    batch: int,
+    home: Path,
+    progress: Callable[[str], None] = print,
 ) -> dict[str, object]:
     detector = Detector.from_bytes(model.read_bytes(), name=model.stem, threads=threads)
     progress("measuring pipeline vs bare backend (no Kafka load)")
@@ -110,9 +119,27 @@ def run(
     log_path = home / "bench-agent.log"
     with open(log_path, "wb") as log:
         agent = subprocess.Popen(
-            [sys.executable, "-m", "deploy.cli", "detect", "--model", str(model), "--bootstrap", bootstrap,
-             "--topic-prefix", topics.prefix, "--threads", str(threads), "--batch", str(batch), "--agent-id", "bench-agent"],
-            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PEDSTREAM_HOME": str(home)},
+            [
+                sys.executable,
+                "-m",
+                "deploy.cli",
+                "detect",
+                "--model",
+                str(model),
+                "--bootstrap",
+                bootstrap,
+                "--topic-prefix",
+                topics.prefix,
+                "--threads",
+                str(threads),
+                "--batch",
+                str(batch),
+                "--agent-id",
+                "bench-agent",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PEDSTREAM_HOME": str(home)},
         )
     collector = DetectionsCollector(bootstrap, topics)
     try:
@@ -121,7 +148,9 @@ def run(
         progress(f"{cameras} cameras x {fps} fps for {seconds:.0f}s")
         fleet.start()
         started = time.time()
-        fleet.wait(seconds, on_tick=lambda: progress(f"{time.time() - started:4.0f}s: {len(collector.latency_ms)} frames detected"), tick_s=5)
+        fleet.wait(
+            seconds, on_tick=lambda: progress(f"{time.time() - started:4.0f}s: {len(collector.latency_ms)} frames detected"), tick_s=5
+        )
         fleet.stop()
         published = {(r.config.id, s) for r in fleet.runners for s in range(r.stats.published)}
         drain_until = time.monotonic() + 15
@@ -140,13 +169,20 @@ def run(
     stage_p50 = {k: round(float(np.median([d.latency_ms[k] for d in in_window if k in d.latency_ms])), 1) for k in stages}
     lat = np.array(window) if window else np.array([np.nan])
     return {
-        "model": detector.version, "backend": "ort", "cameras": cameras, "seconds": seconds,
+        "model": detector.version,
+        "backend": "ort",
+        "cameras": cameras,
+        "seconds": seconds,
         "offered_fps": round(cameras * fps, 2),
         "published_fps": round(len(published) / seconds, 2),
         "achieved_fps": round(len(window) / seconds, 2),
-        "frames_published": len(published), "frames_detected": len(window),
+        "frames_published": len(published),
+        "frames_detected": len(window),
         "latency_ms": {"p50": round(float(np.percentile(lat, 50)), 1), "p99": round(float(np.percentile(lat, 99)), 1)},
         "stage_p50_ms": stage_p50,
-        "efficiency": eff["efficiency"], "bare_backend_fps": eff["bare_backend_fps"], "pipeline_fps": eff["pipeline_fps"],
-        "batch": batch, "threads": threads,
+        "efficiency": eff["efficiency"],
+        "bare_backend_fps": eff["bare_backend_fps"],
+        "pipeline_fps": eff["pipeline_fps"],
+        "batch": batch,
+        "threads": threads,
     }

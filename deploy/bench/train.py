@@ -19,8 +19,15 @@ def _run(examples: list[Any], settings: JobSettings, config: StudentConfig, held
 
 
 def run(
-    examples: list[Any], held_out: HeldOut, base: JobSettings, config: StudentConfig, modes: list[str], workers: list[int],
-    processes: int, allocation_updates: int, progress: Callable[[str], None] | None = None,
+    examples: list[Any],
+    held_out: HeldOut,
+    base: JobSettings,
+    config: StudentConfig,
+    modes: list[str],
+    workers: list[int],
+    processes: int,
+    allocation_updates: int,
+    progress: Callable[[str], None] | None = None,
 ) -> dict[str, object]:
     """Train once per (mode, workers); then, for ``processes`` actors in all, once per split into
     PS shards and trainers (async), and recommend the split with the most updates/s."""
@@ -30,10 +37,20 @@ def run(
         for k in workers:
             say(f"{mode} with {k} trainer(s), {base.updates} updates")
             r = _run(examples, replace(base, mode=mode, workers=k), config, held_out)
-            runs.append({"mode": mode, "workers": k, "updates_per_s": r.updates_per_s, "samples_per_s": r.samples_per_s,
-                         "seconds_to_loss": r.seconds_to_loss, "ap50": None if r.ap50 is None else round(r.ap50, 4),
-                         "final_loss": r.final_loss, "seconds": r.seconds, "staleness_mean": r.staleness["mean"],
-                         "dropped_stale": r.dropped_stale})
+            runs.append(
+                {
+                    "mode": mode,
+                    "workers": k,
+                    "updates_per_s": r.updates_per_s,
+                    "samples_per_s": r.samples_per_s,
+                    "seconds_to_loss": r.seconds_to_loss,
+                    "ap50": None if r.ap50 is None else round(r.ap50, 4),
+                    "final_loss": r.final_loss,
+                    "seconds": r.seconds,
+                    "staleness_mean": r.staleness["mean"],
+                    "dropped_stale": r.dropped_stale,
+                }
+            )
     measured = []
     for shards in range(1, processes):
         trainers = processes - shards
@@ -54,10 +71,20 @@ def run(
     return {
         "runs": runs,
         "scaling": {f"{m}_{min(workers)}_to_{max(workers)}": v for m, v in scaling.items()},
-        "allocation": {"processes": processes, "best": best, "measured": measured,
-                       "recommendation": (f"{best['ps_shards']} PS shard(s) + {best['trainers']} trainer(s) for {processes} processes"
-                                          if best else None)},
-        "settings": {"updates": base.updates, "batch_size": base.batch_size, "target_loss": base.target_loss,
-                     "examples": len(examples), "held_out": held_out.name,
-                     "input_size": [config.input_width, config.input_height]},
+        "allocation": {
+            "processes": processes,
+            "best": best,
+            "measured": measured,
+            "recommendation": (
+                f"{best['ps_shards']} PS shard(s) + {best['trainers']} trainer(s) for {processes} processes" if best else None
+            ),
+        },
+        "settings": {
+            "updates": base.updates,
+            "batch_size": base.batch_size,
+            "target_loss": base.target_loss,
+            "examples": len(examples),
+            "held_out": held_out.name,
+            "input_size": [config.input_width, config.input_height],
+        },
     }

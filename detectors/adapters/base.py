@@ -61,7 +61,7 @@ class ModelAdapter(ABC):
         return np.ascontiguousarray(tensor), ImageMeta(w, h, w / in_w, h / in_h)
 
     def preprocess(self, images: list[np.ndarray]) -> tuple[np.ndarray, list[ImageMeta]]:
-        tensors, metas = zip(*(self.preprocess_one(img) for img in images))
+        tensors, metas = zip(*(self.preprocess_one(img) for img in images), strict=False)
         return np.stack(tensors), list(metas)
 
     @abstractmethod
@@ -73,7 +73,7 @@ class ModelAdapter(ABC):
 
     def output(self, outputs: list[np.ndarray], name_part: str) -> np.ndarray:
         """The output whose name contains ``name_part``."""
-        for spec, value in zip(self.output_specs, outputs):
+        for spec, value in zip(self.output_specs, outputs, strict=False):
             if name_part in spec.name:
                 return value
         raise KeyError(f"{self.format}: no output named like {name_part!r}")

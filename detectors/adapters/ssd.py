@@ -33,6 +33,5 @@ class TfSsdAdapter(ModelAdapter):
         count = int(self.output(outputs, "num_detections")[index])
         boxes = self.output(outputs, "detection_boxes")[index, :count]
         scores = self.output(outputs, "detection_scores")[index, :count]
-        xyxy = np.stack([boxes[:, 1] * meta.width, boxes[:, 0] * meta.height,
-                         boxes[:, 3] * meta.width, boxes[:, 2] * meta.height], axis=1)
+        xyxy = np.stack([boxes[:, 1] * meta.width, boxes[:, 0] * meta.height, boxes[:, 3] * meta.width, boxes[:, 2] * meta.height], axis=1)
         return BoxArray.of(clip_boxes(xyxy, meta.width, meta.height), scores)

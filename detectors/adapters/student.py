@@ -23,7 +23,9 @@ MAX_DETECTIONS = 100
 MIN_SCORE = 0.05
 
 
-def heatmap_peaks(heatmap: np.ndarray, min_score: float = MIN_SCORE, top_k: int = MAX_DETECTIONS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def heatmap_peaks(
+    heatmap: np.ndarray, min_score: float = MIN_SCORE, top_k: int = MAX_DETECTIONS
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(rows, cols, scores) of the local maxima (3x3) of a 2-D heatmap above ``min_score``, best first."""
     padded = np.pad(heatmap, 1, constant_values=-np.inf)
     h, w = heatmap.shape

@@ -8,8 +8,12 @@ import onnxruntime as ort
 from detectors.backends.base import Backend, BackendError, TensorSpec
 
 _ORT_TYPES = {
-    "tensor(float)": "float32", "tensor(uint8)": "uint8", "tensor(int64)": "int64",
-    "tensor(int32)": "int32", "tensor(float16)": "float16", "tensor(double)": "float64",
+    "tensor(float)": "float32",
+    "tensor(uint8)": "uint8",
+    "tensor(int64)": "int64",
+    "tensor(int32)": "int32",
+    "tensor(float16)": "float16",
+    "tensor(double)": "float64",
 }
 
 

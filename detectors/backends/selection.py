@@ -63,8 +63,12 @@ def make_tvm(model_bytes: bytes, cache_dir: Path | None = None, tuning_dir: Path
 
 
 def choose_backend(
-    kind: str, model_bytes: bytes, threads: int = 0, cache_dir: Path | None = None,
-    tuning_dir: Path | None = None, runs: int = 5,
+    kind: str,
+    model_bytes: bytes,
+    threads: int = 0,
+    cache_dir: Path | None = None,
+    tuning_dir: Path | None = None,
+    runs: int = 5,
 ) -> BackendChoice:
     """Build the backend ``kind`` asks for. ``tvm`` falls back to ONNX Runtime with the reason when TVM
     cannot import or compile the model; ``auto`` measures both here and serves with the faster."""
@@ -84,7 +88,9 @@ def choose_backend(
     feeds = sample_feeds(tvm_backend.inputs)
     measured = {"ort": time_backend(ort_backend, feeds, runs), "tvm": time_backend(tvm_backend, feeds, runs)}
     faster = min(measured, key=lambda k: measured[k])
-    reason = (f"{faster} is faster on this device: ort {measured['ort']:.1f} ms vs tvm {measured['tvm']:.1f} ms "
-              f"per image ({tvm_backend.describe()['schedule']} schedule)")
+    reason = (
+        f"{faster} is faster on this device: ort {measured['ort']:.1f} ms vs tvm {measured['tvm']:.1f} ms "
+        f"per image ({tvm_backend.describe()['schedule']} schedule)"
+    )
     log.info(reason)
     return BackendChoice(ort_backend if faster == "ort" else tvm_backend, reason, measured)

@@ -36,9 +36,7 @@ DEFAULT_CACHE = Path(os.environ.get("PEDSTREAM_CACHE") or Path.home() / ".cache"
 
 def host_target(num_cores: int | None = None) -> tvm.target.Target:
     """An LLVM target for this machine's CPU (``-mcpu`` detected at run time, e.g. znver4)."""
-    return tvm.target.Target(
-        {"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu(), "num-cores": num_cores or os.cpu_count() or 1}
-    )
+    return tvm.target.Target({"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu(), "num-cores": num_cores or os.cpu_count() or 1})
 
 
 def database_digest(work_dir: Path | None) -> str | None:
@@ -98,12 +96,14 @@ def compile_module(mod: tvm.IRModule, target: tvm.target.Target, tuning_dir: Pat
     """Compile with the tuned schedules when a database is given, the default schedule for the rest."""
     if tuning_dir is not None and database_digest(tuning_dir):
         with target:
-            mod = tvm.transform.Sequential([
-                relax.transform.DecomposeOpsForInference(),
-                relax.transform.CanonicalizeBindings(),
-                zero_pipeline(),
-                relax.transform.MetaScheduleApplyDatabase(str(tuning_dir)),
-            ])(mod)
+            mod = tvm.transform.Sequential(
+                [
+                    relax.transform.DecomposeOpsForInference(),
+                    relax.transform.CanonicalizeBindings(),
+                    zero_pipeline(),
+                    relax.transform.MetaScheduleApplyDatabase(str(tuning_dir)),
+                ]
+            )(mod)
         return tvm.compile(mod, target=target, relax_pipeline=_pipeline(target, legalize=False))
     return tvm.compile(mod, target=target, relax_pipeline=_pipeline(target, legalize=True))
 
@@ -113,8 +113,9 @@ class TvmBackend(Backend):
 
     name = "tvm"
 
-    def __init__(self, model_bytes: bytes, cache_dir: Path | None = None, tuning_dir: Path | None = None,
-                 target: tvm.target.Target | None = None) -> None:
+    def __init__(
+        self, model_bytes: bytes, cache_dir: Path | None = None, tuning_dir: Path | None = None, target: tvm.target.Target | None = None
+    ) -> None:
         super().__init__(model_bytes)
         self.target = target or host_target()
         self.tuning_dir = tuning_dir
@@ -143,11 +144,17 @@ class TvmBackend(Backend):
         tmp.mkdir(parents=True, exist_ok=True)
         executable.export_library(str(tmp / "model.so"))
         tvm.runtime.save_param_dict_to_file({f"p{i}": tvm.runtime.tensor(w) for i, w in enumerate(weights)}, str(tmp / "params.bin"))
-        (tmp / "signature.json").write_text(json.dumps({
-            "inputs": [[s.name, list(s.shape), s.dtype] for s in inputs],
-            "outputs": [[s.name, list(s.shape), s.dtype] for s in outputs],
-            "weights": len(weights), "target": str(self.target), "schedule": self.schedule,
-        }))
+        (tmp / "signature.json").write_text(
+            json.dumps(
+                {
+                    "inputs": [[s.name, list(s.shape), s.dtype] for s in inputs],
+                    "outputs": [[s.name, list(s.shape), s.dtype] for s in outputs],
+                    "weights": len(weights),
+                    "target": str(self.target),
+                    "schedule": self.schedule,
+                }
+            )
+        )
         try:
             tmp.rename(self.artifact_dir)
         except OSError:  # another process cached it first
@@ -164,7 +171,7 @@ class TvmBackend(Backend):
         args = [tvm.runtime.tensor(np.zeros(s.shape, s.dtype)) for s in inputs] + [tvm.runtime.tensor(w) for w in weights]
         result = vm["main"](*args)
         values = [result] if isinstance(result, tvm.runtime.Tensor) else list(result)
-        return [TensorSpec(spec.name, tuple(int(d) for d in value.shape), spec.dtype) for spec, value in zip(outputs, values)]
+        return [TensorSpec(spec.name, tuple(int(d) for d in value.shape), spec.dtype) for spec, value in zip(outputs, values, strict=False)]
 
     def _load(self) -> None:
         sig = json.loads((self.artifact_dir / "signature.json").read_text())
@@ -184,5 +191,12 @@ class TvmBackend(Backend):
         return [r.numpy() for r in result]
 
     def describe(self) -> dict[str, object]:
-        return {"backend": self.name, "target": str(self.target), "schedule": self.schedule, "cache_key": self.key,
-                "from_cache": self.from_cache, "compile_s": self.compile_s, "threads": os.environ.get("TVM_NUM_THREADS")}
+        return {
+            "backend": self.name,
+            "target": str(self.target),
+            "schedule": self.schedule,
+            "cache_key": self.key,
+            "from_cache": self.from_cache,
+            "compile_s": self.compile_s,
+            "threads": os.environ.get("TVM_NUM_THREADS"),
+        }

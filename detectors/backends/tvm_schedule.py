@@ -26,8 +26,8 @@ def _schedule_block(sch: s_tir.Schedule, block: object) -> None:
     kinds = [int(iv.iter_type) for iv in stmt.iter_vars]
     if len(loops) != len(kinds) or not loops:
         return
-    spatial = [lp for lp, k in zip(loops, kinds) if k == _SPATIAL]
-    reduce = [lp for lp, k in zip(loops, kinds) if k == _REDUCE]
+    spatial = [lp for lp, k in zip(loops, kinds, strict=False) if k == _SPATIAL]
+    reduce = [lp for lp, k in zip(loops, kinds, strict=False) if k == _REDUCE]
     if len(spatial) + len(reduce) != len(loops) or not spatial:
         return
     if reduce:

@@ -34,17 +34,31 @@ def tune(model_bytes: bytes, work_dir: Path, trials: int, trials_per_task: int |
     target = host_target()
     mod, _, inputs, _ = import_relax(model_bytes)
     with target:
-        mod = tvm.transform.Sequential([
-            relax.transform.DecomposeOpsForInference(),
-            relax.transform.CanonicalizeBindings(),
-            zero_pipeline(),
-        ])(mod)
+        mod = tvm.transform.Sequential(
+            [
+                relax.transform.DecomposeOpsForInference(),
+                relax.transform.CanonicalizeBindings(),
+                zero_pipeline(),
+            ]
+        )(mod)
     started = time.perf_counter()
     ms.relax_integration.tune_relax(
-        mod, params={}, target=target, work_dir=str(work_dir), max_trials_global=trials,
-        max_trials_per_task=trials_per_task, num_trials_per_iter=min(64, max(4, trials // 8)),
+        mod,
+        params={},
+        target=target,
+        work_dir=str(work_dir),
+        max_trials_global=trials,
+        max_trials_per_task=trials_per_task,
+        num_trials_per_iter=min(64, max(4, trials // 8)),
         builder=ms.builder.LocalBuilder(f_build=build_without_intrinsics, max_workers=1),
-        runner=ms.runner.LocalRunner(), seed=seed,
+        runner=ms.runner.LocalRunner(),
+        seed=seed,
     )
-    return {"work_dir": str(work_dir), "trials": trials, "seconds": round(time.perf_counter() - started, 1),
-            "target": str(target), "database": database_digest(work_dir), "inputs": [list(s.shape) for s in inputs]}
+    return {
+        "work_dir": str(work_dir),
+        "trials": trials,
+        "seconds": round(time.perf_counter() - started, 1),
+        "target": str(target),
+        "database": database_digest(work_dir),
+        "inputs": [list(s.shape) for s in inputs],
+    }

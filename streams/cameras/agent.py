@@ -57,9 +57,15 @@ class CameraStats:
     def snapshot(self) -> dict[str, object]:
         with self._lock:
             return {
-                "camera_id": self.camera_id, "state": self.state, "read": self.read, "published": self.published,
-                "failed": self.failed, "dropped": self.dropped, "bytes": self.bytes_published,
-                "attempts": self.attempts, "last_error": self.last_error,
+                "camera_id": self.camera_id,
+                "state": self.state,
+                "read": self.read,
+                "published": self.published,
+                "failed": self.failed,
+                "dropped": self.dropped,
+                "bytes": self.bytes_published,
+                "attempts": self.attempts,
+                "last_error": self.last_error,
             }
 
 
@@ -157,21 +163,30 @@ class CameraRunner:
         rendered = render(image, self.config.look, self.config.option("max_width"), self._rng)
         jpeg = encode_jpeg(rendered, self.config.option("jpeg_quality"))
         frame = Frame(
-            camera_id=self.config.id, seq=self._seq, capture_ts=capture_ts, width=rendered.shape[1],
-            height=rendered.shape[0], jpeg=jpeg, source_frame_index=index,
+            camera_id=self.config.id,
+            seq=self._seq,
+            capture_ts=capture_ts,
+            width=rendered.shape[1],
+            height=rendered.shape[0],
+            jpeg=jpeg,
+            source_frame_index=index,
         )
         self._seq += 1
         sent = time.perf_counter()
         size = len(jpeg)
-        self.frames.publish(
-            frame, lambda err: self.stats.delivered(size, (time.perf_counter() - sent) * 1000.0, err)
-        )
+        self.frames.publish(frame, lambda err: self.stats.delivered(size, (time.perf_counter() - sent) * 1000.0, err))
 
     def _report(self, state: str, reason: str | None = None, attempt: int = 0, retry_in_s: float | None = None) -> None:
         self.stats.state = state
         status = CameraStatus(
-            camera_id=self.config.id, state=state, reason=reason, attempt=attempt, retry_in_s=retry_in_s,
-            frames_published=self.stats.published, source=str(self.config.source), ts=time.time(),
+            camera_id=self.config.id,
+            state=state,
+            reason=reason,
+            attempt=attempt,
+            retry_in_s=retry_in_s,
+            frames_published=self.stats.published,
+            source=str(self.config.source),
+            ts=time.time(),
         )
         try:
             self.status.publish(status)
@@ -181,8 +196,11 @@ class CameraRunner:
 
 def _source_for(config: CameraConfig) -> FrameSource:
     return build_source(
-        config.source, loop=bool(config.option("loop")), start_s=config.start_s,
-        start_frame=config.start_frame, fps_override=config.option("source_fps"),
+        config.source,
+        loop=bool(config.option("loop")),
+        start_s=config.start_s,
+        start_frame=config.start_frame,
+        fps_override=config.option("source_fps"),
     )
 
 

@@ -18,7 +18,19 @@ from streams.cameras.sources import probe_duration_s
 from streams.errors import ConfigError
 from streams.records import CameraId
 
-__all__ = ["AlertRule", "CameraOptions", "DetectSettings", "Look", "Tiling", "RetryPolicy", "CameraConfig", "VirtualCameras", "CamerasFile", "load_cameras", "DEFAULT_VARIANTS"]
+__all__ = [
+    "AlertRule",
+    "CameraOptions",
+    "DetectSettings",
+    "Look",
+    "Tiling",
+    "RetryPolicy",
+    "CameraConfig",
+    "VirtualCameras",
+    "CamerasFile",
+    "load_cameras",
+    "DEFAULT_VARIANTS",
+]
 
 
 class _Strict(BaseModel):
@@ -28,9 +40,7 @@ class _Strict(BaseModel):
 class Look(_Strict):
     """How a virtual camera changes the source picture (applied in this order)."""
 
-    crop: tuple[float, float, float, float] | None = Field(
-        None, description="x, y, width, height as fractions (0-1) of the source frame"
-    )
+    crop: tuple[float, float, float, float] | None = Field(None, description="x, y, width, height as fractions (0-1) of the source frame")
     flip: bool = Field(False, description="mirror left-right")
     brightness: float = Field(1.0, gt=0, le=4, description="multiply pixel values (0.3 looks like night)")
     blur: int = Field(0, ge=0, le=51, description="Gaussian blur kernel size in pixels (odd; 0 = off)")
@@ -132,8 +142,13 @@ class CameraOptions(_Strict):
 
 
 _BUILTIN_DEFAULTS: dict[str, Any] = {
-    "fps": 5.0, "max_width": 1280, "jpeg_quality": 80, "loop": True, "realtime": True,
-    "source_fps": None, "retry": RetryPolicy(),
+    "fps": 5.0,
+    "max_width": 1280,
+    "jpeg_quality": 80,
+    "loop": True,
+    "realtime": True,
+    "source_fps": None,
+    "retry": RetryPolicy(),
 }
 
 

@@ -166,7 +166,9 @@ def seqinfo_fps(video: Path) -> float | None:
         return None
 
 
-def build_source(source: str | int, loop: bool, start_s: float = 0.0, start_frame: int = 0, fps_override: float | None = None) -> FrameSource:
+def build_source(
+    source: str | int, loop: bool, start_s: float = 0.0, start_frame: int = 0, fps_override: float | None = None
+) -> FrameSource:
     """Pick the source class from what ``source`` is: index, URL, folder or file."""
     if isinstance(source, int):
         return CaptureSource(source, live=True, loop=False)

@@ -23,15 +23,20 @@ pytestmark = pytest.mark.integration
 
 
 def test_a_cycle_driven_by_mined_hard_examples_changes_the_served_version_without_losing_a_frame(
-    broker: str, redis_url: str, shared_data: Path, shared_models: Path, tmp_path: Path,
+    broker: str,
+    redis_url: str,
+    shared_data: Path,
+    shared_models: Path,
+    tmp_path: Path,
 ) -> None:
     topics = Topics(f"t{uuid.uuid4().hex[:8]}")
     ensure_topics(broker, topics.all())
     tud = MotSequence.load(shared_data / "TUD-Campus")
     cameras = [SiteCamera("tud-night", tud, NIGHT, adapt=True), SiteCamera("tud-day", tud)]
     with ray_session(None, RayPorts(47650), num_cpus=3):
-        loop = ClosedLoop(broker, redis_url, topics, cameras, shared_models, tmp_path / "labels", replay=None,
-                          updates=8, workers=2, every=6)
+        loop = ClosedLoop(
+            broker, redis_url, topics, cameras, shared_models, tmp_path / "labels", replay=None, updates=8, workers=2, every=6
+        )
         out = loop.run()
     assert out.frames_published == {"tud-night": tud.length // 2, "tud-day": tud.length // 2}
     # the cycle trained on every new hard example the drifted camera gave (the held-out ones gate it)

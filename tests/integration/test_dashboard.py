@@ -48,18 +48,39 @@ def _publish_site(broker: str, topics: Topics, vtest: str) -> None:
             h, w = frame_image.shape[:2]
             records = [
                 Frame(camera_id=camera, seq=seq, capture_ts=now + seq * 0.2, width=w, height=h, jpeg=jpeg, source_frame_index=seq),
-                Detections(camera_id=camera, seq=seq, capture_ts=now + seq * 0.2, width=w, height=h, source_frame_index=seq,
-                           model_version="student-test-v3", agent_id="agent-t", produced_ts=now + seq * 0.2 + 0.05,
-                           boxes=[Box(x1=100 + 10 * seq, y1=100, x2=150 + 10 * seq, y2=220, score=0.9, track_id=1),
-                                  Box(x1=400, y1=200, x2=450, y2=330, score=0.7, track_id=2)],
-                           latency_ms={"frame_to_detection": 42.0}),
+                Detections(
+                    camera_id=camera,
+                    seq=seq,
+                    capture_ts=now + seq * 0.2,
+                    width=w,
+                    height=h,
+                    source_frame_index=seq,
+                    model_version="student-test-v3",
+                    agent_id="agent-t",
+                    produced_ts=now + seq * 0.2 + 0.05,
+                    boxes=[
+                        Box(x1=100 + 10 * seq, y1=100, x2=150 + 10 * seq, y2=220, score=0.9, track_id=1),
+                        Box(x1=400, y1=200, x2=450, y2=330, score=0.7, track_id=2),
+                    ],
+                    latency_ms={"frame_to_detection": 42.0},
+                ),
             ]
             for record in records:
                 msg = encode(record)
                 topic = topics.frames if isinstance(record, Frame) else topics.detections
                 producer.send(topic.name, key=msg.key, value=msg.value, headers=msg.headers)
-    alert = Alert(camera_id="gate", alert_id="a-1", rule="crowd", kind="count", seq=5, capture_ts=now + 1.0, count=2,
-                  track_ids=[1, 2], message="2 people in the zone", model_version="student-test-v3")
+    alert = Alert(
+        camera_id="gate",
+        alert_id="a-1",
+        rule="crowd",
+        kind="count",
+        seq=5,
+        capture_ts=now + 1.0,
+        count=2,
+        track_ids=[1, 2],
+        message="2 people in the zone",
+        model_version="student-test-v3",
+    )
     msg = encode(alert)
     producer.send(topics.alerts.name, key=msg.key, value=msg.value, headers=msg.headers)
     producer.flush()
@@ -74,8 +95,23 @@ def test_the_dashboard_page_shows_every_camera_in_a_real_browser(broker: str, vt
     _publish_site(broker, topics, vtest)
     port = _free_port()
     log = open(tmp_path / "dashboard.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "deploy.cli", "dashboard", "--bootstrap", broker, "--topic-prefix", topics.prefix,
-                             "--port", str(port), "--from-start"], stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "deploy.cli",
+            "dashboard",
+            "--bootstrap",
+            broker,
+            "--topic-prefix",
+            topics.prefix,
+            "--port",
+            str(port),
+            "--from-start",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}/"
     try:
         deadline = time.monotonic() + 60
@@ -99,15 +135,30 @@ def test_the_dashboard_page_shows_every_camera_in_a_real_browser(broker: str, vt
         ARTIFACTS.mkdir(exist_ok=True)
         screenshot = ARTIFACTS / "dashboard.png"
         screenshot.unlink(missing_ok=True)
-        browser = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars",
-                   f"--user-data-dir={tmp_path / 'chromium'}", "--virtual-time-budget=4000", "--window-size=1300,900"]
-        dom = subprocess.run([*browser, "--dump-dom", url], capture_output=True, text=True, timeout=120,
-                             env={**os.environ, "HOME": str(tmp_path)})
+        browser = [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--hide-scrollbars",
+            f"--user-data-dir={tmp_path / 'chromium'}",
+            "--virtual-time-budget=4000",
+            "--window-size=1300,900",
+        ]
+        dom = subprocess.run(
+            [*browser, "--dump-dom", url], capture_output=True, text=True, timeout=120, env={**os.environ, "HOME": str(tmp_path)}
+        )
         assert "cam-gate" in dom.stdout and "cam-plaza" in dom.stdout, dom.stderr[-2000:]
         assert "student-test-v3" in dom.stdout and "2 people in the zone" in dom.stdout
         assert 'src="/camera/gate.jpg' in dom.stdout
-        shot = subprocess.run([*browser, f"--screenshot={screenshot}", url], capture_output=True, text=True, timeout=120,
-                              env={**os.environ, "HOME": str(tmp_path)})
+        shot = subprocess.run(
+            [*browser, f"--screenshot={screenshot}", url],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "HOME": str(tmp_path)},
+        )
         assert screenshot.is_file(), shot.stderr[-2000:]
         image = cv2.imread(str(screenshot))
         assert image is not None and image.shape[:2] == (900, 1300)

@@ -20,9 +20,9 @@ import yaml
 from kafka.partitioner.default import murmur2
 from prometheus_client.parser import text_string_to_metric_families
 
+from detectors.boxes import box_iou
 from detectors.detector import Detector, read_model
 from detectors.evaluation import average_precision, evaluate_sequence
-from detectors.boxes import box_iou
 from detectors.results import BoxArray
 from detectors.tiling import tiled
 from streams.bus import RecordSubscriber, ensure_topics, make_producer, read_dead_letters
@@ -39,10 +39,27 @@ FRAMES = 40
 BUDGET_PER_MINUTE = 30.0
 
 
-def start_agent(model: Path, broker: str, topics: Topics, home: Path, agent_id: str, cameras: Path | None = None,
-                metrics_port: int | None = None) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "deploy.cli", "detect", "--model", str(model), "--bootstrap", broker,
-           "--topic-prefix", topics.prefix, "--threads", "1", "--agent-id", agent_id, "--batch", "4"]
+def start_agent(
+    model: Path, broker: str, topics: Topics, home: Path, agent_id: str, cameras: Path | None = None, metrics_port: int | None = None
+) -> subprocess.Popen[bytes]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "deploy.cli",
+        "detect",
+        "--model",
+        str(model),
+        "--bootstrap",
+        broker,
+        "--topic-prefix",
+        topics.prefix,
+        "--threads",
+        "1",
+        "--agent-id",
+        agent_id,
+        "--batch",
+        "4",
+    ]
     if cameras:
         cmd += ["--cameras", str(cameras)]
     if metrics_port:
@@ -96,9 +113,22 @@ def one_agent_run(broker: str, shared_models: Path, vtest: str, tmp_path_factory
     ensure_topics(broker, topics.all())
     zone = [[0, 150], [768, 150], [768, 576], [0, 576]]
     cameras = home / "cameras.yaml"
-    cameras.write_text(yaml.safe_dump({"cameras": [{"id": "pets", "source": vtest, "detect": {
-        "alerts": [{"name": "crowd", "zone": zone, "count_at_least": 2, "cooldown_s": 0.0}],
-        "hard_examples_per_minute": BUDGET_PER_MINUTE}}]}))
+    cameras.write_text(
+        yaml.safe_dump(
+            {
+                "cameras": [
+                    {
+                        "id": "pets",
+                        "source": vtest,
+                        "detect": {
+                            "alerts": [{"name": "crowd", "zone": zone, "count_at_least": 2, "cooldown_s": 0.0}],
+                            "hard_examples_per_minute": BUDGET_PER_MINUTE,
+                        },
+                    }
+                ]
+            }
+        )
+    )
     model = shared_models / "ssdlite_pedestrian.onnx"
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -107,8 +137,9 @@ def one_agent_run(broker: str, shared_models: Path, vtest: str, tmp_path_factory
     try:
         publish_frames(broker, topics, {"id": "pets", "source": vtest, "max_frames": FRAMES, "max_width": 768, "jpeg_quality": 90})
         jpeg = cv2.imencode(".jpg", np.zeros((64, 64, 3), np.uint8))[1].tobytes()
-        corrupt = Frame(camera_id="broken", seq=0, capture_ts=time.time(), width=64, height=64,
-                        jpeg=jpeg[:100] + b"\x00" * 300, source_frame_index=0)
+        corrupt = Frame(
+            camera_id="broken", seq=0, capture_ts=time.time(), width=64, height=64, jpeg=jpeg[:100] + b"\x00" * 300, source_frame_index=0
+        )
         producer = make_producer(broker)
         msg = encode(corrupt)
         producer.send(topics.frames.name, key=msg.key, value=msg.value, headers=msg.headers)
@@ -117,14 +148,19 @@ def one_agent_run(broker: str, shared_models: Path, vtest: str, tmp_path_factory
         publish_frames(broker, topics, {"id": "after", "source": vtest, "max_frames": 5, "start_frame": 100})
         detections = collect(broker, topics, topics.detections, Detections, lambda got: len(got) >= FRAMES + 5, 120)
         run = {
-            "topics": topics, "model": model, "detections": detections,
+            "topics": topics,
+            "model": model,
+            "detections": detections,
             "alerts": collect(broker, topics, topics.alerts, Alert, lambda got: False, 20),
             "hard": collect(broker, topics, topics.hard_examples, HardExample, lambda got: False, 20),
             "dead": read_dead_letters(broker, topics, timeout_s=3),
         }
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as response:
-            run["metrics"] = {(s.name, tuple(sorted(s.labels.items()))): s.value
-                              for family in text_string_to_metric_families(response.read().decode()) for s in family.samples}
+            run["metrics"] = {
+                (s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(response.read().decode())
+                for s in family.samples
+            }
         yield run
     finally:
         stop(agent)
@@ -188,17 +224,19 @@ def _one_camera_per_partition(partitions: int) -> list[str]:
     return [ids[p] for p in sorted(ids)]
 
 
-def test_two_agents_split_the_cameras_and_take_over_a_killed_one(
-    broker: str, shared_models: Path, vtest: str, tmp_path: Path
-) -> None:
+def test_two_agents_split_the_cameras_and_take_over_a_killed_one(broker: str, shared_models: Path, vtest: str, tmp_path: Path) -> None:
     topics = Topics(f"t{os.getpid()}split")
     ensure_topics(broker, topics.all())
     model = shared_models / "ssdlite_pedestrian.onnx"
     ids = _one_camera_per_partition(topics.frames.partitions)
     agents = {name: start_agent(model, broker, topics, tmp_path, name) for name in ("agent-a", "agent-b")}
     time.sleep(8)  # both joined the group
-    cams = parse_cameras({"defaults": {"fps": 3, "max_width": 384},
-                          "cameras": [{"id": cid, "source": vtest, "start_frame": 50 * i} for i, cid in enumerate(ids)]})
+    cams = parse_cameras(
+        {
+            "defaults": {"fps": 3, "max_width": 384},
+            "cameras": [{"id": cid, "source": vtest, "start_frame": 50 * i} for i, cid in enumerate(ids)],
+        }
+    )
     fleet = CameraFleet(cams, broker, topics)
     fleet.start()
     try:
@@ -211,8 +249,7 @@ def test_two_agents_split_the_cameras_and_take_over_a_killed_one(
         published = {r.config.id: r.stats.published for r in fleet.runners}
     try:
         expected = sum(published.values())
-        dets = collect(broker, topics, topics.detections, Detections,
-                       lambda got: len({(d.camera_id, d.seq) for d in got}) >= expected, 90)
+        dets = collect(broker, topics, topics.detections, Detections, lambda got: len({(d.camera_id, d.seq) for d in got}) >= expected, 90)
     finally:
         stop(agents["agent-b"])
     by_agent_before = {d.agent_id for d in dets if d.produced_ts < killed_at}

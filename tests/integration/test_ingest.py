@@ -37,14 +37,16 @@ def consume(bootstrap: str, topics: Topics, record_type, group: str, expect: int
 
 
 def test_frames_arrive_complete_in_order_and_decode_to_the_expected_size(broker: str, topics: Topics, vtest: str) -> None:
-    cameras = parse_cameras({
-        "defaults": {"fps": 0, "realtime": False, "loop": False},
-        "cameras": [
-            {"id": "full", "source": vtest, "start_frame": 100, "max_frames": 40, "max_width": 768},
-            {"id": "small", "source": vtest, "max_frames": 40, "max_width": 384, "look": {"flip": True}},
-            {"id": "night", "source": vtest, "start_frame": 500, "max_frames": 40, "look": {"brightness": 0.3, "noise": 5}},
-        ],
-    })
+    cameras = parse_cameras(
+        {
+            "defaults": {"fps": 0, "realtime": False, "loop": False},
+            "cameras": [
+                {"id": "full", "source": vtest, "start_frame": 100, "max_frames": 40, "max_width": 768},
+                {"id": "small", "source": vtest, "max_frames": 40, "max_width": 384, "look": {"flip": True}},
+                {"id": "night", "source": vtest, "start_frame": 500, "max_frames": 40, "look": {"brightness": 0.3, "noise": 5}},
+            ],
+        }
+    )
     fleet = CameraFleet(cameras, broker, topics)
     fleet.start()
     fleet.wait(60)
@@ -62,7 +64,7 @@ def test_frames_arrive_complete_in_order_and_decode_to_the_expected_size(broker:
             got = by_camera[cid]
             assert [f.seq for f in got] == list(range(40)), f"{cid}: frames missing or out of order"
             assert [f.source_frame_index for f in got] == list(range(first_index, first_index + 40))
-    sizes = {f.camera_id: cv2.imdecode(np.frombuffer(f.jpeg, np.uint8), cv2.IMREAD_COLOR).shape for f in group_a[:: 10]}
+    sizes = {f.camera_id: cv2.imdecode(np.frombuffer(f.jpeg, np.uint8), cv2.IMREAD_COLOR).shape for f in group_a[::10]}
     assert sizes == {"full": (576, 768, 3), "small": (288, 384, 3), "night": (576, 768, 3)}
     assert all((f.width, f.height) == ((768, 576) if f.camera_id != "small" else (384, 288)) for f in group_a)
     assert {(f.camera_id, f.seq) for f in group_a} == {(f.camera_id, f.seq) for f in group_b}
@@ -76,14 +78,16 @@ def test_dead_rtsp_and_corrupt_video_are_reported_and_retried_while_others_publi
     with __import__("socket").socket() as s:  # a loopback port nobody listens on
         s.bind(("127.0.0.1", 0))
         dead_port = s.getsockname()[1]
-    cameras = parse_cameras({
-        "defaults": {"retry": {"initial_s": 0.3, "max_s": 1.0}},
-        "cameras": [
-            {"id": "good", "source": vtest, "fps": 5},
-            {"id": "dead-rtsp", "source": f"rtsp://127.0.0.1:{dead_port}/stream"},
-            {"id": "corrupt", "source": str(corrupt)},
-        ],
-    })
+    cameras = parse_cameras(
+        {
+            "defaults": {"retry": {"initial_s": 0.3, "max_s": 1.0}},
+            "cameras": [
+                {"id": "good", "source": vtest, "fps": 5},
+                {"id": "dead-rtsp", "source": f"rtsp://127.0.0.1:{dead_port}/stream"},
+                {"id": "corrupt", "source": str(corrupt)},
+            ],
+        }
+    )
     fleet = CameraFleet(cameras, broker, topics)
     fleet.start()
     fleet.wait(8)

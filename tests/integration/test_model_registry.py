@@ -22,7 +22,7 @@ from detectors.detector import BUNDLED_MODELS, onnx_metadata, with_version
 from streams.bus import RecordSubscriber, ensure_topics
 from streams.model_channel import ModelKeys, ModelReader, connect_redis
 from streams.records import Detections
-from streams.signing import PUBLIC_NAME, Signer, VerificationError, Verifier, init_keys, PRIVATE_NAME
+from streams.signing import PRIVATE_NAME, PUBLIC_NAME, Signer, VerificationError, Verifier, init_keys
 from streams.topics import Topics
 from tests.integration.test_detector_agent import publish_frames, stop
 from trainer.registry import Lineage, Registry
@@ -72,11 +72,34 @@ def test_publish_promote_rollback_and_verification(registry: Registry, keys: Pat
         registry.make_current(rejected.version)
 
 
-def _start_agent(model: Path, broker: str, topics: Topics, redis_url: str, public_key: Path, home: Path, agent_id: str,
-                 group: str | None = None) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "deploy.cli", "detect", "--model", str(model), "--bootstrap", broker, "--redis", redis_url,
-           "--topic-prefix", topics.prefix, "--threads", "1", "--agent-id", agent_id, "--batch", "2", "--backend", "ort",
-           "--public-key", str(public_key), *(["--group", group] if group else [])]
+def _start_agent(
+    model: Path, broker: str, topics: Topics, redis_url: str, public_key: Path, home: Path, agent_id: str, group: str | None = None
+) -> subprocess.Popen[bytes]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "deploy.cli",
+        "detect",
+        "--model",
+        str(model),
+        "--bootstrap",
+        broker,
+        "--redis",
+        redis_url,
+        "--topic-prefix",
+        topics.prefix,
+        "--threads",
+        "1",
+        "--agent-id",
+        agent_id,
+        "--batch",
+        "2",
+        "--backend",
+        "ort",
+        "--public-key",
+        str(public_key),
+        *(["--group", group] if group else []),
+    ]
     home.mkdir(parents=True, exist_ok=True)
     log = open(home / f"{agent_id}.log", "wb")
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PEDSTREAM_HOME": str(home)})
@@ -119,7 +142,13 @@ class DetectionsWatch:
 
 
 def test_agent_hot_swaps_refuses_tampered_and_rolls_back_without_losing_frames(
-    broker: str, redis_url: str, registry: Registry, keys: Path, shared_models: Path, vtest: str, tmp_path: Path,
+    broker: str,
+    redis_url: str,
+    registry: Registry,
+    keys: Path,
+    shared_models: Path,
+    vtest: str,
+    tmp_path: Path,
 ) -> None:
     topics = Topics(registry.keys.prefix.split(":")[0])
     ensure_topics(broker, topics.all())
@@ -127,8 +156,9 @@ def test_agent_hot_swaps_refuses_tampered_and_rolls_back_without_losing_frames(
     agent = _start_agent(shared_models / "ssdlite_pedestrian.onnx", broker, topics, redis_url, keys / PUBLIC_NAME, tmp_path, "swap-a")
     watch = DetectionsWatch(broker, topics)
     frames = 150
-    camera = threading.Thread(target=publish_frames, args=(broker, topics, {
-        "id": "cam", "source": vtest, "max_frames": frames, "fps": 10, "realtime": True}))
+    camera = threading.Thread(
+        target=publish_frames, args=(broker, topics, {"id": "cam", "source": vtest, "max_frames": frames, "fps": 10, "realtime": True})
+    )
     try:
         _wait_for(lambda: _serving(registry, "swap-a") == "s-first", 60, "the agent to load the current version at start")
         camera.start()
@@ -136,8 +166,16 @@ def test_agent_hot_swaps_refuses_tampered_and_rolls_back_without_losing_frames(
         registry.publish(with_version(STUDENT.read_bytes(), "s-second"), Lineage(parent="s-first"))
         _wait_for(lambda: "s-second" in watch.versions(), 20, "detections by s-second")
         # a second agent (its own consumer group) started now loads the current version, not its --model
-        late = _start_agent(shared_models / "ssdlite_pedestrian.onnx", broker, topics, redis_url, keys / PUBLIC_NAME,
-                            tmp_path / "late", "swap-b", group=f"late-{uuid.uuid4().hex[:6]}")
+        late = _start_agent(
+            shared_models / "ssdlite_pedestrian.onnx",
+            broker,
+            topics,
+            redis_url,
+            keys / PUBLIC_NAME,
+            tmp_path / "late",
+            "swap-b",
+            group=f"late-{uuid.uuid4().hex[:6]}",
+        )
         _wait_for(lambda: _serving(registry, "swap-b") == "s-second", 60, "the late agent to load the current version")
         tampered = registry.store(with_version(STUDENT.read_bytes(), "s-tampered"))
         registry.client.set(registry.keys.onnx("s-tampered"), b"not the signed bytes")
@@ -148,8 +186,9 @@ def test_agent_hot_swaps_refuses_tampered_and_rolls_back_without_losing_frames(
         assert "sha256" in status["refused"]["reason"]
         registry.rollback()  # s-tampered -> s-second: already serving; once more -> s-first
         registry.rollback()
-        _wait_for(lambda: _serving(registry, "swap-a") == _serving(registry, "swap-b") == "s-first", 20,
-                  "the rollback to s-first on both agents")
+        _wait_for(
+            lambda: _serving(registry, "swap-a") == _serving(registry, "swap-b") == "s-first", 20, "the rollback to s-first on both agents"
+        )
         camera.join(60)
         _wait_for(lambda: len({d.seq for d in watch.records if d.agent_id == "swap-a"}) >= frames, 60, "every frame's detections")
     finally:
@@ -177,8 +216,11 @@ def test_redis_restart_mid_stream_does_not_stop_detection(broker: str, keys: Pat
     url = f"redis://127.0.0.1:{port}"
 
     def start_redis() -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         _wait_for(lambda: _answers(url), 10, "redis-server")
         return proc
 
@@ -192,8 +234,9 @@ def test_redis_restart_mid_stream_does_not_stop_detection(broker: str, keys: Pat
     frames = 100
     try:
         _wait_for(lambda: _serving(registry, "redis-a") == "r-1", 60, "the agent to load r-1")
-        camera = threading.Thread(target=publish_frames, args=(broker, topics, {
-            "id": "cam", "source": vtest, "max_frames": frames, "fps": 10, "realtime": True}))
+        camera = threading.Thread(
+            target=publish_frames, args=(broker, topics, {"id": "cam", "source": vtest, "max_frames": frames, "fps": 10, "realtime": True})
+        )
         camera.start()
         _wait_for(lambda: "r-1" in watch.versions(), 60, "detections by r-1")
         redis_proc.terminate()

@@ -26,7 +26,7 @@ from trainer.job import JobSettings
 from trainer.labels import TeacherLabeler
 from trainer.ps import model_weights
 from trainer.registry import Lineage, Registry
-from trainer.retrain import RetrainPolicy, Retrainer
+from trainer.retrain import Retrainer, RetrainPolicy
 from trainer.service import RetrainKeys, TrainerService, request_retrain, wait_for_result
 from trainer.store import HardExampleStore
 from trainer.student import Student, StudentConfig, export_onnx
@@ -45,14 +45,31 @@ def hard_examples(sequence: MotSequence, camera: str, frames: range) -> list[Har
     out = []
     for n, image in sequence.frames(frames.start, frames.stop - 1, frames.step):
         jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
-        out.append(HardExample(camera_id=camera, seq=n, capture_ts=1_000_000.0 + n, width=image.shape[1], height=image.shape[0],
-                               jpeg=jpeg, source_frame_index=n, model_version="s-0", detections=[], reasons=["random"],
-                               mined_ts=time.time()))
+        out.append(
+            HardExample(
+                camera_id=camera,
+                seq=n,
+                capture_ts=1_000_000.0 + n,
+                width=image.shape[1],
+                height=image.shape[0],
+                jpeg=jpeg,
+                source_frame_index=n,
+                model_version="s-0",
+                detections=[],
+                reasons=["random"],
+                mined_ts=time.time(),
+            )
+        )
     return out
 
 
 def test_service_stores_hard_examples_and_runs_a_requested_cycle(
-    ray_cluster: LocalRayCluster, broker: str, redis_url: str, shared_data: Path, shared_models: Path, tmp_path: Path,
+    ray_cluster: LocalRayCluster,
+    broker: str,
+    redis_url: str,
+    shared_data: Path,
+    shared_models: Path,
+    tmp_path: Path,
 ) -> None:
     topics = Topics(f"t{uuid.uuid4().hex[:8]}")
     ensure_topics(broker, topics.all())
@@ -64,8 +81,9 @@ def test_service_stores_hard_examples_and_runs_a_requested_cycle(
     registry.publish(export_onnx(student, "s-0"), Lineage(notes="untrained start"), weights=model_weights(student))
 
     store = HardExampleStore(tmp_path / "store")
-    policy = RetrainPolicy(min_new_examples=1000, gate_margin=0.01, max_loss=0.02,
-                           job=JobSettings(updates=12, workers=2, batch_size=4, eval_every=0, warmup=2))
+    policy = RetrainPolicy(
+        min_new_examples=1000, gate_margin=0.01, max_loss=0.02, job=JobSettings(updates=12, workers=2, batch_size=4, eval_every=0, warmup=2)
+    )
     retrainer = Retrainer(store, registry, TeacherLabeler(shared_models).label, LabelCache(tmp_path / "labels"), policy, SMALL)
     service = TrainerService(broker, topics, client, store, retrainer, auto=False, check_every_s=1.0)
     thread = threading.Thread(target=service.run, daemon=True)
@@ -103,7 +121,9 @@ def test_service_stores_hard_examples_and_runs_a_requested_cycle(
         assert current == "s-0" and entry["state"] == "rejected" and entry["reason"] == result["reason"]
 
 
-def test_triggers_fire_on_many_new_examples_or_low_agreement(tmp_path: Path, shared_data: Path, shared_models: Path, redis_url: str) -> None:
+def test_triggers_fire_on_many_new_examples_or_low_agreement(
+    tmp_path: Path, shared_data: Path, shared_models: Path, redis_url: str
+) -> None:
     store = HardExampleStore(tmp_path / "store")
     pets = MotSequence.load(shared_data / "PETS09-S2L1")
     for record in hard_examples(pets, "pets", range(1, 61, 3)):
@@ -113,7 +133,11 @@ def test_triggers_fire_on_many_new_examples_or_low_agreement(tmp_path: Path, sha
     many = Retrainer(store, registry, teacher.label, LabelCache(tmp_path / "labels"), RetrainPolicy(min_new_examples=5))
     assert "new hard examples" in many.due()["pets"]
     # the mined detections are empty, so the edge model's agreement with the teacher is 0
-    low = Retrainer(store, registry, teacher.label, LabelCache(tmp_path / "labels"), RetrainPolicy(min_new_examples=1000, min_agreement=0.5))
+    low = Retrainer(
+        store, registry, teacher.label, LabelCache(tmp_path / "labels"), RetrainPolicy(min_new_examples=1000, min_agreement=0.5)
+    )
     assert low.estimated_accuracy("pets") == 0.0 and "estimated accuracy 0.00" in low.due()["pets"]
-    strict = Retrainer(store, registry, teacher.label, LabelCache(tmp_path / "labels"), RetrainPolicy(min_new_examples=1000, min_agreement=0.0))
+    strict = Retrainer(
+        store, registry, teacher.label, LabelCache(tmp_path / "labels"), RetrainPolicy(min_new_examples=1000, min_agreement=0.0)
+    )
     assert strict.due() == {}

@@ -20,7 +20,10 @@ pytestmark = pytest.mark.integration
 
 def pedstream(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "deploy.cli", *args], capture_output=True, text=True, timeout=timeout,
+        [sys.executable, "-m", "deploy.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
         env={**os.environ, **(env or {})},
     )
 
@@ -79,8 +82,23 @@ def test_bad_camera_config_exits_non_zero_naming_the_field(tmp_path: Path) -> No
 
 
 def test_bench_ingest_prints_the_documented_json(broker: str, topics: Topics, vtest: str) -> None:
-    result = pedstream("bench", "ingest", "--cameras", "2", "--fps", "5", "--seconds", "4", "--json",
-                       "--source", vtest, "--bootstrap", broker, "--topic-prefix", topics.prefix)
+    result = pedstream(
+        "bench",
+        "ingest",
+        "--cameras",
+        "2",
+        "--fps",
+        "5",
+        "--seconds",
+        "4",
+        "--json",
+        "--source",
+        vtest,
+        "--bootstrap",
+        broker,
+        "--topic-prefix",
+        topics.prefix,
+    )
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
     assert {"offered_fps", "achieved_fps", "bytes_per_s", "publish_latency_ms", "per_camera"} <= set(out)

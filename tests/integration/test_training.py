@@ -74,7 +74,9 @@ def test_ray_listens_and_talks_on_loopback_only_with_pinned_ports(ray_cluster: L
     assert all(node["NodeManagerAddress"] == LOOPBACK for node in ray.nodes())
 
 
-def test_async_training_on_real_frames_lowers_the_loss_and_evaluates(ray_cluster: LocalRayCluster, examples: list, pets: MotSequence) -> None:
+def test_async_training_on_real_frames_lowers_the_loss_and_evaluates(
+    ray_cluster: LocalRayCluster, examples: list, pets: MotSequence
+) -> None:
     held = held_out_frames(pets, (400, 480), every=20)
     result = TrainingJob(examples, settings(updates=50, eval_every=25), SMALL, held).run()
     losses = [loss for _u, _t, loss in result.loss_curve]
@@ -119,10 +121,39 @@ def test_a_trainer_joins_mid_run_and_takes_work(ray_cluster: LocalRayCluster, ex
 def test_pedstream_train_writes_model_metrics_and_curves(shared_data: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     env = {**os.environ, "PEDSTREAM_DATA": str(shared_data), "PEDSTREAM_LABEL_CACHE": str(tmp_path / "labels")}
-    command = [sys.executable, "-m", "deploy.cli", "train", "--labels", "oracle", "--frames", "1:60", "--every", "3",
-               "--holdout-frames", "400:440", "--holdout-every", "10", "--updates", "12", "--eval-every", "6",
-               "--workers", "2", "--batch-size", "4", "--input-size", "256x192", "--ray-port", "47900",
-               "--version", "student-test", "--out", str(out), "--json"]
+    command = [
+        sys.executable,
+        "-m",
+        "deploy.cli",
+        "train",
+        "--labels",
+        "oracle",
+        "--frames",
+        "1:60",
+        "--every",
+        "3",
+        "--holdout-frames",
+        "400:440",
+        "--holdout-every",
+        "10",
+        "--updates",
+        "12",
+        "--eval-every",
+        "6",
+        "--workers",
+        "2",
+        "--batch-size",
+        "4",
+        "--input-size",
+        "256x192",
+        "--ray-port",
+        "47900",
+        "--version",
+        "student-test",
+        "--out",
+        str(out),
+        "--json",
+    ]
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout)
@@ -138,17 +169,53 @@ def test_pedstream_train_writes_model_metrics_and_curves(shared_data: Path, tmp_
 
 def test_held_out_frames_may_not_overlap_training_frames(shared_data: Path) -> None:
     env = {**os.environ, "PEDSTREAM_DATA": str(shared_data)}
-    done = subprocess.run([sys.executable, "-m", "deploy.cli", "train", "--labels", "oracle", "--frames", "1:100",
-                           "--holdout-frames", "90:200"], capture_output=True, text=True, env=env, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "deploy.cli", "train", "--labels", "oracle", "--frames", "1:100", "--holdout-frames", "90:200"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert done.returncode == 2 and "overlap the training frames" in done.stderr
 
 
 def test_bench_train_compares_modes_workers_and_allocations(shared_data: Path, tmp_path: Path) -> None:
     env = {**os.environ, "PEDSTREAM_DATA": str(shared_data)}
-    command = [sys.executable, "-m", "deploy.cli", "bench", "train", "--labels", "oracle", "--frames", "1:60", "--every", "3",
-               "--holdout-frames", "400:440", "--holdout-every", "10", "--updates", "12", "--batch-size", "4",
-               "--input-size", "256x192", "--workers", "1,2", "--mode", "async,sync", "--processes", "3",
-               "--allocation-updates", "4", "--target-loss", "100", "--ray-port", "47950"]
+    command = [
+        sys.executable,
+        "-m",
+        "deploy.cli",
+        "bench",
+        "train",
+        "--labels",
+        "oracle",
+        "--frames",
+        "1:60",
+        "--every",
+        "3",
+        "--holdout-frames",
+        "400:440",
+        "--holdout-every",
+        "10",
+        "--updates",
+        "12",
+        "--batch-size",
+        "4",
+        "--input-size",
+        "256x192",
+        "--workers",
+        "1,2",
+        "--mode",
+        "async,sync",
+        "--processes",
+        "3",
+        "--allocation-updates",
+        "4",
+        "--target-loss",
+        "100",
+        "--ray-port",
+        "47950",
+    ]
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=400)
     assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(done.stdout)

@@ -12,8 +12,10 @@ from streams.errors import ConfigError
 
 def test_defaults_apply_and_cameras_override(tmp_path: Path) -> None:
     cams = parse_cameras(
-        {"defaults": {"fps": 3, "jpeg_quality": 70},
-         "cameras": [{"id": "a", "source": "a.mp4"}, {"id": "b", "source": "rtsp://127.0.0.1:8554/x", "fps": 10}]},
+        {
+            "defaults": {"fps": 3, "jpeg_quality": 70},
+            "cameras": [{"id": "a", "source": "a.mp4"}, {"id": "b", "source": "rtsp://127.0.0.1:8554/x", "fps": 10}],
+        },
         base_dir=tmp_path,
     )
     assert [c.option("fps") for c in cams] == [3, 10]
@@ -24,8 +26,15 @@ def test_defaults_apply_and_cameras_override(tmp_path: Path) -> None:
 
 def test_usb_index_and_variables(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VIDEOS", "/data")
-    cams = parse_cameras({"cameras": [{"id": "usb", "source": 0}, {"id": "v", "source": "${VIDEOS}/x.avi"},
-                                      {"id": "w", "source": "${NOPE_UNSET:-/d}/y.avi"}]})
+    cams = parse_cameras(
+        {
+            "cameras": [
+                {"id": "usb", "source": 0},
+                {"id": "v", "source": "${VIDEOS}/x.avi"},
+                {"id": "w", "source": "${NOPE_UNSET:-/d}/y.avi"},
+            ]
+        }
+    )
     assert [c.source for c in cams] == [0, "/data/x.avi", "/d/y.avi"]
     with pytest.raises(ConfigError, match=r"cameras\[0\].source: environment variable NOPE_UNSET"):
         parse_cameras({"cameras": [{"id": "v", "source": "${NOPE_UNSET}/x.avi"}]})

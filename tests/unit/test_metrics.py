@@ -26,8 +26,10 @@ def test_rate_meter_counts_events_in_its_window() -> None:
 
 
 def test_camera_collector_reads_the_fleet_counters() -> None:
-    stats = [{"camera_id": "door", "state": "running", "published": 10, "dropped": 3, "failed": 1, "bytes": 5000, "attempts": 1},
-             {"camera_id": "yard", "state": "retrying", "published": 0, "dropped": 0, "failed": 0, "bytes": 0, "attempts": 4}]
+    stats = [
+        {"camera_id": "door", "state": "running", "published": 10, "dropped": 3, "failed": 1, "bytes": 5000, "attempts": 1},
+        {"camera_id": "yard", "state": "retrying", "published": 0, "dropped": 0, "failed": 0, "bytes": 0, "attempts": 4},
+    ]
     registry = CollectorRegistry()
     registry.register(CameraCollector(lambda: stats))
     assert registry.get_sample_value("pedstream_camera_frames_published_total", {"camera": "door"}) == 10

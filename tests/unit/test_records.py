@@ -25,16 +25,50 @@ def frame(**kw: object) -> Frame:
 
 EXAMPLES = [
     frame(),
-    Detections(camera_id="cam-1", seq=3, capture_ts=TS, width=8, height=8, source_frame_index=7, model_version="v1",
-               boxes=[Box(x1=1, y1=2, x2=3, y2=4, score=0.9)], latency_ms={"infer": 3.5}, agent_id="a1", produced_ts=TS),
-    Detections(camera_id="cam-1", seq=4, capture_ts=TS, width=8, height=8, source_frame_index=8, model_version="v1",
-               boxes=[], agent_id="a1", produced_ts=TS),
-    Alert(camera_id="cam-1", alert_id="x", rule="crowd", kind="count", seq=1, capture_ts=TS, count=5, message="5 people",
-          model_version="v1"),
-    HardExample(camera_id="cam-1", seq=1, capture_ts=TS, width=8, height=8, jpeg=JPEG, source_frame_index=1,
-                model_version="v1", detections=[], reasons=["uncertain"], mined_ts=TS),
-    ModelAnnouncement(version="v2", sha256="a" * 64, size_bytes=10, signature="c2ln", registry_key="k",
-                      model_format="student", published_ts=TS),
+    Detections(
+        camera_id="cam-1",
+        seq=3,
+        capture_ts=TS,
+        width=8,
+        height=8,
+        source_frame_index=7,
+        model_version="v1",
+        boxes=[Box(x1=1, y1=2, x2=3, y2=4, score=0.9)],
+        latency_ms={"infer": 3.5},
+        agent_id="a1",
+        produced_ts=TS,
+    ),
+    Detections(
+        camera_id="cam-1",
+        seq=4,
+        capture_ts=TS,
+        width=8,
+        height=8,
+        source_frame_index=8,
+        model_version="v1",
+        boxes=[],
+        agent_id="a1",
+        produced_ts=TS,
+    ),
+    Alert(
+        camera_id="cam-1", alert_id="x", rule="crowd", kind="count", seq=1, capture_ts=TS, count=5, message="5 people", model_version="v1"
+    ),
+    HardExample(
+        camera_id="cam-1",
+        seq=1,
+        capture_ts=TS,
+        width=8,
+        height=8,
+        jpeg=JPEG,
+        source_frame_index=1,
+        model_version="v1",
+        detections=[],
+        reasons=["uncertain"],
+        mined_ts=TS,
+    ),
+    ModelAnnouncement(
+        version="v2", sha256="a" * 64, size_bytes=10, signature="c2ln", registry_key="k", model_format="student", published_ts=TS
+    ),
     CameraStatus(camera_id="cam-1", state="retrying", reason="x", attempt=2, source="rtsp://x", ts=TS),
 ]
 

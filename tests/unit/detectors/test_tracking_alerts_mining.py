@@ -11,7 +11,6 @@ from detectors.tracker import IouTracker
 from streams.cameras.config import AlertRule, parse_cameras
 from streams.errors import ConfigError
 
-
 T0 = 1_700_000_000.0
 
 
@@ -66,7 +65,9 @@ def test_rule_validation_names_the_problem() -> None:
     with pytest.raises(ConfigError, match="exactly one of count_at_least or dwell_at_least_s"):
         parse_cameras({"cameras": [{"id": "a", "source": "x", "detect": {"alerts": [{"name": "r"}]}}]})
     with pytest.raises(ConfigError, match=r"cameras\[0\]\.detect\.alerts\[0\]\.zone"):
-        parse_cameras({"cameras": [{"id": "a", "source": "x", "detect": {"alerts": [{"name": "r", "zone": [[0, 0]], "count_at_least": 1}]}}]})
+        parse_cameras(
+            {"cameras": [{"id": "a", "source": "x", "detect": {"alerts": [{"name": "r", "zone": [[0, 0]], "count_at_least": 1}]}}]}
+        )
 
 
 def test_miner_reasons_and_budget() -> None:

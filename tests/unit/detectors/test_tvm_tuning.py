@@ -17,7 +17,10 @@ def tiny_conv_model() -> bytes:
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 32, 32])
     graph = helper.make_graph(
         [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["y"])],
-        "tiny", [x], [y], initializer=[weight],
+        "tiny",
+        [x],
+        [y],
+        initializer=[weight],
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
 

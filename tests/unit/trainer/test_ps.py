@@ -17,7 +17,9 @@ from trainer.ps import GradientWorker, ParameterServer, StalenessPolicy, model_w
 from trainer.student import Student, StudentConfig
 
 
-def server(policy: StalenessPolicy = StalenessPolicy(lr=0.1, momentum=0.0, clip_norm=1e9, staleness_bound=3, optimizer="sgd")) -> ParameterServer:
+def server(
+    policy: StalenessPolicy = StalenessPolicy(lr=0.1, momentum=0.0, clip_norm=1e9, staleness_bound=3, optimizer="sgd"),
+) -> ParameterServer:
     return ParameterServer({"w": np.zeros(2, np.float32)}, policy)
 
 
@@ -108,8 +110,16 @@ def test_learning_rate_warms_up_then_decays() -> None:
 
 def test_fine_tuning_keeps_the_start_models_batch_norm_statistics() -> None:
     rng = np.random.default_rng(0)
-    examples = [Example(rng.integers(0, 40, (192, 256, 3), dtype=np.uint8), np.array([[20, 30, 60, 150]], np.float32),
-                        np.ones(1, np.float32), "test", f"dark#{i}") for i in range(4)]  # dark frames: other statistics
+    examples = [
+        Example(
+            rng.integers(0, 40, (192, 256, 3), dtype=np.uint8),
+            np.array([[20, 30, 60, 150]], np.float32),
+            np.ones(1, np.float32),
+            "test",
+            f"dark#{i}",
+        )
+        for i in range(4)
+    ]  # dark frames: other statistics
     config = StudentConfig(input_width=256, input_height=192)
     start = model_weights(Student(config))
     for freeze in (True, False):

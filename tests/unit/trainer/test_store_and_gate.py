@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 
 from streams.records import Box, HardExample
-from trainer.retrain import RetrainPolicy, Retrainer
+from trainer.retrain import Retrainer, RetrainPolicy
 from trainer.store import HardExampleStore
 
 
@@ -17,8 +17,19 @@ def example(camera: str, seq: int, shade: int) -> HardExample:
     image = np.full((48, 64, 3), shade, np.uint8)
     image[seq % 40 : seq % 40 + 5, 10:20] = 255 - shade
     jpeg = cv2.imencode(".jpg", image)[1].tobytes()
-    return HardExample(camera_id=camera, seq=seq, capture_ts=1000.0 + seq, width=64, height=48, jpeg=jpeg, source_frame_index=seq,
-                       model_version="v0", detections=[Box(x1=1, y1=2, x2=10, y2=20, score=0.4)], reasons=["uncertain"], mined_ts=time.time())
+    return HardExample(
+        camera_id=camera,
+        seq=seq,
+        capture_ts=1000.0 + seq,
+        width=64,
+        height=48,
+        jpeg=jpeg,
+        source_frame_index=seq,
+        model_version="v0",
+        detections=[Box(x1=1, y1=2, x2=10, y2=20, score=0.4)],
+        reasons=["uncertain"],
+        mined_ts=time.time(),
+    )
 
 
 def test_store_dedupes_counts_splits_and_replays(tmp_path: Path) -> None:

@@ -39,7 +39,7 @@ def test_targets_decode_back_to_the_boxes() -> None:
     rows, cols, scores = heatmap_peaks(t["heatmap"][0], min_score=0.5)
     assert len(rows) == 2
     decoded = []
-    for r, c in zip(rows, cols):
+    for r, c in zip(rows, cols, strict=False):
         lw, lh, ox, oy = t["regression"][:, r, c]
         cx, cy, w, h = (c + ox) * STRIDE, (r + oy) * STRIDE, np.exp(lw) * SIZE_UNIT, np.exp(lh) * SIZE_UNIT
         decoded.append([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2])
