@@ -5,7 +5,8 @@ PEDSTREAM_DATA ?= $(abspath ../shared/data)
 PEDSTREAM_MODELS ?= $(abspath ../shared/models)
 export PEDSTREAM_DATA PEDSTREAM_MODELS
 
-.PHONY: venv demo test test-unit bench-ingest bench-detector bench-pipeline bench-train bench-loop student clean
+# `make lint`: ruff (lint, import order, formatting) and mypy, as CI runs them before the tests.
+.PHONY: venv lint demo test test-unit bench-ingest bench-detector bench-pipeline bench-train bench-loop student clean
 
 venv: $(VENV)/.installed
 
@@ -13,6 +14,11 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -e ".[edge,tune,trainer,dev]"
 	touch $@
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 demo: venv
 	$(VENV)/bin/pedstream demo

@@ -12,9 +12,6 @@ before and after on the second half of its sequence, which nothing was trained o
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -26,9 +23,10 @@ from typing import Any
 import numpy as np
 import yaml
 
+from deploy.agent_process import AgentProcess
 from detectors.detector import BUNDLED_MODELS, Detector, read_model, with_version
 from detectors.evaluation import evaluate_sequence
-from streams.bus import ModelAnnouncementPublisher, RecordSubscriber, make_producer
+from streams.bus import ModelAnnouncementPublisher, RecordWatch, make_producer
 from streams.cameras.agent import CameraFleet
 from streams.cameras.config import Look, parse_cameras
 from streams.cameras.looks import render
@@ -43,21 +41,12 @@ from trainer.registry import Lineage, Registry
 from trainer.report import read_weights
 from trainer.retrain import CycleResult, Retrainer, RetrainPolicy, fine_tune_settings
 from trainer.service import TrainerService
-from trainer.sources import labelled_examples
+from trainer.sources import ReplaySet
 from trainer.store import HardExampleStore
 
 NIGHT = Look(brightness=0.25, noise=12.0)
 LIVE_FRAMES = 80  # frames the live camera streams around the swap (10 fps, real time)
 AGENT_ID = "loop-agent"
-
-
-Replay = tuple[MotSequence, tuple[int, int], int]  # sequence, (first, last) frame, every k-th
-
-
-def student_replay(pets: MotSequence) -> Replay:
-    """The bundled student's own training frames (PETS09-S2L1's first half, `make student`), every
-    2nd, teacher-labelled: the replay set that keeps a cycle from forgetting them."""
-    return pets, (1, pets.length // 2), 2
 
 
 @dataclass(frozen=True)
@@ -134,31 +123,25 @@ def _wait(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
     raise TimeoutError(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
-class _Counter(threading.Thread):
+class _Counter:
     """Counts Detections and Alerts on the bus, as any subscriber would, and keeps the live camera's
     detections (seq -> model version)."""
 
     def __init__(self, bootstrap: str, topics: Topics, live_camera: str) -> None:
-        super().__init__(daemon=True, name="loop-counter")
-        tag = f"{os.getpid()}-{time.monotonic_ns()}"
-        self.detections = RecordSubscriber(bootstrap, topics, topics.detections, Detections, f"loop-detections-{tag}")
-        self.alerts = RecordSubscriber(bootstrap, topics, topics.alerts, Alert, f"loop-alerts-{tag}")
         self.live_camera = live_camera
-        self.counts = {"detections": 0, "alerts": 0}
         self.live: dict[int, str] = {}
-        self.stopping = threading.Event()
+        self.detections = RecordWatch(bootstrap, topics, topics.detections, Detections, on_record=self._detected)
+        self.alerts = RecordWatch(bootstrap, topics, topics.alerts, Alert)
 
-    def run(self) -> None:
-        while not self.stopping.is_set():
-            for d in self.detections.poll(0.2):
-                self.counts["detections"] += 1
-                if d.record.camera_id == self.live_camera:
-                    self.live[d.record.seq] = d.record.model_version
-            self.counts["alerts"] += len(self.alerts.poll(0.05))
+    def _detected(self, d: Detections, _now: float) -> None:
+        if d.camera_id == self.live_camera:
+            self.live[d.seq] = d.model_version
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {"detections": len(self.detections.records), "alerts": len(self.alerts.records)}
 
     def close(self) -> None:
-        self.stopping.set()
-        self.join(5)
         self.detections.close()
         self.alerts.close()
 
@@ -172,7 +155,7 @@ class ClosedLoop:
         cameras: list[SiteCamera],
         models_dir: Path,
         label_cache: Path,
-        replay: Replay | None = None,
+        replay: ReplaySet | None = None,
         updates: int = 300,
         workers: int = 2,
         every: int = 4,
@@ -204,40 +187,26 @@ class ClosedLoop:
     def adapted(self) -> list[SiteCamera]:
         return [c for c in self.cameras if c.adapt]
 
-    def _start_agent(self, cameras_yaml: Path) -> subprocess.Popen[bytes]:
-        command = [
-            sys.executable,
-            "-m",
-            "deploy.cli",
-            "detect",
-            "--model",
+    def _start_agent(self, cameras_yaml: Path) -> AgentProcess:
+        agent = AgentProcess(
             "student",
-            "--bootstrap",
             self.bootstrap,
-            "--redis",
-            self.redis_url,
-            "--topic-prefix",
-            self.topics.prefix,
-            "--threads",
-            "1",
-            "--agent-id",
+            self.topics,
+            self.work,
             AGENT_ID,
-            "--backend",
-            "ort",
-            "--cameras",
-            str(cameras_yaml),
-            "--public-key",
-            str(self.work / "keys" / PUBLIC_NAME),
-        ]
-        log = open(self.work / "agent.log", "wb")  # noqa: SIM115 - the agent's lifetime
-        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PEDSTREAM_HOME": str(self.work)})
+            threads=1,
+            backend="ort",
+            cameras=cameras_yaml,
+            redis_url=self.redis_url,
+            public_key=self.work / "keys" / PUBLIC_NAME,
+        )
+        return agent.start()
 
     def _replay_examples(self) -> list[Example]:
         if self.replay is None:
             return []
-        sequence, frames, every = self.replay
-        self.say(f"replay set: teacher labels of {sequence.name} frames {frames[0]}-{frames[1]} (every {every})")
-        return labelled_examples(sequence, frames, "teacher", self.models_dir, self.label_cache, every)
+        self.say(f"replay set: {self.replay.describe()}")
+        return self.replay.examples(self.models_dir, self.label_cache)
 
     def run(self) -> LoopOutcome:
         started = time.monotonic()
@@ -267,8 +236,7 @@ class ClosedLoop:
             progress=self.say,
         )
         service = TrainerService(self.bootstrap, self.topics, registry.client, store, retrainer, auto=False)
-        counter = _Counter(self.bootstrap, self.topics, "live")
-        counter.start()  # its consumers join their groups while the agent starts
+        counter = _Counter(self.bootstrap, self.topics, "live")  # its consumers join their groups while the agent starts
         try:
             self.say(f"detector agent starting; registry current {start_version}")
             _wait(lambda: registry.agents().get(AGENT_ID, {}).get("serving") == start_version, 180, "the agent to serve the start model")
@@ -328,12 +296,7 @@ class ClosedLoop:
         finally:
             counter.close()
             service.subscriber.close()
-            if agent.poll() is None:
-                agent.terminate()
-                try:
-                    agent.wait(15)
-                except subprocess.TimeoutExpired:
-                    agent.kill()
+            agent.stop()
 
     def _resigned_copy(self, registry: Registry, start_bytes: bytes, start_version: str) -> str:
         """A candidate that failed the gate is not served; the swap is still measured, with the start

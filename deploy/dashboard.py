@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -205,7 +206,7 @@ class Dashboard:
         self.topics = topics
         group = f"pedstream-dashboard-{uuid.uuid4().hex[:8]}"
         offset = "earliest" if from_start else "latest"
-        self.subscribers = [
+        self.subscribers: list[tuple[RecordSubscriber[Any], Callable[[Any], None]]] = [
             (RecordSubscriber(bootstrap, topics, topics.frames, Frame, f"{group}-frames", auto_offset_reset=offset), self.view.on_frame),
             (
                 RecordSubscriber(bootstrap, topics, topics.detections, Detections, f"{group}-detections", auto_offset_reset=offset),
@@ -224,7 +225,8 @@ class Dashboard:
     @property
     def address(self) -> str:
         host, port = self.server.server_address[:2]
-        return f"http://{host}:{port}/"
+        host_text = host.decode() if isinstance(host, bytes) else str(host)
+        return f"http://{host_text}:{port}/"
 
     def _consume(self, subscriber: RecordSubscriber[Any], handle: Any) -> None:
         while not self.stopping.is_set():

@@ -15,7 +15,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -321,7 +321,7 @@ def endpoints_or_temporary_stack(
     bootstrap: str | None,
     redis_url: str | None,
     topics: Topics,
-    announce=print,  # type: ignore[no-untyped-def]
+    announce: Callable[[str], None] = print,
 ) -> Iterator[Endpoints]:
     """The endpoints a command should use; when no broker was named and none answers, a temporary stack.
 

@@ -12,7 +12,6 @@ import asyncio
 import logging
 import os
 import time
-import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +30,7 @@ from detectors.pipeline import DetectionPipeline, WorkItem
 from detectors.results import BoxArray
 from detectors.tiling import merge_in_frame
 from detectors.tracker import IouTracker
-from streams.bus import DLQ_OFFSET, DLQ_PARTITION, DLQ_REASON, DLQ_TOPIC, DLQ_TS
+from streams.bus import dead_letter_headers
 from streams.cameras.config import CameraConfig, DetectSettings
 from streams.errors import RecordError
 from streams.kafka_settings import MAX_MESSAGE_BYTES
@@ -107,6 +106,10 @@ class FrameRef:
 MERGE_TIMEOUT_S = 10.0
 
 
+def _ignore(_value: object) -> None:
+    """Drop a return value (the pipeline's callback returns nothing)."""
+
+
 class DetectorAgent:
     """Owns the faust app, the detection pipeline and the per-camera state of one agent process."""
 
@@ -138,16 +141,15 @@ class DetectorAgent:
             producer_acks=-1,
         )
         t = settings.topics
-        raw = {"key_serializer": "raw", "value_serializer": "raw"}
-        self.frames_topic = self.app.topic(t.frames.name, **raw)
+        self.frames_topic = self._raw_topic(t.frames.name)
         outputs = (t.detections, t.alerts, t.hard_examples, t.dead_letter, t.tiles, t.tile_detections)
-        self.out = {spec.name: self.app.topic(spec.name, **raw) for spec in outputs}
+        self.out = {spec.name: self._raw_topic(spec.name) for spec in outputs}
         self.merging: dict[tuple[str, int, float], list[TileDetections]] = {}
         self.results: asyncio.Queue[WorkItem] | None = None
         self.pipeline: DetectionPipeline | None = None
         self.app.agent(self.frames_topic, name="detect")(self._consume)
-        self.app.agent(self.app.topic(t.tiles.name, **raw), name="detect-tiles")(self._consume_tiles)
-        self.app.agent(self.app.topic(t.tile_detections.name, **raw), name="merge-tiles")(self._merge_tiles)
+        self.app.agent(self._raw_topic(t.tiles.name), name="detect-tiles")(self._consume_tiles)
+        self.app.agent(self._raw_topic(t.tile_detections.name), name="merge-tiles")(self._merge_tiles)
         self.app.task(self._publish_results)
         self.app.timer(30.0)(self._report)
         self.updater: ModelUpdater | None = None
@@ -157,6 +159,10 @@ class DetectorAgent:
             reader = ModelReader(connect_redis(settings.redis_url), keys, Verifier.load(settings.public_key))
             self.updater = ModelUpdater(reader, self.swap_detector, settings.agent_id, detector.version, settings.serve_backend)
             self.watcher = ModelWatcher(settings.redis_url, keys, self.updater.on_announcement)
+
+    def _raw_topic(self, name: str) -> faust.TopicT:
+        """A topic of raw bytes: pedstream's wire format (streams.wire) is decoded by the agent itself."""
+        return self.app.topic(name, key_serializer="raw", value_serializer="raw")
 
     def swap_detector(self, detector: Detector) -> None:
         """Serve ``detector`` from the next batch on (called from the model loader thread)."""
@@ -175,16 +181,16 @@ class DetectorAgent:
             results = self.results
             self.pipeline = DetectionPipeline(
                 self.detector,
-                lambda item: loop.call_soon_threadsafe(results.put_nowait, item),
+                lambda item: _ignore(loop.call_soon_threadsafe(results.put_nowait, item)),
                 max_batch=self.settings.max_batch,
                 max_wait_ms=self.settings.max_wait_ms,
             )
         return self.pipeline
 
-    async def _consume(self, stream: faust.StreamT) -> None:
+    async def _consume(self, stream: faust.StreamT[Any]) -> None:
         pipeline = self._ensure_pipeline()
         loop = asyncio.get_running_loop()
-        async for event in stream.noack().events():
+        async for event in stream.noack().events():  # type: ignore[attr-defined]
             item = self._admit(event)
             await loop.run_in_executor(None, pipeline.submit, item)
 
@@ -207,11 +213,11 @@ class DetectorAgent:
             self.seen.popitem(last=False)
         return WorkItem(token=pending, camera_id=frame.camera_id, jpeg=frame.jpeg, tiling=state.tiling)
 
-    async def _consume_tiles(self, stream: faust.StreamT) -> None:
+    async def _consume_tiles(self, stream: faust.StreamT[Any]) -> None:
         """Tiles fanned out by any agent of the group: detect like frames, answer with TileDetections."""
         pipeline = self._ensure_pipeline()
         loop = asyncio.get_running_loop()
-        async for event in stream.noack().events():
+        async for event in stream.noack().events():  # type: ignore[attr-defined]
             try:
                 task = decode(TileTask, event.value, list(event.message.headers or []))
             except RecordError as exc:
@@ -222,7 +228,7 @@ class DetectorAgent:
                 item = WorkItem(token=Pending(event, task, time.time(), "tile"), camera_id=task.camera_id, jpeg=task.jpeg)
             await loop.run_in_executor(None, pipeline.submit, item)
 
-    async def _merge_tiles(self, stream: faust.StreamT) -> None:
+    async def _merge_tiles(self, stream: faust.StreamT[Any]) -> None:
         """Tile results of this agent's cameras (keyed by camera): merged across seams once all arrived.
 
         Tile results are acknowledged on arrival; a frame whose tiles were in flight when this agent
@@ -305,13 +311,7 @@ class DetectorAgent:
 
     async def _dead_letter(self, event: Any, reason: str) -> None:
         message = event.message
-        headers = list(message.headers or []) + [
-            (DLQ_REASON, reason.encode()),
-            (DLQ_TOPIC, message.topic.encode()),
-            (DLQ_PARTITION, str(message.partition).encode()),
-            (DLQ_OFFSET, str(message.offset).encode()),
-            (DLQ_TS, f"{time.time():.3f}".encode()),
-        ]
+        headers = dead_letter_headers(message.headers, reason, message.topic, message.partition, message.offset)
         await self.out[self.settings.topics.dead_letter.name].send(key=message.key, value=message.value, headers=headers)
         self.counters["dead_letters"] += 1
         DEAD_LETTERS.labels(message.topic).inc()
@@ -447,12 +447,3 @@ class DetectorAgent:
                 self.updater.close()
             if self.pipeline is not None:
                 self.pipeline.stop(timeout=5)
-
-
-def boxes_of(record: Detections) -> BoxArray:
-    """Detections record boxes as a BoxArray (for consumers and tests)."""
-    return BoxArray.from_boxes(record.boxes)
-
-
-def new_agent_id() -> str:
-    return f"detector-{uuid.uuid4().hex[:6]}"

@@ -7,7 +7,8 @@ import numpy as np
 
 def box_area(xyxy: np.ndarray) -> np.ndarray:
     """Areas of (N, 4) boxes; degenerate boxes have area 0."""
-    return np.clip(xyxy[:, 2] - xyxy[:, 0], 0, None) * np.clip(xyxy[:, 3] - xyxy[:, 1], 0, None)
+    area: np.ndarray = np.clip(xyxy[:, 2] - xyxy[:, 0], 0, None) * np.clip(xyxy[:, 3] - xyxy[:, 1], 0, None)
+    return area
 
 
 def box_iou(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
@@ -23,7 +24,8 @@ def box_iou(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
     bottom_right = np.minimum(boxes_a[:, None, 2:], boxes_b[None, :, 2:])
     inter = np.prod(np.clip(bottom_right - top_left, 0, None), axis=2)
     union = box_area(boxes_a)[:, None] + box_area(boxes_b)[None, :] - inter
-    return (inter / np.maximum(union, 1e-9)).astype(np.float32)
+    iou: np.ndarray = (inter / np.maximum(union, 1e-9)).astype(np.float32)
+    return iou
 
 
 def nms(xyxy: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:

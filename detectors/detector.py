@@ -40,7 +40,7 @@ def with_version(model_bytes: bytes, version: str) -> bytes:
     for prop in proto.metadata_props:
         if prop.key == VERSION_METADATA_KEY:
             prop.value = version
-    return proto.SerializeToString()
+    return bytes(proto.SerializeToString())
 
 
 BUNDLED_MODELS = Path(__file__).parent / "models"

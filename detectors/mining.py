@@ -6,6 +6,7 @@ import random
 from dataclasses import dataclass
 
 from detectors.results import BoxArray
+from streams.records import HardExampleReason
 
 
 @dataclass(frozen=True)
@@ -34,14 +35,14 @@ class HardExampleMiner:
         self.mined = 0
         self.skipped_budget = 0
 
-    def reasons(self, boxes: BoxArray, lost_tracks: int, brightness: float | None = None) -> list[str]:
+    def reasons(self, boxes: BoxArray, lost_tracks: int, brightness: float | None = None) -> list[HardExampleReason]:
         """Why this frame is hard (possibly several reasons), before the budget is applied.
 
         ``lost_tracks`` is how many confirmed tracks the detector just failed to find again: the
         detection count flickers against what the tracker expects.
         """
         p = self.policy
-        reasons = []
+        reasons: list[HardExampleReason] = []
         uncertain = (boxes.scores >= p.threshold - p.band) & (boxes.scores < p.threshold + p.band)
         if int(uncertain.sum()) >= p.min_uncertain:
             reasons.append("uncertain")
@@ -53,7 +54,7 @@ class HardExampleMiner:
             reasons.append("random")
         return reasons
 
-    def decide(self, boxes: BoxArray, lost_tracks: int, ts: float, brightness: float | None = None) -> list[str]:
+    def decide(self, boxes: BoxArray, lost_tracks: int, ts: float, brightness: float | None = None) -> list[HardExampleReason]:
         """The reasons to publish this frame as a hard example, or [] (not hard, or over budget)."""
         if self._last_ts is not None:
             self._tokens = min(max(1.0, self.policy.per_minute), self._tokens + (ts - self._last_ts) * self.policy.per_minute / 60.0)

@@ -73,4 +73,6 @@ class BoxArray:
     def from_boxes(cls, boxes: list[Box]) -> BoxArray:
         if not boxes:
             return cls.empty()
-        return cls.of([[b.x1, b.y1, b.x2, b.y2] for b in boxes], [b.score for b in boxes], [b.class_id for b in boxes])
+        return cls.of(
+            np.array([[b.x1, b.y1, b.x2, b.y2] for b in boxes]), np.array([b.score for b in boxes]), np.array([b.class_id for b in boxes])
+        )

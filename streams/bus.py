@@ -7,7 +7,9 @@ topic with its reason, its original bytes and headers, and the subscriber goes o
 from __future__ import annotations
 
 import logging
+import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -131,6 +133,17 @@ class DeadLetter:
         )
 
 
+def dead_letter_headers(headers: Headers | None, reason: str, source_topic: str, partition: int, offset: int) -> Headers:
+    """The original headers plus why and where from: what every dead-letter entry carries."""
+    return list(headers or []) + [
+        (DLQ_REASON, reason.encode()),
+        (DLQ_TOPIC, source_topic.encode()),
+        (DLQ_PARTITION, str(partition).encode()),
+        (DLQ_OFFSET, str(offset).encode()),
+        (DLQ_TS, f"{time.time():.3f}".encode()),
+    ]
+
+
 class DeadLetterPublisher:
     """Sends a rejected message, unchanged, to the dead-letter topic with why and where it came from."""
 
@@ -148,13 +161,7 @@ class DeadLetterPublisher:
         value: bytes | None,
         headers: Headers | None,
     ) -> None:
-        dlq_headers = list(headers or []) + [
-            (DLQ_REASON, reason.encode()),
-            (DLQ_TOPIC, source_topic.encode()),
-            (DLQ_PARTITION, str(partition).encode()),
-            (DLQ_OFFSET, str(offset).encode()),
-            (DLQ_TS, f"{time.time():.3f}".encode()),
-        ]
+        dlq_headers = dead_letter_headers(headers, reason, source_topic, partition, offset)
         self.producer.send(self.topic, key=key, value=value, headers=dlq_headers)
         DEAD_LETTERS.labels(source_topic).inc()
         log.warning("dead-lettered %s[%d]@%d: %s", source_topic, partition, offset, reason)
@@ -222,6 +229,47 @@ class RecordSubscriber(Generic[R]):
         self.consumer.close()
         if self._own_producer:
             self.dead_letters.producer.close(timeout=5)
+
+
+class RecordWatch(Generic[R]):
+    """Reads one topic in a background thread, in a consumer group of its own, and keeps every record
+    that arrives with its arrival time: how benchmarks, the closed loop and tests watch results
+    (detections, alerts) flow while they drive the system. ``on_record`` is called in that thread."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topics: Topics,
+        topic: TopicSpec,
+        record_type: type[R],
+        group_id: str | None = None,
+        on_record: Callable[[R, float], None] | None = None,
+    ) -> None:
+        group = group_id or f"watch-{topic.name}-{uuid.uuid4().hex[:8]}"
+        self.subscriber = RecordSubscriber(bootstrap, topics, topic, record_type, group)
+        self.records: list[R] = []
+        self.arrived: list[float] = []  # time.time() when each record was read
+        self.on_record = on_record
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name=f"watch-{topic.name}")
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for item in self.subscriber.poll(0.2):
+                now = time.time()
+                self.records.append(item.record)
+                self.arrived.append(now)
+                if self.on_record is not None:
+                    self.on_record(item.record, now)
+
+    def snapshot(self) -> list[R]:
+        return list(self.records)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self.subscriber.close()
 
 
 def read_dead_letters(bootstrap: str, topics: Topics, group_id: str | None = None, timeout_s: float = 5.0) -> list[DeadLetter]:

@@ -69,17 +69,38 @@ class ModelKeys:
 
 
 def connect_redis(url: str) -> redis.Redis:
+    """A client whose replies are raw bytes (no ``decode_responses``): model bytes are binary."""
     return redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=10)
+
+
+def get_bytes(client: redis.Redis, key: str) -> bytes | None:
+    """``GET key`` as bytes, or None when the key is missing."""
+    return as_bytes(client.get(key))
+
+
+def list_bytes(reply: object) -> list[bytes]:
+    """A multi-value reply (``LRANGE``, ``ZRANGE``) as a list of bytes."""
+    if not isinstance(reply, list):
+        raise TypeError(f"expected a list reply from Redis, got {type(reply).__name__}")
+    return [b for b in (as_bytes(v) for v in reply) if b is not None]
+
+
+def as_bytes(reply: object) -> bytes | None:
+    if reply is None or isinstance(reply, bytes):
+        return reply
+    if isinstance(reply, str):  # a client made with decode_responses=True
+        return reply.encode()
+    raise TypeError(f"expected a bytes reply from Redis, got {type(reply).__name__}")
 
 
 def read_announcement(client: redis.Redis, keys: ModelKeys, version: str | None = None) -> ModelAnnouncement | None:
     """The announcement of ``version``, or of the current version when None (None if there is none)."""
     if version is None:
-        raw_version = client.get(keys.current)
+        raw_version = get_bytes(client, keys.current)
         if not raw_version:
             return None
         version = raw_version.decode()
-    raw = client.get(keys.version(version))
+    raw = get_bytes(client, keys.version(version))
     if raw is None:
         return None
     return ModelAnnouncement.model_validate_json(json.dumps(json.loads(raw)["announcement"]))
@@ -103,7 +124,7 @@ class ModelReader:
         """The model's bytes, verified against the announcement's sha256 and signature."""
         from streams.signing import VerificationError
 
-        data = self.client.get(announcement.registry_key)
+        data = get_bytes(self.client, announcement.registry_key)
         if data is None:
             raise VerificationError(f"model {announcement.version}: no bytes at {announcement.registry_key}")
         self.verifier.verify(data, announcement.sha256, announcement.signature)
@@ -140,7 +161,7 @@ class ModelWatcher:
         backoff = 0.2
         while not self._stop.is_set():
             client = connect_redis(self.url)
-            pubsub = client.pubsub(ignore_subscribe_messages=True)
+            pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
             try:
                 pubsub.subscribe(self.keys.channel)
                 current = read_announcement(client, self.keys)  # after subscribing: nothing published in between is missed

@@ -13,9 +13,28 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from streams.errors import SourceError
+from streams.errors import PedstreamError, SourceError
 
 VIDEO_SUFFIXES = (".avi", ".mp4", ".mkv", ".mov", ".webm", ".mpg", ".mpeg")
+
+
+def parse_frame_range(text: str | None, length: int, flag: str = "--frames") -> tuple[int, int]:
+    """``'A:B'`` (1-based, inclusive; ``A:`` and ``:B`` leave that end open) -> ``(A, B)`` within a
+    sequence of ``length`` frames; ``None`` or ``''`` -> the whole sequence."""
+    if not text:
+        return 1, length
+    first, sep, last = text.partition(":")
+    try:
+        if not sep:
+            raise ValueError
+        start, stop = int(first or 1), int(last or length)
+    except ValueError:
+        raise PedstreamError(f"{flag} {text!r}: use A:B (1-based, inclusive), A: or :B, e.g. 1:397") from None
+    if not 1 <= start <= stop:
+        raise PedstreamError(f"{flag} {text!r}: need 1 <= A <= B")
+    if start > length:
+        raise PedstreamError(f"{flag} {text!r}: the sequence has only {length} frames")
+    return start, min(stop, length)
 
 
 @dataclass(frozen=True)

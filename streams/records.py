@@ -11,13 +11,17 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Literal[1] = 1
 """The one schema version this build writes and reads."""
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 
 CameraId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
 """1-64 characters of letters, digits, dot, dash and underscore, starting with a letter or digit."""
+
+AlertKind = Literal["count", "dwell"]
+HardExampleReason = Literal["uncertain", "flicker", "dark", "random"]
+CameraState = Literal["starting", "running", "retrying", "finished", "stopped"]
 
 Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 NonNegativeInt = Annotated[int, Field(ge=0)]
@@ -113,7 +117,7 @@ class Alert(CameraRecord):
     record_name: ClassVar[str] = "Alert"
     alert_id: str = Field(min_length=1)
     rule: str = Field(min_length=1)
-    kind: Literal["count", "dwell"]
+    kind: AlertKind
     zone: str | None = None
     seq: NonNegativeInt
     capture_ts: Timestamp
@@ -130,7 +134,7 @@ class HardExample(_ImageFields):
     source_frame_index: NonNegativeInt
     model_version: str = Field(min_length=1)
     detections: list[Box]
-    reasons: list[Literal["uncertain", "flicker", "dark", "random"]] = Field(min_length=1)
+    reasons: list[HardExampleReason] = Field(min_length=1)
     mined_ts: Timestamp
 
 
@@ -192,7 +196,7 @@ class CameraStatus(CameraRecord):
     """A camera ingestion agent's report on one camera: running, retrying after a failure, finished."""
 
     record_name: ClassVar[str] = "CameraStatus"
-    state: Literal["starting", "running", "retrying", "finished", "stopped"]
+    state: CameraState
     reason: str | None = None
     attempt: NonNegativeInt = 0
     retry_in_s: Annotated[float, Field(ge=0)] | None = None

@@ -58,3 +58,11 @@ def shared_models(shared_data: Path) -> Path:
     if not (path / "ssdlite_pedestrian.onnx").is_file():
         pytest.fail(f"shared models not found at {path}; set PEDSTREAM_MODELS")
     return path
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test under tests/integration/ carries the integration marker (so `-m "not integration"`
+    really runs only the tests that start nothing)."""
+    unmarked = [item.nodeid for item in items if "/integration/" in item.nodeid and item.get_closest_marker("integration") is None]
+    if unmarked:
+        raise pytest.UsageError(f"integration tests without the integration marker: {unmarked[:5]}")

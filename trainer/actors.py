@@ -27,7 +27,8 @@ def save_examples(examples: list[Example], path: Path) -> None:
 
 
 def load_examples(path: Path) -> list[Example]:
-    return pickle.loads(path.read_bytes())
+    examples: list[Example] = pickle.loads(path.read_bytes())
+    return examples
 
 
 def split_into_shards(weights: Weights, shards: int) -> list[list[str]]:
@@ -52,7 +53,7 @@ class ParameterShard:
         self.path = Path(checkpoint_dir) / f"ps-shard-{index}.ckpt" if checkpoint_dir else None
         if self.path is not None and self.path.is_file():
             self.server = ParameterServer.restore(self.path, policy)
-            self.restored_from = self.server.version
+            self.restored_from: int | None = self.server.version
         else:
             self.server = ParameterServer(dict(weights), policy)
             self.restored_from = None

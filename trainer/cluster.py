@@ -10,6 +10,7 @@ on the machine): the head we start is stopped by signalling the process group we
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import socket
@@ -211,7 +212,7 @@ def connect(address: str, timeout_s: float = 60.0) -> None:
             )
     else:
         pin_loopback_environment()
-    ray.init(address=address, logging_level="WARNING", log_to_driver=False)
+    ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
 
 
 def sockets_off_loopback(pids: list[int]) -> list[str]:

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import ray
@@ -154,7 +155,7 @@ class TrainingJob:
         torch.manual_seed(settings.seed)
         self.initial = init_weights if init_weights is not None else model_weights(Student(config))
         self.param_names = {n for n, _ in Student(config).named_parameters()}
-        self.trainers: list = []
+        self.trainers: list[Any] = []
         self.restarts = 0
         self.model_version = model_version or time.strftime("student-%Y%m%d-%H%M%S")
         self._scratch = tempfile.TemporaryDirectory(prefix="pedstream-train-")
@@ -168,7 +169,9 @@ class TrainingJob:
         if self.checkpoint_dir:
             self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         self.shards = [
-            ParameterShard.remote(i, {n: self.initial[n] for n in names}, self.settings.policy, ckpt)
+            ParameterShard.remote(  # type: ignore[attr-defined]  # ray.remote adds .remote
+                i, {n: self.initial[n] for n in names}, self.settings.policy, ckpt
+            )
             for i, names in enumerate(self.shard_names)
         ]
 
@@ -182,7 +185,7 @@ class TrainingJob:
         path = self.work_dir / f"examples-{index}-of-{total}.pkl"
         save_examples(self._data_shard(index, total), path)
         self.trainers.append(
-            Trainer.remote(
+            Trainer.remote(  # type: ignore[attr-defined]  # ray.remote adds .remote
                 str(path),
                 self.config,
                 self.settings.batch_size,
@@ -323,10 +326,11 @@ class TrainingJob:
         if self.on_update:
             self.on_update(self, self.updates)
 
-    def _get(self, ref: ray.ObjectRef) -> tuple | None:
+    def _get(self, ref: ray.ObjectRef[Any]) -> tuple[Any, ...] | None:
         """A trainer's reply, or None when its actor died (Ray restarts it; the caller resubmits)."""
         try:
-            return ray.get(ref, timeout=self.settings.timeout_s)
+            reply: tuple[Any, ...] = ray.get(ref, timeout=self.settings.timeout_s)
+            return reply
         except (RayActorError, ActorUnavailableError):
             self.restarts += 1
             return None

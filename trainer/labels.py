@@ -69,7 +69,8 @@ def normalize_exposure(image_bgr: np.ndarray) -> np.ndarray:
     if mean >= DARK_MEAN:
         return image_bgr
     gained = np.clip(image_bgr.astype(np.float32) * (TARGET_MEAN / max(mean, 1.0)), 0, 255).astype(np.uint8)
-    return cv2.GaussianBlur(gained, (5, 5), 0)
+    smoothed: np.ndarray = cv2.GaussianBlur(gained, (5, 5), 0)
+    return smoothed
 
 
 class TeacherLabeler:

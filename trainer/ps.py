@@ -165,8 +165,9 @@ class GradientWorker:
             [self.examples[i] for i in picks], self.model.config.input_width, self.model.config.input_height, self.augment, self.rng
         )
         self.model.zero_grad()
-        loss = detection_loss(*self.model(images), targets)
-        loss.backward()
+        heatmap, regression = self.model(images)
+        loss = detection_loss(heatmap, regression, targets)
+        loss.backward()  # type: ignore[no-untyped-call]
         grads = {n: p.grad.detach().numpy().copy() for n, p in self.model.named_parameters() if p.grad is not None}
         buffers = {n: b.detach().numpy().copy() for n, b in self.model.named_buffers()}
         return grads, buffers, float(loss.item()), version

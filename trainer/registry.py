@@ -21,7 +21,7 @@ import redis
 from detectors.adapters.registry import FORMAT_METADATA_KEY
 from detectors.detector import VERSION_METADATA_KEY, onnx_metadata
 from streams.errors import PedstreamError
-from streams.model_channel import ModelKeys, read_announcement
+from streams.model_channel import ModelKeys, get_bytes, list_bytes, read_announcement
 from streams.records import ModelAnnouncement
 from streams.signing import Signer, sha256_hex
 
@@ -85,7 +85,7 @@ class Registry:
         pipe.set(self.keys.version(version), json.dumps(entry))
         if weights is not None:
             buffer = io.BytesIO()
-            np.savez_compressed(buffer, **weights)
+            np.savez_compressed(buffer, **weights)  # type: ignore[arg-type]  # numpy's stub types **kwds wrongly
             pipe.set(self._weights_key(version), buffer.getvalue())
         pipe.zadd(self.keys.versions, {version: announcement.published_ts})
         pipe.execute()
@@ -121,7 +121,7 @@ class Registry:
 
     def rollback(self) -> ModelAnnouncement:
         """Make the version that was current before this one current again."""
-        history = [v.decode() for v in self.client.lrange(self.keys.history, 0, -1)]
+        history = [v.decode() for v in list_bytes(self.client.lrange(self.keys.history, 0, -1))]
         if len(history) < 2:
             raise PedstreamError("nothing to roll back to: fewer than two versions have been current")
         previous = history[-2]
@@ -137,32 +137,33 @@ class Registry:
         return self.keys.version(version) + ":weights"  # trainer-side only: edge agents never read it
 
     def weights(self, version: str) -> dict[str, np.ndarray] | None:
-        raw = self.client.get(self._weights_key(version))
+        raw = get_bytes(self.client, self._weights_key(version))
         if raw is None:
             return None
         with np.load(io.BytesIO(raw)) as data:
             return {k: data[k] for k in data.files}
 
     def onnx(self, version: str) -> bytes:
-        raw = self.client.get(self.keys.onnx(version))
+        raw = get_bytes(self.client, self.keys.onnx(version))
         if raw is None:
             raise PedstreamError(f"no ONNX bytes for version {version!r}")
         return raw
 
     def entry(self, version: str) -> dict[str, Any]:
-        raw = self.client.get(self.keys.version(version))
+        raw = get_bytes(self.client, self.keys.version(version))
         if raw is None:
             raise PedstreamError(f"no version {version!r} in the registry")
-        return json.loads(raw)
+        entry: dict[str, Any] = json.loads(raw)
+        return entry
 
     def current_version(self) -> str | None:
-        raw = self.client.get(self.keys.current)
+        raw = get_bytes(self.client, self.keys.current)
         return raw.decode() if raw else None
 
     def versions(self) -> list[dict[str, Any]]:
         current = self.current_version()
         out = []
-        for raw in self.client.zrange(self.keys.versions, 0, -1):
+        for raw in list_bytes(self.client.zrange(self.keys.versions, 0, -1)):
             version = raw.decode()
             entry = self.entry(version)
             a = entry["announcement"]
@@ -183,4 +184,6 @@ class Registry:
         return out
 
     def agents(self) -> dict[str, dict[str, Any]]:
-        return {k.decode(): json.loads(v) for k, v in self.client.hgetall(self.keys.agents).items()}
+        reply = self.client.hgetall(self.keys.agents)
+        assert isinstance(reply, dict)
+        return {(k.decode() if isinstance(k, bytes) else str(k)): json.loads(v) for k, v in reply.items()}

@@ -4,6 +4,7 @@ loss and held-out AP curves (drawn with OpenCV, no plotting library needed)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
@@ -14,7 +15,9 @@ from trainer.job import JobResult
 WIDTH, HEIGHT, MARGIN = 900, 360, 50
 
 
-def _panel(points: list[tuple[float, float]], title: str, colour: tuple[int, int, int], y_range: tuple[float, float] | None) -> np.ndarray:
+def _panel(
+    points: Sequence[tuple[float, float]], title: str, colour: tuple[int, int, int], y_range: tuple[float, float] | None
+) -> np.ndarray:
     image = np.full((HEIGHT, WIDTH // 2, 3), 255, np.uint8)
     w, h = image.shape[1] - 2 * MARGIN, HEIGHT - 2 * MARGIN
     cv2.putText(image, title, (MARGIN, 30), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 1, cv2.LINE_AA)
@@ -65,7 +68,7 @@ def write_outputs(result: JobResult, out_dir: Path, model_name: str = "student.o
         paths["model"].write_bytes(result.model_onnx)
     else:
         paths.pop("model")
-    np.savez_compressed(paths["weights"], **result.weights)
+    np.savez_compressed(paths["weights"], **result.weights)  # type: ignore[arg-type]  # numpy's stub types **kwds wrongly
     paths["metrics"].write_text(json.dumps(result.metrics(), indent=2))
     paths["curves"].write_bytes(curves_png(result))
     return {k: str(v) for k, v in paths.items()}

@@ -11,7 +11,7 @@ edge model's own detections on its mined frames, scored against the teacher's la
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -123,8 +123,8 @@ class Retrainer:
             return None
         found = [
             BoxArray.of(
-                [[d["x1"], d["y1"], d["x2"], d["y2"]] for d in e.detections] or np.zeros((0, 4)),
-                [d["score"] for d in e.detections] or np.zeros(0),
+                np.array([[d["x1"], d["y1"], d["x2"], d["y2"]] for d in e.detections]).reshape(-1, 4),
+                np.array([d["score"] for d in e.detections]).reshape(-1),
             )
             for e in recent
         ]
@@ -171,7 +171,7 @@ class Retrainer:
         rng = np.random.default_rng(len(new))
         take = max(int(round(len(fresh) * self.policy.replay_per_new)), self.policy.min_replay) if replay_pool else 0
         # a replay pool smaller than the share it must hold is drawn with repetition, so new data never outweighs it
-        picks = rng.choice(len(replay_pool), size=take, replace=take > len(replay_pool)) if take else []
+        picks: Sequence[int] | np.ndarray = rng.choice(len(replay_pool), size=take, replace=take > len(replay_pool)) if take else []
         replay = [replay_pool[i] for i in picks]
         version = time.strftime("student-%Y%m%d-%H%M%S")
         self.say(f"training {version} from {current}: {len(fresh)} new + {len(replay)} replay examples")
@@ -220,7 +220,7 @@ class Retrainer:
         scored_targets = [cam for cam in targets if cam in gains]
         if not scored_targets:
             return False, "no held-out frames yet for the cameras that triggered retraining"
-        worst = min(gains, key=gains.get)
+        worst = min(gains, key=lambda camera: gains[camera])
         if gains[worst] < -self.policy.max_loss:
             return False, f"loses {-gains[worst]:.3f} AP50 on {worst} (allowed {self.policy.max_loss})"
         short = [cam for cam in scored_targets if gains[cam] < self.policy.gate_margin]

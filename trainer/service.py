@@ -19,7 +19,7 @@ from typing import Any
 import redis
 
 from streams.bus import RecordSubscriber
-from streams.model_channel import ModelKeys
+from streams.model_channel import ModelKeys, as_bytes, get_bytes
 from streams.records import HardExample
 from streams.topics import Topics
 from trainer import metrics
@@ -54,9 +54,10 @@ def request_retrain(client: redis.Redis, keys: RetrainKeys, camera: str | None, 
 def wait_for_result(client: redis.Redis, keys: RetrainKeys, request_id: str, timeout_s: float) -> dict[str, Any] | None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        raw = client.get(keys.result(request_id))
+        raw = get_bytes(client, keys.result(request_id))
         if raw:
-            return json.loads(raw)
+            result: dict[str, Any] = json.loads(raw)
+            return result
         time.sleep(0.5)
     return None
 
@@ -129,7 +130,7 @@ class TrainerService:
         try:
             while not self.stopping.is_set():
                 self.collect()
-                raw = self.client.lpop(self.keys.requests)
+                raw = as_bytes(self.client.lpop(self.keys.requests))
                 if raw:
                     request = json.loads(raw)
                     cameras = [request["camera"]] if request.get("camera") else None

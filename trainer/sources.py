@@ -1,35 +1,30 @@
 """Where a job's examples come from: frames of a MOT-style sequence labelled by the teacher or the
-oracle (labels cached on disk), and held-out frames with their ground truth for scoring."""
+oracle (labels cached on disk), held-out frames with their ground truth for scoring, the split
+between the two, and the replay set that keeps a retraining cycle from forgetting."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from streams.errors import PedstreamError
-from streams.mot import MotSequence
+from streams.mot import MotSequence, parse_frame_range
 from trainer.data import Example, LabelCache, label_frames, shrink
 from trainer.job import HeldOut
 from trainer.labels import ORACLE_SOURCE, TEACHER_SOURCE, Labels, OracleLabeler, TeacherLabeler
 
 LABELERS = ("teacher", "oracle")
 STORAGE_WIDTH = 576  # examples are kept at this width (1.5x the student's input) to save memory
+LABEL_CACHE_ENV = "PEDSTREAM_LABEL_CACHE"
 
 
-def parse_frames(text: str | None, length: int) -> tuple[int, int]:
-    """'A:B' (1-based, inclusive) -> (A, B); None -> the whole sequence."""
-    if not text:
-        return 1, length
-    try:
-        a, b = text.split(":")
-        start, stop = int(a or 1), int(b or length)
-    except ValueError:
-        raise PedstreamError(f"frames {text!r}: use A:B, 1-based and inclusive, e.g. 1:397") from None
-    if not 1 <= start <= stop:
-        raise PedstreamError(f"frames {text!r}: need 1 <= A <= B")
-    return start, min(stop, length)
+def default_label_cache() -> Path:
+    """Where teacher labels are cached per frame: ``$PEDSTREAM_LABEL_CACHE`` or ``~/.cache/pedstream/labels``."""
+    return Path(os.environ.get(LABEL_CACHE_ENV) or Path.home() / ".cache" / "pedstream" / "labels")
 
 
 def labelled_examples(
@@ -79,3 +74,54 @@ def held_out_frames(sequence: MotSequence, frames: tuple[int, int], every: int =
         images.append(image)
         truths.append(sequence.gt(n))
     return HeldOut(images, truths, f"{sequence.name} frames {start}-{stop} every {every}")
+
+
+def training_split(
+    sequence: MotSequence,
+    frames_text: str | None,
+    every: int,
+    labeler: str,
+    models_dir: Path | None,
+    cache_dir: Path | None,
+    held_sequence: MotSequence | None = None,
+    held_frames_text: str | None = None,
+    held_every: int = 1,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[list[Example], HeldOut]:
+    """The labelled training examples and the held-out frames of one job. Held-out frames come from
+    ``held_sequence`` (default: the training sequence) and must not overlap the training frames of
+    the same sequence: held-out AP is measured only on frames never trained on."""
+    frames = parse_frame_range(frames_text, sequence.length, "--frames")
+    held = held_sequence or sequence
+    held_range = parse_frame_range(held_frames_text, held.length, "--holdout-frames")
+    if held.root.resolve() == sequence.root.resolve() and not (held_range[0] > frames[1] or held_range[1] < frames[0]):
+        raise PedstreamError(
+            f"--holdout-frames {held_range[0]}:{held_range[1]} overlap the training frames "
+            f"{frames[0]}:{frames[1]}: held-out AP must be measured on frames not trained on"
+        )
+    examples = labelled_examples(sequence, frames, labeler, models_dir, cache_dir, every, progress)
+    return examples, held_out_frames(held, held_range, held_every)
+
+
+@dataclass(frozen=True)
+class ReplaySet:
+    """Teacher-labelled frames of a sequence the served model was trained on. They join every
+    retraining cycle's replay pool (with the store's earlier hard examples) so a cycle for one camera
+    does not make the model forget what it knew."""
+
+    sequence: MotSequence
+    frames: tuple[int, int]
+    every: int = 2
+
+    @classmethod
+    def of(cls, sequence: MotSequence, frames_text: str | None = None, every: int = 2) -> ReplaySet:
+        """``frames_text`` of ``sequence``; by default its first half, which for PETS09-S2L1 is the
+        bundled student's own training frames (``make student``)."""
+        frames = parse_frame_range(frames_text, sequence.length, "--replay-frames") if frames_text else (1, sequence.length // 2)
+        return cls(sequence, frames, every)
+
+    def describe(self) -> str:
+        return f"teacher labels of {self.sequence.name} frames {self.frames[0]}-{self.frames[1]} (every {self.every})"
+
+    def examples(self, models_dir: Path, cache_dir: Path | None) -> list[Example]:
+        return labelled_examples(self.sequence, self.frames, "teacher", models_dir, cache_dir, self.every)

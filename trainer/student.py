@@ -65,7 +65,9 @@ class Student(nn.Module):
         self.smooth = _separable(n, n, 1)
         self.heatmap = nn.Sequential(_separable(n, n, 1), nn.Conv2d(n, 1, 1))
         self.regression = nn.Sequential(_separable(n, n, 1), nn.Conv2d(n, 4, 1))
-        nn.init.constant_(self.heatmap[-1].bias, -2.19)  # prior 0.1 for a centre: stable focal-loss start
+        heatmap_out = self.heatmap[-1]
+        assert isinstance(heatmap_out, nn.Conv2d) and heatmap_out.bias is not None
+        nn.init.constant_(heatmap_out.bias, -2.19)  # prior 0.1 for a centre: stable focal-loss start
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x4 = self.stage4(self.stem(images))
@@ -110,8 +112,8 @@ def export_onnx(model: Student, version: str, extra_metadata: dict[str, str] | N
     buffer = io.BytesIO()
     torch.onnx.export(
         model,
-        dummy,
-        buffer,
+        (dummy,),
+        buffer,  # type: ignore[arg-type]  # a file-like object works and is documented
         input_names=[INPUT_NAME],
         output_names=[OUTPUT_HEATMAP, OUTPUT_REGRESSION],
         dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_HEATMAP: {0: "batch"}, OUTPUT_REGRESSION: {0: "batch"}},
@@ -131,4 +133,4 @@ def export_onnx(model: Student, version: str, extra_metadata: dict[str, str] | N
         **(extra_metadata or {}),
     }
     onnx.helper.set_model_props(proto, metadata)
-    return proto.SerializeToString()
+    return bytes(proto.SerializeToString())

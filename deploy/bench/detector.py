@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -54,14 +55,14 @@ def run(
         rounds += 1
         if progress and rounds % 10 == 0:
             progress(f"{rounds} rounds")
-    results = []
-    for (kind, batch), ms in samples.items():
+    results: list[dict[str, Any]] = []
+    for (kind, batch_size), ms in samples.items():
         arr = np.array(ms)
         results.append(
             {
                 "backend": kind,
-                "batch": batch,
-                "fps": round(batch * 1000.0 / float(np.median(arr)), 2),
+                "batch": batch_size,
+                "fps": round(batch_size * 1000.0 / float(np.median(arr)), 2),
                 "p50_ms": round(float(np.percentile(arr, 50)), 2),
                 "p99_ms": round(float(np.percentile(arr, 99)), 2),
                 "runs": len(ms),

@@ -11,10 +11,11 @@ from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
-from deploy.closed_loop import NIGHT, ClosedLoop, SiteCamera, student_replay
+from deploy.closed_loop import NIGHT, ClosedLoop, SiteCamera
 from streams.cameras.config import Look
 from streams.mot import MotSequence
 from streams.topics import Topics
+from trainer.sources import ReplaySet
 
 DRIFTS = {"night": NIGHT, "none": Look()}
 
@@ -50,7 +51,7 @@ def run(
         cameras,
         models_dir,
         label_cache,
-        student_replay(pets),
+        ReplaySet.of(pets),
         updates=updates,
         every=every,
         progress=progress,

@@ -3,11 +3,6 @@ plus the pipeline's own throughput against the bare backend on the same cores.""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,10 +10,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from deploy.agent_process import AgentProcess
 from deploy.bench.ingest import virtual_fleet
+from deploy.stack import free_loopback_port
 from detectors.detector import Detector
 from detectors.pipeline import DetectionPipeline, WorkItem
-from streams.bus import RecordSubscriber, make_producer
+from streams.bus import RecordWatch, make_producer
 from streams.cameras.agent import CameraFleet
 from streams.mot import MotSequence
 from streams.records import Detections, Frame
@@ -53,28 +50,21 @@ def efficiency(detector: Detector, sequence_dir: Path, seconds: float, max_batch
 
 
 class DetectionsCollector:
-    """Consumes the detections topic and records (camera, seq) -> arrival time minus capture time."""
+    """Watches the detections topic: (camera, seq) -> arrival time minus capture time, in ms."""
 
     def __init__(self, bootstrap: str, topics: Topics) -> None:
-        self.sub = RecordSubscriber(bootstrap, topics, topics.detections, Detections, f"bench-{os.getpid()}-{time.time_ns()}")
         self.latency_ms: dict[tuple[str, int], float] = {}
-        self.records: list[Detections] = []
-        self._stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
+        self.watch = RecordWatch(bootstrap, topics, topics.detections, Detections, on_record=self._arrived)
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            for item in self.sub.poll(0.2):
-                now = time.time()
-                d = item.record
-                self.records.append(d)
-                self.latency_ms.setdefault((d.camera_id, d.seq), (now - d.capture_ts) * 1000.0)
+    def _arrived(self, d: Detections, now: float) -> None:
+        self.latency_ms.setdefault((d.camera_id, d.seq), (now - d.capture_ts) * 1000.0)
+
+    @property
+    def records(self) -> list[Detections]:
+        return self.watch.records
 
     def stop(self) -> None:
-        self._stop.set()
-        self.thread.join(10)
-        self.sub.close()
+        self.watch.close()
 
 
 def _wait_for_agent(bootstrap: str, topics: Topics, collector: DetectionsCollector, timeout_s: float = 90) -> None:
@@ -111,39 +101,20 @@ def run(
     batch: int,
     home: Path,
     progress: Callable[[str], None] = print,
+    backend: str = "auto",
 ) -> dict[str, object]:
     detector = Detector.from_bytes(model.read_bytes(), name=model.stem, threads=threads)
     progress("measuring pipeline vs bare backend (no Kafka load)")
     eff = efficiency(detector, sequence_dir, min(10.0, seconds / 2), batch)
-    progress(f"starting a detector agent ({detector.version}, ort)")
-    log_path = home / "bench-agent.log"
-    with open(log_path, "wb") as log:
-        agent = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "deploy.cli",
-                "detect",
-                "--model",
-                str(model),
-                "--bootstrap",
-                bootstrap,
-                "--topic-prefix",
-                topics.prefix,
-                "--threads",
-                str(threads),
-                "--batch",
-                str(batch),
-                "--agent-id",
-                "bench-agent",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PEDSTREAM_HOME": str(home)},
-        )
+    progress(f"starting a detector agent ({detector.version}, backend {backend})")
+    agent = AgentProcess(
+        model, bootstrap, topics, home, "bench-agent", threads=threads, batch=batch, backend=backend, metrics_port=free_loopback_port()
+    ).start()
     collector = DetectionsCollector(bootstrap, topics)
+    served = {"version": detector.version, "backend": "unknown"}
     try:
         _wait_for_agent(bootstrap, topics, collector)
+        served = agent.served_model()
         fleet = CameraFleet(virtual_fleet(source, cameras, fps), bootstrap, topics)
         progress(f"{cameras} cameras x {fps} fps for {seconds:.0f}s")
         fleet.start()
@@ -158,19 +129,15 @@ def run(
             time.sleep(0.2)
     finally:
         collector.stop()
-        agent.send_signal(signal.SIGTERM)
-        try:
-            agent.wait(15)
-        except subprocess.TimeoutExpired:
-            agent.kill()
+        agent.stop()
     window = [v for k, v in collector.latency_ms.items() if k in published]
     in_window = [d for d in collector.records if (d.camera_id, d.seq) in published]
     stages = sorted({k for d in in_window for k in d.latency_ms})
     stage_p50 = {k: round(float(np.median([d.latency_ms[k] for d in in_window if k in d.latency_ms])), 1) for k in stages}
     lat = np.array(window) if window else np.array([np.nan])
     return {
-        "model": detector.version,
-        "backend": "ort",
+        "model": served["version"],
+        "backend": served["backend"],  # what the agent reported serving (its model_info metric)
         "cameras": cameras,
         "seconds": seconds,
         "offered_fps": round(cameras * fps, 2),

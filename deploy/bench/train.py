@@ -66,8 +66,9 @@ def run(
     scaling = {}
     for mode in modes:
         lo, hi = min(workers), max(workers)
-        if lo != hi and ups(mode, lo) and ups(mode, hi):
-            scaling[mode] = round(ups(mode, hi) / ups(mode, lo), 3)
+        low, high = ups(mode, lo), ups(mode, hi)
+        if lo != hi and low and high:
+            scaling[mode] = round(high / low, 3)
     return {
         "runs": runs,
         "scaling": {f"{m}_{min(workers)}_to_{max(workers)}": v for m, v in scaling.items()},

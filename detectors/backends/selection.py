@@ -59,7 +59,8 @@ def make_tvm(model_bytes: bytes, cache_dir: Path | None = None, tuning_dir: Path
         tvm_backend = importlib.import_module("detectors.backends.tvm")
     except ImportError as exc:
         raise BackendError(f"TVM is not installed ({exc})") from None
-    return tvm_backend.TvmBackend(model_bytes, cache_dir=cache_dir, tuning_dir=tuning_dir)
+    backend: Backend = tvm_backend.TvmBackend(model_bytes, cache_dir=cache_dir, tuning_dir=tuning_dir)
+    return backend
 
 
 def choose_backend(

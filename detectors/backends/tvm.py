@@ -168,7 +168,9 @@ class TvmBackend(Backend):
     ) -> list[TensorSpec]:
         """Output shapes by running the compiled model once on zeros (ONNX files often leave them unknown)."""
         vm = relax.VirtualMachine(executable, tvm.cpu())
-        args = [tvm.runtime.tensor(np.zeros(s.shape, s.dtype)) for s in inputs] + [tvm.runtime.tensor(w) for w in weights]
+        args = [tvm.runtime.tensor(np.zeros(tuple(int(d or 1) for d in s.shape), s.dtype)) for s in inputs] + [
+            tvm.runtime.tensor(w) for w in weights
+        ]
         result = vm["main"](*args)
         values = [result] if isinstance(result, tvm.runtime.Tensor) else list(result)
         return [TensorSpec(spec.name, tuple(int(d) for d in value.shape), spec.dtype) for spec, value in zip(outputs, values, strict=False)]

@@ -22,7 +22,7 @@ from streams.cameras.config import CameraConfig
 from streams.cameras.looks import encode_jpeg, render
 from streams.cameras.sources import FrameSource, build_source
 from streams.errors import SourceError
-from streams.records import CameraStatus, Frame
+from streams.records import CameraState, CameraStatus, Frame
 from streams.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ class CameraStats:
     failed: int = 0  # the broker did not take it
     dropped: int = 0  # over the fps cap or behind the source
     bytes_published: int = 0
-    state: str = "starting"
+    state: CameraState = "starting"
     last_error: str | None = None
     attempts: int = 0
     latencies_ms: list[float] = field(default_factory=list, repr=False)
@@ -176,7 +176,7 @@ class CameraRunner:
         size = len(jpeg)
         self.frames.publish(frame, lambda err: self.stats.delivered(size, (time.perf_counter() - sent) * 1000.0, err))
 
-    def _report(self, state: str, reason: str | None = None, attempt: int = 0, retry_in_s: float | None = None) -> None:
+    def _report(self, state: CameraState, reason: str | None = None, attempt: int = 0, retry_in_s: float | None = None) -> None:
         self.stats.state = state
         status = CameraStatus(
             camera_id=self.config.id,

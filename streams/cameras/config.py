@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from streams.cameras.sources import probe_duration_s
 from streams.errors import ConfigError
-from streams.records import CameraId
+from streams.records import AlertKind, CameraId
 
 __all__ = [
     "AlertRule",
@@ -94,7 +94,7 @@ class AlertRule(_Strict):
         return self
 
     @property
-    def kind(self) -> str:
+    def kind(self) -> AlertKind:
         return "count" if self.count_at_least is not None else "dwell"
 
 

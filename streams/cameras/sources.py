@@ -185,9 +185,9 @@ def build_source(
             assert seq.video is not None
             return CaptureSource(str(seq.video), live=False, loop=loop, start_frame=first, fps_override=fps)
         return ImageFolderSource(path, loop, start_frame, fps_override)
-    fps = fps_override or seqinfo_fps(path) or _container_fps(path)
-    first = start_frame + int(round(start_s * (fps or 0)))
-    return CaptureSource(source, live=False, loop=loop, start_frame=first, fps_override=fps)
+    container_fps = fps_override or seqinfo_fps(path) or _container_fps(path)
+    first = start_frame + int(round(start_s * (container_fps or 0)))
+    return CaptureSource(source, live=False, loop=loop, start_frame=first, fps_override=container_fps)
 
 
 def _container_property(path: Path, prop: int) -> float:

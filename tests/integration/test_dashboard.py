@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 import cv2
 import pytest
 
+from deploy.stack import free_loopback_port
 from streams.bus import ensure_topics, make_producer
 from streams.records import Alert, Box, Detections, Frame
 from streams.topics import Topics
@@ -26,12 +26,6 @@ from streams.wire import encode
 pytestmark = pytest.mark.integration
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _publish_site(broker: str, topics: Topics, vtest: str) -> None:
@@ -93,25 +87,25 @@ def test_the_dashboard_page_shows_every_camera_in_a_real_browser(broker: str, vt
     topics = Topics(f"t{uuid.uuid4().hex[:8]}")
     ensure_topics(broker, topics.all())
     _publish_site(broker, topics, vtest)
-    port = _free_port()
-    log = open(tmp_path / "dashboard.log", "wb")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "deploy.cli",
-            "dashboard",
-            "--bootstrap",
-            broker,
-            "--topic-prefix",
-            topics.prefix,
-            "--port",
-            str(port),
-            "--from-start",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    port = free_loopback_port()
+    with open(tmp_path / "dashboard.log", "wb") as log:  # the child keeps its own descriptor
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "deploy.cli",
+                "dashboard",
+                "--bootstrap",
+                broker,
+                "--topic-prefix",
+                topics.prefix,
+                "--port",
+                str(port),
+                "--from-start",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     url = f"http://127.0.0.1:{port}/"
     try:
         deadline = time.monotonic() + 60

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
-import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -20,6 +17,8 @@ import yaml
 from kafka.partitioner.default import murmur2
 from prometheus_client.parser import text_string_to_metric_families
 
+from deploy.agent_process import AgentProcess
+from deploy.stack import free_loopback_port
 from detectors.boxes import box_iou
 from detectors.detector import Detector, read_model
 from detectors.evaluation import average_precision, evaluate_sequence
@@ -41,41 +40,12 @@ BUDGET_PER_MINUTE = 30.0
 
 def start_agent(
     model: Path, broker: str, topics: Topics, home: Path, agent_id: str, cameras: Path | None = None, metrics_port: int | None = None
-) -> subprocess.Popen[bytes]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "deploy.cli",
-        "detect",
-        "--model",
-        str(model),
-        "--bootstrap",
-        broker,
-        "--topic-prefix",
-        topics.prefix,
-        "--threads",
-        "1",
-        "--agent-id",
-        agent_id,
-        "--batch",
-        "4",
-    ]
-    if cameras:
-        cmd += ["--cameras", str(cameras)]
-    if metrics_port:
-        cmd += ["--metrics-port", str(metrics_port)]
-    log = open(home / f"{agent_id}.log", "wb")
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PEDSTREAM_HOME": str(home)})
+) -> AgentProcess:
+    return AgentProcess(model, broker, topics, home, agent_id, threads=1, batch=4, cameras=cameras, metrics_port=metrics_port).start()
 
 
-def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
-    if proc.poll() is None:
-        proc.send_signal(sig)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+def stop(agent: AgentProcess, sig: int = signal.SIGTERM) -> None:
+    agent.stop(sig)
 
 
 def collect(broker: str, topics: Topics, spec, record_type, until, timeout_s: float, quiet_s: float = 3.0) -> list:  # type: ignore[no-untyped-def]
@@ -130,9 +100,7 @@ def one_agent_run(broker: str, shared_models: Path, vtest: str, tmp_path_factory
         )
     )
     model = shared_models / "ssdlite_pedestrian.onnx"
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        metrics_port = sock.getsockname()[1]
+    metrics_port = free_loopback_port()
     agent = start_agent(model, broker, topics, home, "agent-a", cameras, metrics_port)
     try:
         publish_frames(broker, topics, {"id": "pets", "source": vtest, "max_frames": FRAMES, "max_width": 768, "jpeg_quality": 90})

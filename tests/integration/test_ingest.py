@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from kafka import KafkaProducer
 
+from deploy.stack import free_loopback_port
 from streams.bus import RecordSubscriber, ensure_topics, make_producer, read_dead_letters
 from streams.cameras.agent import CameraFleet
 from streams.cameras.config import parse_cameras
@@ -75,9 +76,7 @@ def test_dead_rtsp_and_corrupt_video_are_reported_and_retried_while_others_publi
 ) -> None:
     corrupt = tmp_path / "corrupt.avi"
     corrupt.write_bytes(b"RIFF\x00\x00\x00\x00AVI " + np.random.default_rng(1).bytes(50_000))
-    with __import__("socket").socket() as s:  # a loopback port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        dead_port = s.getsockname()[1]
+    dead_port = free_loopback_port()  # a loopback port nobody listens on
     cameras = parse_cameras(
         {
             "defaults": {"retry": {"initial_s": 0.3, "max_s": 1.0}},

@@ -4,11 +4,8 @@ restores the previous version, and a Redis restart mid-stream does not stop dete
 
 from __future__ import annotations
 
-import os
 import shutil
-import socket
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -18,8 +15,10 @@ from pathlib import Path
 import pytest
 import redis
 
+from deploy.agent_process import AgentProcess
+from deploy.stack import free_loopback_port
 from detectors.detector import BUNDLED_MODELS, onnx_metadata, with_version
-from streams.bus import RecordSubscriber, ensure_topics
+from streams.bus import RecordWatch, ensure_topics
 from streams.model_channel import ModelKeys, ModelReader, connect_redis
 from streams.records import Detections
 from streams.signing import PRIVATE_NAME, PUBLIC_NAME, Signer, VerificationError, Verifier, init_keys
@@ -73,36 +72,17 @@ def test_publish_promote_rollback_and_verification(registry: Registry, keys: Pat
 
 
 def _start_agent(
-    model: Path, broker: str, topics: Topics, redis_url: str, public_key: Path, home: Path, agent_id: str, group: str | None = None
-) -> subprocess.Popen[bytes]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "deploy.cli",
-        "detect",
-        "--model",
-        str(model),
-        "--bootstrap",
-        broker,
-        "--redis",
-        redis_url,
-        "--topic-prefix",
-        topics.prefix,
-        "--threads",
-        "1",
-        "--agent-id",
-        agent_id,
-        "--batch",
-        "2",
-        "--backend",
-        "ort",
-        "--public-key",
-        str(public_key),
-        *(["--group", group] if group else []),
-    ]
-    home.mkdir(parents=True, exist_ok=True)
-    log = open(home / f"{agent_id}.log", "wb")
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PEDSTREAM_HOME": str(home)})
+    model: Path,
+    broker: str,
+    topics: Topics,
+    redis_url: str,
+    public_key: Path,
+    home: Path,
+    agent_id: str,
+    group: str | None = None,
+) -> AgentProcess:
+    agent = AgentProcess(model, broker, topics, home, agent_id, threads=1, batch=2, group=group, redis_url=redis_url, public_key=public_key)
+    return agent.start()
 
 
 def _wait_for(condition, timeout_s: float, what: str) -> None:  # type: ignore[no-untyped-def]
@@ -118,27 +98,14 @@ def _serving(registry: Registry, agent_id: str) -> str | None:
     return registry.agents().get(agent_id, {}).get("serving")
 
 
-class DetectionsWatch:
-    """Reads the detections topic from the start in a thread, so a test can wait on what arrived."""
+class DetectionsWatch(RecordWatch[Detections]):
+    """The detections topic read from the start in a thread, so a test can wait on what arrived."""
 
     def __init__(self, broker: str, topics: Topics) -> None:
-        self.subscriber = RecordSubscriber(broker, topics, topics.detections, Detections, f"watch-{uuid.uuid4().hex[:6]}")
-        self.records: list[Detections] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.records.extend(d.record for d in self.subscriber.poll(0.3))
+        super().__init__(broker, topics, topics.detections, Detections)
 
     def versions(self) -> set[str]:
-        return {d.model_version for d in list(self.records)}
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(10)
-        self.subscriber.close()
+        return {d.model_version for d in self.snapshot()}
 
 
 def test_agent_hot_swaps_refuses_tampered_and_rolls_back_without_losing_frames(
@@ -204,15 +171,9 @@ def test_agent_hot_swaps_refuses_tampered_and_rolls_back_without_losing_frames(
     assert set(versions[:switch]) == {"s-first"}  # every frame names the model that made it
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs the redis-server binary")
 def test_redis_restart_mid_stream_does_not_stop_detection(broker: str, keys: Path, shared_models: Path, vtest: str, tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_loopback_port()
     url = f"redis://127.0.0.1:{port}"
 
     def start_redis() -> subprocess.Popen[bytes]:

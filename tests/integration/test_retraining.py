@@ -63,7 +63,7 @@ def hard_examples(sequence: MotSequence, camera: str, frames: range) -> list[Har
     return out
 
 
-def test_service_stores_hard_examples_and_runs_a_requested_cycle(
+def test_service_stores_hard_examples_ships_a_passing_candidate_and_keeps_a_failing_one_out(
     ray_cluster: LocalRayCluster,
     broker: str,
     redis_url: str,
@@ -71,6 +71,9 @@ def test_service_stores_hard_examples_and_runs_a_requested_cycle(
     shared_models: Path,
     tmp_path: Path,
 ) -> None:
+    """Two requested cycles through the service: the first under a gate any candidate passes (it must
+    be published and made current), the second under a gate no candidate can pass (+1.0 AP50): it must
+    be stored as rejected with the gate's reason while the first stays current."""
     topics = Topics(f"t{uuid.uuid4().hex[:8]}")
     ensure_topics(broker, topics.all())
     init_keys(tmp_path / "keys")
@@ -81,44 +84,56 @@ def test_service_stores_hard_examples_and_runs_a_requested_cycle(
     registry.publish(export_onnx(student, "s-0"), Lineage(notes="untrained start"), weights=model_weights(student))
 
     store = HardExampleStore(tmp_path / "store")
-    policy = RetrainPolicy(
-        min_new_examples=1000, gate_margin=0.01, max_loss=0.02, job=JobSettings(updates=12, workers=2, batch_size=4, eval_every=0, warmup=2)
-    )
-    retrainer = Retrainer(store, registry, TeacherLabeler(shared_models).label, LabelCache(tmp_path / "labels"), policy, SMALL)
+    job = JobSettings(updates=12, workers=2, batch_size=4, eval_every=0, warmup=2)
+    lenient = RetrainPolicy(min_new_examples=1000, gate_margin=-1.0, max_loss=1.0, job=job)
+    retrainer = Retrainer(store, registry, TeacherLabeler(shared_models).label, LabelCache(tmp_path / "labels"), lenient, SMALL)
     service = TrainerService(broker, topics, client, store, retrainer, auto=False, check_every_s=1.0)
     thread = threading.Thread(target=service.run, daemon=True)
     thread.start()
-    try:
-        publisher = HardExamplePublisher(make_producer(broker), topics.hard_examples)
-        pets = MotSequence.load(shared_data / "PETS09-S2L1")
-        records = hard_examples(pets, "pets", range(1, 121, 3))
-        for record in records + records[:5]:  # five duplicates
+    keys = RetrainKeys(registry.keys)
+    pets = MotSequence.load(shared_data / "PETS09-S2L1")
+    publisher = HardExamplePublisher(make_producer(broker), topics.hard_examples)
+
+    def deliver(records: list[HardExample], expected_total: int) -> None:
+        for record in records:
             publisher.publish(record)
         publisher.flush(30)
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and store.counts().get("pets", {}).get("total", 0) < len(records):
+        while time.monotonic() < deadline and store.counts().get("pets", {}).get("total", 0) < expected_total:
             time.sleep(0.5)
+
+    try:
+        first_batch = hard_examples(pets, "pets", range(1, 121, 3))
+        deliver(first_batch + first_batch[:5], len(first_batch))  # five duplicates
         counts = store.counts()["pets"]
-        assert counts["total"] == len(records) and counts["held_out"] > 0
-        keys = RetrainKeys(registry.keys)
-        request_id = request_retrain(client, keys, "pets", 5)
-        result = wait_for_result(client, keys, request_id, 300)
-        entry = registry.entry(result["version"]) if result and "version" in result else None
-        current = registry.current_version()
+        assert counts["total"] == len(first_batch) and counts["held_out"] > 0
+        shipped = wait_for_result(client, keys, request_retrain(client, keys, "pets", 5), 300)
+        assert shipped is not None and "error" not in shipped, shipped
+        current_after_first = registry.current_version()
+        shipped_entry = registry.entry(shipped["version"])
+
+        retrainer.policy = RetrainPolicy(min_new_examples=1000, gate_margin=1.0, max_loss=1.0, job=job)  # a gate nothing passes
+        second_batch = hard_examples(pets, "pets", range(200, 320, 3))
+        deliver(second_batch, len(first_batch) + len(second_batch))
+        rejected = wait_for_result(client, keys, request_retrain(client, keys, "pets", 5), 300)
+        assert rejected is not None and "error" not in rejected, rejected
+        rejected_entry = registry.entry(rejected["version"])
+        current_after_second = registry.current_version()
     finally:
         service.stop()
         thread.join(60)
         client.delete(*client.keys(f"{registry.keys.prefix}:*"))
-    assert result is not None and "error" not in result, result
-    assert result["cameras"] == ["pets"] and result["new_examples"] == counts["new"]
-    assert set(result["per_camera"]["pets"]) == {"current", "candidate", "frames"}
-    assert result["train"]["updates"] == 12
-    assert store.counts()["pets"]["new"] == 0 and store.counts()["pets"]["used"] == counts["new"]
-    assert entry is not None and entry["lineage"]["parent"] == "s-0" and entry["lineage"]["data"]["new"] == counts["new"]
-    if result["shipped"]:
-        assert current == result["version"] and entry["state"] == "published"
-    else:
-        assert current == "s-0" and entry["state"] == "rejected" and entry["reason"] == result["reason"]
+    # the first cycle trained on every new example, scored the camera and shipped
+    assert shipped["shipped"] is True and shipped["cameras"] == ["pets"] and shipped["new_examples"] == counts["new"]
+    assert set(shipped["per_camera"]["pets"]) == {"current", "candidate", "frames"} and shipped["train"]["updates"] == 12
+    assert current_after_first == shipped["version"] and shipped_entry["state"] == "published"
+    assert shipped_entry["lineage"]["parent"] == "s-0" and shipped_entry["lineage"]["data"]["new"] == counts["new"]
+    # the second was trained from the shipped version, failed the gate, and is stored but never current
+    assert rejected["shipped"] is False and "gains less than 1.0 AP50 on pets" in rejected["reason"]
+    assert rejected_entry["state"] == "rejected" and rejected_entry["reason"] == rejected["reason"]
+    assert rejected_entry["lineage"]["parent"] == shipped["version"]
+    assert current_after_second == shipped["version"]
+    assert store.counts()["pets"]["new"] == 0
 
 
 def test_triggers_fire_on_many_new_examples_or_low_agreement(

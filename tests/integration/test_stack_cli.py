@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +11,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from deploy.stack import pid_alive
+from deploy.stack import free_loopback_port, pid_alive
 from streams.topics import Topics
 
 pytestmark = pytest.mark.integration
@@ -29,9 +28,7 @@ def pedstream(*args: str, env: dict[str, str] | None = None, timeout: float = 12
 
 
 def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_loopback_port()  # free: nobody listens on it
 
 
 def test_stack_starts_its_own_redis_when_none_answers(tmp_path: Path) -> None:

@@ -22,8 +22,26 @@ from trainer.job import JobSettings, TrainingJob
 from trainer.sources import held_out_frames, labelled_examples
 from trainer.student import StudentConfig
 
+pytestmark = pytest.mark.integration  # a real Ray head (and, for `pedstream train`, real processes)
+
 SMALL = StudentConfig(input_width=256, input_height=192)
 PORTS = RayPorts(47700)
+PEDSTREAM = [sys.executable, "-m", "deploy.cli"]
+# 20 oracle-labelled frames, 12 updates, held-out every 10th of 400-440: a job of seconds
+SMALL_JOB = [
+    "--labels",
+    "oracle",
+    "--frames",
+    "1:60",
+    "--every",
+    "3",
+    "--holdout-frames",
+    "400:440",
+    "--holdout-every",
+    "10",
+    "--updates",
+    "12",
+]
 
 
 @pytest.fixture(scope="module")
@@ -122,22 +140,9 @@ def test_pedstream_train_writes_model_metrics_and_curves(shared_data: Path, tmp_
     out = tmp_path / "run"
     env = {**os.environ, "PEDSTREAM_DATA": str(shared_data), "PEDSTREAM_LABEL_CACHE": str(tmp_path / "labels")}
     command = [
-        sys.executable,
-        "-m",
-        "deploy.cli",
+        *PEDSTREAM,
         "train",
-        "--labels",
-        "oracle",
-        "--frames",
-        "1:60",
-        "--every",
-        "3",
-        "--holdout-frames",
-        "400:440",
-        "--holdout-every",
-        "10",
-        "--updates",
-        "12",
+        *SMALL_JOB,
         "--eval-every",
         "6",
         "--workers",
@@ -182,23 +187,10 @@ def test_held_out_frames_may_not_overlap_training_frames(shared_data: Path) -> N
 def test_bench_train_compares_modes_workers_and_allocations(shared_data: Path, tmp_path: Path) -> None:
     env = {**os.environ, "PEDSTREAM_DATA": str(shared_data)}
     command = [
-        sys.executable,
-        "-m",
-        "deploy.cli",
+        *PEDSTREAM,
         "bench",
         "train",
-        "--labels",
-        "oracle",
-        "--frames",
-        "1:60",
-        "--every",
-        "3",
-        "--holdout-frames",
-        "400:440",
-        "--holdout-every",
-        "10",
-        "--updates",
-        "12",
+        *SMALL_JOB,
         "--batch-size",
         "4",
         "--input-size",

@@ -3,11 +3,11 @@ endpoint served on loopback."""
 
 from __future__ import annotations
 
-import socket
 import urllib.request
 
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 
+from deploy.stack import free_loopback_port
 from detectors import metrics as detector_metrics
 from streams.metrics import CameraCollector, RateMeter, serve_metrics
 from trainer import metrics as trainer_metrics
@@ -67,9 +67,7 @@ def test_trainer_metrics_follow_gradients_and_the_store() -> None:
 
 
 def test_the_endpoint_serves_on_loopback() -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_loopback_port()
     assert serve_metrics(port) == port and serve_metrics(None) is None
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         text = response.read().decode()

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from deploy.commands.common import Flags, data_dir, models_dir
 from streams.errors import PedstreamError
 
 STORE_ENV = "PEDSTREAM_STORE"
@@ -22,9 +23,9 @@ def _keys(args: argparse.Namespace) -> Any:
     return RetrainKeys(ModelKeys.for_topics(args.topic_prefix))
 
 
-def cmd_trainer(args: argparse.Namespace, models_dir: Path) -> int:
-    from deploy.registry_cmds import _registry
-    from deploy.training import default_label_cache
+def cmd_trainer(args: argparse.Namespace) -> int:
+    teachers = models_dir(args.data)
+    from deploy.commands.registry import _registry
     from streams.endpoints import resolve
     from streams.metrics import serve_metrics
     from streams.model_channel import connect_redis
@@ -34,13 +35,14 @@ def cmd_trainer(args: argparse.Namespace, models_dir: Path) -> int:
     from trainer.labels import TeacherLabeler
     from trainer.retrain import Retrainer, RetrainPolicy, fine_tune_settings
     from trainer.service import TrainerService
+    from trainer.sources import default_label_cache
     from trainer.store import HardExampleStore
 
     endpoints = resolve(args.bootstrap, args.redis)
     store_dir = Path(args.store or os.environ.get(STORE_ENV) or Path.home() / ".pedstream" / "hard-examples").expanduser()
     store = HardExampleStore(store_dir)
     registry = _registry(args, need_signer=True)
-    teacher = TeacherLabeler(models_dir)
+    teacher = TeacherLabeler(teachers)
     policy = RetrainPolicy(
         min_new_examples=args.min_examples,
         min_agreement=args.min_agreement,
@@ -55,7 +57,7 @@ def cmd_trainer(args: argparse.Namespace, models_dir: Path) -> int:
         teacher.label,
         LabelCache(default_label_cache()),
         policy,
-        base_examples=_replay_set(args, models_dir, say),
+        base_examples=_replay_set(args, teachers, say),
         progress=say,
     )
     with ray_session(args.ray_address, RayPorts(args.ray_port), num_cpus=max(os.cpu_count() or 1, args.workers)):
@@ -83,30 +85,27 @@ def cmd_trainer(args: argparse.Namespace, models_dir: Path) -> int:
     return 0
 
 
-def _replay_set(args: argparse.Namespace, models_dir: Path, say: Any) -> list[Any]:
-    """--replay-sequence: teacher-labelled frames of a sequence the current model was trained on, kept
-    in every cycle's replay pool (with the store's earlier hard examples) so retraining does not forget."""
+def _replay_set(args: argparse.Namespace, teachers: Path, say: Any) -> list[Any]:
+    """--replay-sequence: its teacher-labelled frames join every cycle's replay pool (trainer.sources.ReplaySet)."""
     if not args.replay_sequence:
         return []
-    from deploy.training import default_label_cache
     from streams.mot import MotSequence
-    from trainer.sources import labelled_examples, parse_frames
+    from trainer.sources import ReplaySet, default_label_cache
 
-    sequence = MotSequence.load(Path(args.replay_sequence))
-    frames = parse_frames(args.replay_frames, sequence.length) if args.replay_frames else (1, sequence.length // 2)
-    say(f"replay set: teacher labels of {sequence.name} frames {frames[0]}-{frames[1]} (every {args.replay_every})")
-    return labelled_examples(sequence, frames, "teacher", models_dir, default_label_cache(), args.replay_every)
+    replay = ReplaySet.of(MotSequence.load(Path(args.replay_sequence)), args.replay_frames, args.replay_every)
+    say(f"replay set: {replay.describe()}")
+    return replay.examples(teachers, default_label_cache())
 
 
 def cmd_retrain(args: argparse.Namespace) -> int:
     from streams.endpoints import resolve
-    from streams.model_channel import connect_redis
+    from streams.model_channel import connect_redis, get_bytes
     from trainer.service import request_retrain, wait_for_result
 
     client = connect_redis(resolve(getattr(args, "bootstrap", None), args.redis).redis_url)
     keys = _keys(args)
     if args.action == "status":
-        raw = client.get(keys.status)
+        raw = get_bytes(client, keys.status)
         if raw is None:
             raise PedstreamError("no trainer service has reported: start one with `pedstream trainer`")
         status = json.loads(raw)
@@ -142,10 +141,10 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     return 0 if result.get("shipped") else 1
 
 
-def add_parsers(
-    sub: Any, conn: argparse.ArgumentParser, data_flag: Any, metrics: argparse.ArgumentParser
-) -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
-    p = sub.add_parser("trainer", parents=[conn, metrics], help="the continual-training service: hard examples -> retraining -> registry")
+def register(sub: Any, flags: Flags) -> None:
+    p = sub.add_parser(
+        "trainer", parents=[flags.conn, flags.metrics], help="the continual-training service: hard examples -> retraining -> registry"
+    )
     p.add_argument("--store", help=f"hard-example store folder (default ${STORE_ENV} or ~/.pedstream/hard-examples)")
     p.add_argument("--keys", help="key pair folder (default $PEDSTREAM_KEYS or ~/.pedstream/keys)")
     p.add_argument("--no-auto", action="store_true", help="retrain only when asked (pedstream retrain)")
@@ -165,10 +164,10 @@ def add_parsers(
     p.add_argument("--replay-every", type=int, default=2, help="every K-th of those frames")
     p.add_argument("--ray-address")
     p.add_argument("--ray-port", type=int, default=47300)
-    data_flag(p)
-    trainer_parser = p
+    flags.data(p)
+    p.set_defaults(func=cmd_trainer)
 
-    p = sub.add_parser("retrain", parents=[conn], help="ask the trainer service for a retraining cycle, or show its status")
+    p = sub.add_parser("retrain", parents=[flags.conn], help="ask the trainer service for a retraining cycle, or show its status")
     p.add_argument("action", nargs="?", choices=["status"], help="status: counts, triggers and recent cycles")
     p.add_argument("--camera", help="retrain for this camera's new hard examples only")
     p.add_argument("--min-examples", type=int, help="refuse to train on fewer new examples than this")
@@ -176,40 +175,42 @@ def add_parsers(
     p.add_argument("--timeout", type=float, default=1800.0)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_retrain)
-    return trainer_parser, p
 
 
-def cmd_bench_loop(args: argparse.Namespace, data_dir: Path, models_dir: Path) -> int:
+def cmd_bench_loop(args: argparse.Namespace) -> int:
+    data, teachers = data_dir(args.data), models_dir(args.data)
     from deploy.bench import loop as bench_loop
     from deploy.stack import endpoints_or_temporary_stack
-    from deploy.training import default_label_cache
     from streams.topics import Topics
     from trainer.cluster import RayPorts, ray_session
+    from trainer.sources import default_label_cache
 
     topics = Topics(args.topic_prefix or f"loop{os.getpid()}")
-    sequence = Path(args.sequence) if args.sequence else data_dir / "PETS09-S2L1"
+    sequence = Path(args.sequence) if args.sequence else data / "PETS09-S2L1"
     say = lambda m: print(f"[bench loop] {m}", file=sys.stderr, flush=True)  # noqa: E731
-    with endpoints_or_temporary_stack(args.bootstrap, args.redis, topics, announce=say) as endpoints:
-        with ray_session(args.ray_address, RayPorts(args.ray_port)):
-            result = bench_loop.run(
-                endpoints.bootstrap,
-                endpoints.redis_url,
-                topics,
-                sequence,
-                data_dir,
-                models_dir,
-                args.drift,
-                default_label_cache(),
-                updates=args.updates,
-                every=args.every,
-                progress=say,
-            )
+    with (
+        endpoints_or_temporary_stack(args.bootstrap, args.redis, topics, announce=say) as endpoints,
+        ray_session(args.ray_address, RayPorts(args.ray_port)),
+    ):
+        result = bench_loop.run(
+            endpoints.bootstrap,
+            endpoints.redis_url,
+            topics,
+            sequence,
+            data,
+            teachers,
+            args.drift,
+            default_label_cache(),
+            updates=args.updates,
+            every=args.every,
+            progress=say,
+        )
     print(json.dumps(result, indent=2))
     return 0
 
 
-def add_bench_loop_parser(bench_sub: Any, conn: argparse.ArgumentParser, data_flag: Any) -> argparse.ArgumentParser:
-    b = bench_sub.add_parser("loop", parents=[conn], help="one turn of the closed loop: swap time, dropped frames, AP before/after")
+def register_bench(bench_sub: Any, flags: Flags) -> None:
+    b = bench_sub.add_parser("loop", parents=[flags.conn], help="one turn of the closed loop: swap time, dropped frames, AP before/after")
     b.add_argument("--sequence", help="MOT-style folder standing for the camera to adapt (default PETS09-S2L1)")
     b.add_argument("--drift", choices=("night", "none"), default="night", help="make the adapted camera night-dark and noisy")
     b.add_argument("--updates", type=int, default=300, help="parameter-server updates of the retraining cycle")
@@ -217,5 +218,5 @@ def add_bench_loop_parser(bench_sub: Any, conn: argparse.ArgumentParser, data_fl
     b.add_argument("--json", action="store_true", help="print JSON (the only output format)")
     b.add_argument("--ray-address")
     b.add_argument("--ray-port", type=int, default=47300)
-    data_flag(b)
-    return b
+    flags.data(b)
+    b.set_defaults(func=cmd_bench_loop)

@@ -13,18 +13,26 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
+import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from deploy.closed_loop import NIGHT, ClosedLoop, LoopOutcome, SiteCamera, student_replay
+from deploy.commands.common import DATA_ENV, Flags, data_dir, live, models_dir, say_to_stderr, stop_on_signals
 from streams.errors import PedstreamError
 from streams.mot import MotSequence
 from streams.topics import Topics
 
+if TYPE_CHECKING:
+    from deploy.closed_loop import LoopOutcome, SiteCamera
 
-def site(data_dir: Path) -> list[SiteCamera]:
-    folders = {name: data_dir / name for name in ("PETS09-S2L1", "TUD-Campus")}
+DEMO_CONFIG = Path(__file__).resolve().parent.parent / "demo" / "cameras.yaml"
+
+
+def site(data: Path) -> list[SiteCamera]:
+    from deploy.closed_loop import NIGHT, SiteCamera
+
+    folders = {name: data / name for name in ("PETS09-S2L1", "TUD-Campus")}
     missing = [str(p) for p in folders.values() if not p.is_dir()]
     if missing:
         raise PedstreamError(f"the demo needs {', '.join(missing)} (set PEDSTREAM_DATA or --data)")
@@ -65,15 +73,21 @@ def summary(out: LoopOutcome, cameras: list[SiteCamera]) -> str:
     return "\n".join(lines)
 
 
-def cmd_demo(args: argparse.Namespace, data_dir: Path, models_dir: Path) -> int:
+def cmd_demo(args: argparse.Namespace) -> int:
+    """`pedstream demo`: one turn of the closed loop (or, with --cameras-only, just the cameras)."""
+    if args.cameras_only:
+        return cmd_demo_cameras(args)
+    from deploy.closed_loop import ClosedLoop
     from deploy.stack import endpoints_or_temporary_stack
-    from deploy.training import default_label_cache
     from trainer.cluster import RayPorts, ray_session
+    from trainer.sources import ReplaySet, default_label_cache
 
-    cameras = site(data_dir)
+    data, teachers = data_dir(args.data), models_dir(args.data)
+
+    cameras = site(data)
     pets = cameras[0].sequence
     topics = Topics(args.topic_prefix or f"demo{os.getpid()}")
-    say = lambda m: print(f"[demo] {m}", file=sys.stderr, flush=True)  # noqa: E731
+    say = say_to_stderr("demo")
     with endpoints_or_temporary_stack(args.bootstrap, args.redis, topics, announce=say) as endpoints:
         say(f"Ray head on 127.0.0.1:{args.ray_port} with {args.workers} trainers")
         with ray_session(None, RayPorts(args.ray_port)):
@@ -82,9 +96,9 @@ def cmd_demo(args: argparse.Namespace, data_dir: Path, models_dir: Path) -> int:
                 endpoints.redis_url,
                 topics,
                 cameras,
-                models_dir,
+                teachers,
                 default_label_cache(),
-                replay=student_replay(pets),
+                replay=ReplaySet.of(pets),
                 updates=args.updates,
                 workers=args.workers,
                 every=args.every,
@@ -99,10 +113,10 @@ def cmd_demo(args: argparse.Namespace, data_dir: Path, models_dir: Path) -> int:
     return 0 if out.frames_dropped == 0 else 1
 
 
-def add_parser(sub: argparse._SubParsersAction, conn: argparse.ArgumentParser, data_flag: object) -> argparse.ArgumentParser:
+def register(sub: Any, flags: Flags) -> None:
     p = sub.add_parser(
         "demo",
-        parents=[conn],
+        parents=[flags.conn],
         help="the whole loop on embedded defaults: cameras, detector agent, hard "
         "examples, retraining on Ray, signed model pushed and hot-swapped",
     )
@@ -119,5 +133,44 @@ def add_parser(sub: argparse._SubParsersAction, conn: argparse.ArgumentParser, d
     )
     p.add_argument("--seconds", type=float, default=30.0, help="--cameras-only: how long to run")
     p.add_argument("--config", help="--cameras-only: cameras.yaml to use instead of the bundled one")
-    data_flag(p)  # type: ignore[operator]
-    return p
+    flags.data(p)
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_demo_cameras(args: argparse.Namespace) -> int:
+    """`pedstream demo --cameras-only`: the stack, the bundled virtual cameras and a live consumer."""
+    from deploy.stack import endpoints_or_temporary_stack
+    from streams.cameras.agent import CameraFleet
+    from streams.cameras.config import load_cameras
+    from streams.monitor import FlowMonitor, render_table
+
+    os.environ[DATA_ENV] = str(data_dir(args.data))
+    cameras = load_cameras(args.config or DEMO_CONFIG)
+    topics = Topics.from_env(args.topic_prefix)
+    with endpoints_or_temporary_stack(args.bootstrap, args.redis, topics) as ep:
+        monitor = FlowMonitor(ep.bootstrap, topics, f"pedstream-demo-{os.getpid()}").start()
+        fleet = CameraFleet(cameras, ep.bootstrap, topics)
+        stop_on_signals(fleet.stop_event.set)
+        fleet.start()
+        started = time.monotonic()
+
+        def show() -> None:
+            live(
+                f"pedstream demo: {len(cameras)} virtual cameras -> kafka {ep.bootstrap} "
+                f"[{time.monotonic() - started:4.0f}s / {args.seconds:.0f}s]\n" + render_table(monitor.snapshot())
+            )
+
+        try:
+            fleet.wait(args.seconds, on_tick=show)
+        finally:
+            fleet.stop()
+            time.sleep(1.0)
+            snapshot = monitor.snapshot()
+            monitor.stop()
+    published = sum(int(s["published"]) for s in fleet.stats())  # type: ignore[call-overload]
+    received = sum(int(f["frames"]) for f in snapshot.values())  # type: ignore[call-overload]
+    print(
+        f"\nsummary: {len(cameras)} cameras, {published} frames published, {received} received by the consumer, "
+        f"{sum(int(f['missing']) for f in snapshot.values())} missing"  # type: ignore[call-overload]
+    )
+    return 0 if received > 0 else 1

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from deploy.commands.common import Flags
 from detectors.detector import read_model
 from streams.errors import PedstreamError
 from streams.signing import PRIVATE_NAME, PUBLIC_NAME, Signer, default_keys_dir, init_keys
@@ -115,7 +116,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parsers(sub: Any, conn: argparse.ArgumentParser) -> None:
+def register(sub: Any, flags: Flags) -> None:
     p = sub.add_parser("keys", help="the Ed25519 key pair that signs models")
     keys_sub = p.add_subparsers(dest="keys_command", required=True)
     k = keys_sub.add_parser("init", help="make a new key pair (private key mode 0600)")
@@ -132,7 +133,7 @@ def add_parsers(sub: Any, conn: argparse.ArgumentParser) -> None:
         ("promote", "make a stored version current"),
         ("rollback", "make the previous current version current again"),
     ):
-        m = models_sub.add_parser(name, parents=[conn], help=help_text)
+        m = models_sub.add_parser(name, parents=[flags.conn], help=help_text)
         m.add_argument("--json", action="store_true")
         m.add_argument("--keys", help="key pair folder (default $PEDSTREAM_KEYS or ~/.pedstream/keys)")
         if name in ("show", "promote"):

@@ -13,37 +13,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from deploy.commands.common import Flags, ProgressBar, data_dir, models_dir
 from streams.errors import PedstreamError
 from streams.mot import MotSequence
-
-LABEL_CACHE_ENV = "PEDSTREAM_LABEL_CACHE"
-
-
-def default_label_cache() -> Path:
-    return Path(os.environ.get(LABEL_CACHE_ENV) or Path.home() / ".cache" / "pedstream" / "labels")
-
-
-class ProgressBar:
-    """One line on stderr, redrawn in place on a terminal; every ~10% otherwise (logs, CI)."""
-
-    def __init__(self, label: str, stream: Any = sys.stderr) -> None:
-        self.label = label
-        self.stream = stream
-        self.tty = stream.isatty()
-        self.last_decile = -1
-        self.last_ap: float | None = None
-
-    def update(self, done: int, total: int, text: str = "") -> None:
-        decile = done * 10 // max(total, 1)
-        if not self.tty and decile == self.last_decile and done != total:
-            return
-        self.last_decile = decile
-        filled = done * 24 // max(total, 1)
-        line = f"[{self.label}] {'#' * filled}{'.' * (24 - filled)} {done}/{total} {text}"
-        self.stream.write(("\r" + line + "\x1b[K") if self.tty else line + "\n")
-        if self.tty and done == total:
-            self.stream.write("\n")
-        self.stream.flush()
 
 
 def _input_size(text: str) -> tuple[int, int]:
@@ -92,28 +64,27 @@ def job_settings(args: argparse.Namespace, **overrides: Any) -> Any:
     return JobSettings(**values)
 
 
-def load_training_data(args: argparse.Namespace, models_dir: Path | None) -> tuple[list[Any], Any]:
-    """(labelled examples, held-out frames) as the arguments describe."""
-    from trainer.sources import held_out_frames, labelled_examples, parse_frames
+def load_training_data(args: argparse.Namespace, teachers: Path | None) -> tuple[list[Any], Any]:
+    """(labelled examples, held-out frames) as the arguments describe (the split is trainer.sources')."""
+    from trainer.sources import default_label_cache, training_split
 
-    sequence = MotSequence.load(args.sequence)
-    frames = parse_frames(args.frames, sequence.length)
     bar = ProgressBar(f"label {args.labels}")
-    examples = labelled_examples(
-        sequence, frames, args.labels, models_dir, default_label_cache(), args.every, lambda done, total: bar.update(done, total)
+    return training_split(
+        MotSequence.load(args.sequence),
+        args.frames,
+        args.every,
+        args.labels,
+        teachers,
+        default_label_cache(),
+        MotSequence.load(args.holdout_sequence) if args.holdout_sequence else None,
+        args.holdout_frames,
+        args.holdout_every,
+        lambda done, total: bar.update(done, total),
     )
-    held_sequence = MotSequence.load(args.holdout_sequence) if args.holdout_sequence else sequence
-    held_range = parse_frames(args.holdout_frames, held_sequence.length)
-    if held_sequence.root.resolve() == sequence.root.resolve() and not (held_range[0] > frames[1] or held_range[1] < frames[0]):
-        raise PedstreamError(
-            f"--holdout-frames {held_range[0]}:{held_range[1]} overlap the training frames "
-            f"{frames[0]}:{frames[1]}: held-out AP must be measured on frames not trained on"
-        )
-    held_out = held_out_frames(held_sequence, held_range, args.holdout_every)
-    return examples, held_out
 
 
-def cmd_train(args: argparse.Namespace, models_dir: Path | None) -> int:
+def cmd_train(args: argparse.Namespace) -> int:
+    teachers = _prepare(args)
     from trainer.cluster import RayPorts, ray_session
     from trainer.job import TrainingJob
     from trainer.report import read_weights, write_outputs
@@ -121,7 +92,7 @@ def cmd_train(args: argparse.Namespace, models_dir: Path | None) -> int:
 
     config = student_config(args)
     settings = job_settings(args)
-    examples, held_out = load_training_data(args, models_dir)
+    examples, held_out = load_training_data(args, teachers)
     init = read_weights(Path(args.init)) if args.init else None
     bar = ProgressBar(f"train {settings.mode} x{settings.workers}")
     last_ap: list[float] = []
@@ -205,7 +176,13 @@ def add_job_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true")
 
 
-def add_train_parser(sub: Any, data_flag: Any) -> argparse.ArgumentParser:
+def _prepare(args: argparse.Namespace) -> Path | None:
+    """Fills in the default sequence (PETS09-S2L1 of the data folder); the models folder teachers need."""
+    args.sequence = args.sequence or str(data_dir(args.data) / "PETS09-S2L1")
+    return models_dir(args.data) if args.labels == "teacher" else None
+
+
+def register(sub: Any, flags: Flags) -> None:
     p = sub.add_parser("train", help="train the student on labelled frames with an async (or sync) parameter server on Ray")
     add_job_flags(p)
     p.add_argument("--mode", choices=("async", "sync"), default="async")
@@ -218,8 +195,8 @@ def add_train_parser(sub: Any, data_flag: Any) -> argparse.ArgumentParser:
     p.add_argument("--init", help="start from these weights (weights.npz of an earlier run)")
     p.add_argument("--version", help="model version name (default student-<date>-<time>)")
     p.add_argument("--out", default="runs/student", help="output folder: student.onnx, weights.npz, metrics.json, curves.png")
-    data_flag(p)
-    return p
+    flags.data(p)
+    p.set_defaults(func=cmd_train)
 
 
 def _int_list(text: str, flag: str) -> list[int]:
@@ -232,7 +209,8 @@ def _int_list(text: str, flag: str) -> list[int]:
     return values
 
 
-def cmd_bench_train(args: argparse.Namespace, models_dir: Path | None) -> int:
+def cmd_bench_train(args: argparse.Namespace) -> int:
+    teachers = _prepare(args)
     from deploy.bench import train as bench_train
     from trainer.cluster import RayPorts, ray_session
     from trainer.job import MODES
@@ -244,7 +222,7 @@ def cmd_bench_train(args: argparse.Namespace, models_dir: Path | None) -> int:
         raise PedstreamError(f"--mode {args.mode!r}: use async, sync or async,sync")
     config = student_config(args)
     base = job_settings(args, mode=modes[0], workers=workers[0], ps_shards=1, eval_every=0, join_after=None)
-    examples, held_out = load_training_data(args, models_dir)
+    examples, held_out = load_training_data(args, teachers)
     cpus = max(os.cpu_count() or 1, max(workers), args.processes)
     with ray_session(args.ray_address, RayPorts(args.ray_port), num_cpus=cpus):
         result = bench_train.run(
@@ -262,7 +240,7 @@ def cmd_bench_train(args: argparse.Namespace, models_dir: Path | None) -> int:
     return 0
 
 
-def add_bench_train_parser(bench_sub: Any, data_flag: Any) -> argparse.ArgumentParser:
+def register_bench(bench_sub: Any, flags: Flags) -> None:
     b = bench_sub.add_parser("train", help="sync vs async updates/s, samples/s, time to a loss and AP; PS shards vs trainers")
     add_job_flags(b)
     b.set_defaults(every=4, holdout_every=8)
@@ -272,5 +250,5 @@ def add_bench_train_parser(bench_sub: Any, data_flag: Any) -> argparse.ArgumentP
     b.add_argument("--target-loss", type=float, default=2.5, help="seconds_to_loss: until the smoothed loss reaches this")
     b.add_argument("--processes", type=int, default=3, help="allocation: PS shards + trainers in all")
     b.add_argument("--allocation-updates", type=int, default=60, help="updates per allocation run")
-    data_flag(b)
-    return b
+    flags.data(b)
+    b.set_defaults(func=cmd_bench_train)

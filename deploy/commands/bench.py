@@ -1,0 +1,137 @@
+"""``pedstream bench``: benchmarks that print JSON. This module owns ``ingest``, ``detector`` and
+``pipeline``; ``loop`` and ``train`` come from the loop and training command groups."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from deploy.commands import loop, training
+from deploy.commands.common import Flags, data_dir, models_dir, print_json, say_to_stderr
+from detectors.backends.selection import BACKEND_CHOICES
+from streams.errors import PedstreamError
+from streams.topics import Topics
+
+
+def bench_model(args: argparse.Namespace) -> Path:
+    """The model a benchmark uses: --model, else the fast pedestrian SSDLite from the models folder."""
+    from detectors.detector import model_path
+
+    path = model_path(args.model) if args.model else models_dir(args.data) / "ssdlite_pedestrian.onnx"
+    if not path.is_file():
+        raise PedstreamError(f"model {path} not found")
+    return path
+
+
+def cmd_bench_ingest(args: argparse.Namespace) -> int:
+    from deploy.bench import ingest
+    from deploy.stack import endpoints_or_temporary_stack
+
+    source = args.source or str(data_dir(args.data) / "PETS09-S2L1" / "vtest.avi")
+    topics = Topics.from_env(args.topic_prefix)
+
+    def progress(elapsed: float, stats: list[dict[str, object]]) -> None:
+        published = sum(int(s["published"]) for s in stats)  # type: ignore[call-overload]
+        print(f"[bench ingest] {elapsed:5.1f}s / {args.seconds}s  published {published}", file=sys.stderr, flush=True)
+
+    with endpoints_or_temporary_stack(args.bootstrap, args.redis, topics, announce=lambda m: print(m, file=sys.stderr)) as ep:
+        result = ingest.run(ep.bootstrap, topics, source, args.cameras, args.fps, args.seconds, progress)
+    if args.json:
+        print_json(result)
+    else:
+        print(
+            f"offered {result['offered_fps']} fps, achieved {result['achieved_fps']} fps, "
+            f"{result['bytes_per_s'] / 1e6:.2f} MB/s, publish latency p50 {result['publish_latency_ms']['p50']} ms "
+            f"p99 {result['publish_latency_ms']['p99']} ms"
+        )
+    return 0
+
+
+def cmd_bench_detector(args: argparse.Namespace) -> int:
+    from deploy.bench import detector as bench_detector
+
+    model = bench_model(args)
+    result = bench_detector.run(
+        model.read_bytes(),
+        model.stem,
+        data_dir(args.data) / "PETS09-S2L1",
+        args.backends.split(","),
+        [int(b) for b in args.batch.split(",")],
+        seconds=args.seconds,
+        threads=args.threads,
+        progress=say_to_stderr("bench detector"),
+    )
+    print_json(result) if args.json else print(json.dumps(result))
+    return 0
+
+
+def cmd_bench_pipeline(args: argparse.Namespace) -> int:
+    from deploy.bench import pipeline as bench_pipeline
+    from deploy.stack import endpoints_or_temporary_stack
+
+    model = bench_model(args)
+    data = data_dir(args.data)
+    topics = Topics.from_env(args.topic_prefix or f"bench{os.getpid()}")
+    with (
+        endpoints_or_temporary_stack(args.bootstrap, args.redis, topics, announce=lambda m: print(m, file=sys.stderr)) as ep,
+        tempfile.TemporaryDirectory(prefix="pedstream-bench-") as home,
+    ):
+        result = bench_pipeline.run(
+            ep.bootstrap,
+            topics,
+            model,
+            str(data / "PETS09-S2L1" / "vtest.avi"),
+            data / "PETS09-S2L1",
+            args.cameras,
+            args.fps,
+            args.seconds,
+            args.threads,
+            args.batch,
+            Path(home),
+            progress=say_to_stderr("bench pipeline"),
+            backend=args.backend,
+        )
+    print_json(result) if args.json else print(json.dumps(result))
+    return 0
+
+
+def register(sub: Any, flags: Flags) -> None:
+    p = sub.add_parser("bench", help="benchmarks that print JSON")
+    bench_sub = p.add_subparsers(dest="bench_command", required=True)
+    b = bench_sub.add_parser("ingest", parents=[flags.conn], help="virtual cameras publishing to Kafka")
+    b.add_argument("--cameras", type=int, default=8)
+    b.add_argument("--fps", type=float, default=5.0)
+    b.add_argument("--seconds", type=float, default=20.0)
+    b.add_argument("--source", help="video to derive cameras from (default: $PEDSTREAM_DATA/PETS09-S2L1/vtest.avi)")
+    flags.data(b)
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=cmd_bench_ingest)
+
+    bench_model = argparse.ArgumentParser(add_help=False)
+    bench_model.add_argument("--model", help="ONNX model (default: $PEDSTREAM_MODELS/ssdlite_pedestrian.onnx)")
+    flags.data(bench_model)
+    bench_model.add_argument("--json", action="store_true")
+
+    b = bench_sub.add_parser("detector", parents=[bench_model], help="fps and latency per backend and batch size")
+    b.add_argument("--backends", default="ort,tvm")
+    b.add_argument("--batch", default="1,4")
+    b.add_argument("--seconds", type=float, default=6.0, help="measuring time per (backend, batch)")
+    b.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (0: all cores)")
+    b.set_defaults(func=cmd_bench_detector)
+
+    b = bench_sub.add_parser("pipeline", parents=[flags.conn, bench_model], help="cameras -> Kafka -> detector agent, end to end")
+    b.add_argument("--cameras", type=int, default=8)
+    b.add_argument("--fps", type=float, default=5.0)
+    b.add_argument("--seconds", type=float, default=30.0)
+    b.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads of the agent")
+    b.add_argument("--batch", type=int, default=4)
+    b.add_argument("--backend", choices=BACKEND_CHOICES, default="auto", help="the agent's --backend (default auto, as detect)")
+    b.set_defaults(func=cmd_bench_pipeline)
+
+    loop.register_bench(bench_sub, flags)
+    training.register_bench(bench_sub, flags)

@@ -1,0 +1,31 @@
+"""``pedstream dashboard``: a live page of every camera's annotated frame, counts, alerts and model."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+from typing import Any
+
+from deploy.commands.common import Flags, stop_on_signals
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from deploy.dashboard import Dashboard
+    from streams.endpoints import resolve
+    from streams.topics import Topics
+
+    endpoints = resolve(args.bootstrap, args.redis)
+    dashboard = Dashboard(endpoints.bootstrap, Topics.from_env(args.topic_prefix), args.host, args.port, args.from_start)
+    stop_on_signals(lambda: threading.Thread(target=dashboard.server.shutdown, daemon=True).start())
+    print(f"pedstream dashboard on {dashboard.address} (kafka {endpoints.bootstrap})", file=sys.stderr, flush=True)
+    dashboard.run()
+    return 0
+
+
+def register(sub: Any, flags: Flags) -> None:
+    p = sub.add_parser("dashboard", parents=[flags.conn], help="a live page: each camera's annotated frame, counts, alerts, model")
+    p.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--from-start", action="store_true", help="read the topics from their start instead of from now")
+    p.set_defaults(func=cmd_dashboard)

@@ -1,0 +1,221 @@
+"""``pedstream detect`` (an edge detector agent), ``alerts tail``, ``eval`` (AP50 of a model on a
+MOT-style sequence) and ``tune`` (TVM MetaSchedule)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError as PydanticValidationError
+
+from deploy.commands.common import Flags, print_json, stop_on_signals
+from deploy.commands.registry import default_public_key
+from detectors.backends.selection import BACKEND_CHOICES
+from streams.cameras.config import Tiling
+from streams.endpoints import resolve
+from streams.errors import PedstreamError
+from streams.mot import MotSequence, parse_frame_range
+from streams.topics import Topics
+
+if TYPE_CHECKING:
+    from detectors.detector import Detector
+
+
+def model_flags() -> argparse.ArgumentParser:
+    """--model, --format, --backend, --threads: how a command loads a detector."""
+    model = argparse.ArgumentParser(add_help=False)
+    group = model.add_argument_group("model")
+    group.add_argument("--model", required=True, help="ONNX model file, or 'student' for the bundled student")
+    group.add_argument("--format", help="model family if it cannot be told from the ONNX signature")
+    group.add_argument(
+        "--backend",
+        choices=BACKEND_CHOICES,
+        default="ort",
+        help="ort, tvm (falls back to ort with the reason), or auto (measure both here, serve the faster); "
+        "default: auto for detect, ort otherwise",
+    )
+    group.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: all cores)")
+    return model
+
+
+def _load_detector(args: argparse.Namespace) -> Detector:
+    from detectors.detector import Detector, model_path, read_model
+
+    path = model_path(args.model)
+    return Detector.from_bytes(read_model(path), backend=args.backend, fmt=args.format, name=path.stem, threads=args.threads)
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    from detectors.agent import AgentSettings, DetectorAgent
+    from streams.cameras.config import load_cameras
+
+    cameras = load_cameras(args.cameras) if args.cameras else []
+    detector = _load_detector(args)
+    endpoints = resolve(args.bootstrap, args.redis)
+    public_key = None if args.no_registry else default_public_key(args.public_key)
+    settings = AgentSettings(
+        bootstrap=endpoints.bootstrap,
+        topics=Topics.from_env(args.topic_prefix),
+        group=args.group,
+        **({"agent_id": args.agent_id} if args.agent_id else {}),
+        max_batch=args.batch,
+        max_wait_ms=args.batch_wait_ms,
+        publish_threshold=args.publish_threshold,
+        track_threshold=args.score_threshold,
+        redis_url=None if args.no_registry else endpoints.redis_url,
+        public_key=public_key,
+        serve_backend=args.backend,
+        metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
+    )
+    print(
+        f"detector agent {settings.agent_id}: model {detector.version} ({detector.info.format}) on "
+        f"{detector.backend.name}: {detector.backend_reason}",
+        file=sys.stderr,
+        flush=True,
+    )
+    if settings.redis_url and public_key:
+        print(f"following the model registry at {endpoints.redis_url} (models signed for {public_key})", file=sys.stderr, flush=True)
+    elif not args.no_registry:
+        print("not following the model registry: no public key (pedstream keys init, or --public-key)", file=sys.stderr, flush=True)
+    DetectorAgent(settings, detector, cameras).run()
+    return 0
+
+
+def cmd_alerts_tail(args: argparse.Namespace) -> int:
+    from streams.bus import RecordSubscriber
+    from streams.records import Alert
+
+    endpoints = resolve(args.bootstrap, args.redis)
+    topics = Topics.from_env(args.topic_prefix)
+    subscriber = RecordSubscriber(endpoints.bootstrap, topics, topics.alerts, Alert, f"pedstream-alerts-{os.getpid()}")
+    since = 0.0 if args.from_beginning else time.time() - 1.0
+    stopping = {"now": False}
+    stop_on_signals(lambda: stopping.update(now=True))
+    deadline = None if args.seconds is None else time.monotonic() + args.seconds
+    try:
+        while not stopping["now"] and (deadline is None or time.monotonic() < deadline):
+            for item in subscriber.poll(0.5):
+                alert = item.record
+                if alert.capture_ts < since or (args.camera and alert.camera_id != args.camera):
+                    continue
+                if args.json:
+                    print(alert.model_dump_json(), flush=True)
+                else:
+                    stamp = time.strftime("%H:%M:%S", time.localtime(alert.capture_ts))
+                    print(f"{stamp} {alert.camera_id:<14} {alert.rule:<16} {alert.message} tracks={alert.track_ids}", flush=True)
+    finally:
+        subscriber.close()
+    return 0
+
+
+def _tiling(text: str | None, overlap: int, full_frame: bool) -> Tiling | None:
+    if not text:
+        return None
+    try:
+        rows, cols = (int(v) for v in text.lower().split("x"))
+        return Tiling(rows=rows, cols=cols, overlap=overlap, include_full_frame=full_frame)
+    except (ValueError, PydanticValidationError) as exc:
+        raise PedstreamError(f"--tiles {text!r}: use ROWSxCOLS, e.g. 2x2 ({exc})") from None
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from detectors.evaluation import evaluate_sequence
+    from detectors.tiling import tiled
+
+    detector = _load_detector(args)
+    tiling = _tiling(args.tiles, args.overlap, args.full_frame)
+    sequence = MotSequence.load(args.sequence)
+    start, stop = parse_frame_range(args.frames, sequence.length)
+    total = len(range(start, stop + 1, args.every))
+
+    def progress(done: int) -> None:
+        if done % 25 == 0 or done == total:
+            print(f"[eval] {done}/{total} frames", file=sys.stderr, flush=True)
+
+    detect = tiled(detector.detect, tiling) if tiling else detector.detect
+    result = evaluate_sequence(detect, sequence, start, stop, args.every, progress)
+    out = {
+        **result.as_dict(),
+        "model": detector.version,
+        "tiling": tiling.model_dump() if tiling else None,
+        "format": detector.info.format,
+        "backend": detector.backend.name,
+        "backend_reason": detector.backend_reason,
+        "sequence": sequence.name,
+        "frame_range": [start, stop],
+        "every": args.every,
+    }
+    if args.json:
+        print_json(out)
+    else:
+        print(
+            f"{sequence.name} frames {start}-{stop} every {args.every}: AP50 {result.ap50:.3f}, "
+            f"best recall {result.recall:.3f}, {result.fps:.1f} fps ({detector.backend.name})"
+        )
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    """TVM takes seconds to import and only `tune` needs its tuning module: imported here."""
+    from detectors.backends import tvm, tvm_tuning
+    from detectors.detector import model_path, read_model
+
+    model = model_path(args.model)
+    work_dir = Path(args.work_dir) if args.work_dir else Path.home() / ".cache" / "pedstream" / "tuning" / model.stem
+    print(f"[tune] MetaSchedule, {args.trials} trials, database in {work_dir} (this takes minutes)", file=sys.stderr, flush=True)
+    result = tvm_tuning.tune(read_model(model), work_dir, args.trials, args.trials_per_task)
+    backend = tvm.TvmBackend(read_model(model), tuning_dir=work_dir)
+    result["compiled"] = backend.describe()
+    print_json(result)
+    return 0
+
+
+def register(sub: Any, flags: Flags) -> None:
+    model = model_flags()
+    p = sub.add_parser("detect", parents=[flags.conn, model, flags.metrics], help="run an edge detector agent (faust)")
+    p.set_defaults(backend="auto")  # an agent measures both backends on its device and serves the faster
+    p.add_argument("--cameras", help="cameras.yaml with per-camera alert rules, tiling and mining budget")
+    p.add_argument("--group", default="pedstream-detectors", help="agents in one group split the cameras")
+    p.add_argument("--agent-id")
+    p.add_argument("--batch", type=int, default=4, help="micro-batch up to this many images")
+    p.add_argument("--batch-wait-ms", type=float, default=10.0, help="...or until this long has passed")
+    p.add_argument("--publish-threshold", type=float, default=0.3, help="publish boxes at or above this score")
+    p.add_argument("--score-threshold", type=float, default=0.5, help="boxes that count for tracking and alerts")
+    p.add_argument(
+        "--public-key",
+        help="follow the model registry, serving only models signed for this Ed25519 public key "
+        "(default: $PEDSTREAM_KEYS/model-signing.pub when it exists)",
+    )
+    p.add_argument("--no-registry", action="store_true", help="serve --model only; ignore the model registry")
+    p.set_defaults(func=cmd_detect)
+
+    p = sub.add_parser("alerts", help="subscribe to alerts")
+    alerts_sub = p.add_subparsers(dest="alerts_command", required=True)
+    a = alerts_sub.add_parser("tail", parents=[flags.conn], help="print alerts as they fire")
+    a.add_argument("--camera")
+    a.add_argument("--json", action="store_true", help="one JSON record per line")
+    a.add_argument("--from-beginning", action="store_true")
+    a.add_argument("--seconds", type=float)
+    a.set_defaults(func=cmd_alerts_tail)
+
+    p = sub.add_parser("eval", parents=[model], help="AP50 of a model on a MOT-style sequence")
+    p.add_argument("--sequence", required=True, help="MOT-style sequence folder")
+    p.add_argument("--tiles", help="run the model on ROWSxCOLS overlapping tiles, e.g. 2x2")
+    p.add_argument("--overlap", type=int, default=96, help="tile overlap in pixels (at least the tallest person)")
+    p.add_argument("--full-frame", action="store_true", help="with --tiles: also run the whole frame")
+    p.add_argument("--frames", help="A:B, 1-based inclusive (default: all)")
+    p.add_argument("--every", type=int, default=1)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("tune", help="tune a model with TVM MetaSchedule for this device type (a job)")
+    p.add_argument("--model", required=True)
+    p.add_argument("--trials", type=int, default=256, help="measurements in all (more: faster code, longer job)")
+    p.add_argument("--trials-per-task", type=int)
+    p.add_argument("--work-dir", help="tuning database folder (default ~/.cache/pedstream/tuning/<model>)")
+    p.set_defaults(func=cmd_tune)

@@ -1,0 +1,84 @@
+"""AP50 (VOC all-point, ignored boxes honoured) against cases computed by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from detectors.evaluation import average_precision
+from detectors.results import BoxArray
+from streams.mot import GroundTruth
+
+A = [0.0, 0.0, 100.0, 100.0]
+B = [200.0, 0.0, 300.0, 100.0]
+NOWHERE = [500.0, 500.0, 550.0, 550.0]
+
+
+def truth(*boxes: list[float], ignored: tuple[int, ...] = ()) -> GroundTruth:
+    xyxy = np.array(boxes, np.float32).reshape(-1, 4)
+    consider = np.array([i not in ignored for i in range(len(xyxy))], bool)
+    return GroundTruth(xyxy, np.arange(len(xyxy)), consider)
+
+
+def found(*scored: tuple[list[float], float]) -> BoxArray:
+    return BoxArray.of(np.array([b for b, _ in scored], np.float32), np.array([s for _, s in scored], np.float32))
+
+
+def test_every_person_found_once_scores_one() -> None:
+    score = average_precision([found((A, 0.9), (B, 0.8))], [truth(A, B)])
+    assert score.ap50 == pytest.approx(1.0) and score.recall == pytest.approx(1.0)
+    assert score.positives == 2 and score.detections == 2
+
+
+def test_a_second_detection_of_the_same_person_is_a_false_positive() -> None:
+    # ranked: A (tp), A again (fp: A is taken), B (tp) -> recall .5 .5 1, precision 1 .5 .667
+    # all-point AP = 0.5 * 1 + 0.5 * 2/3 = 0.8333
+    score = average_precision([found((A, 0.9), (A, 0.8), (B, 0.7))], [truth(A, B)])
+    assert score.ap50 == pytest.approx(0.5 + 0.5 * 2 / 3)
+    assert score.recall == pytest.approx(1.0)
+
+
+def test_a_duplicate_ranked_last_costs_nothing() -> None:
+    # recall reaches 1.0 at precision 1.0 before the duplicate: the envelope keeps AP at 1
+    score = average_precision([found((A, 0.9), (B, 0.8), (A, 0.1))], [truth(A, B)])
+    assert score.ap50 == pytest.approx(1.0)
+
+
+def test_a_detection_on_an_ignored_box_is_neither_hit_nor_miss() -> None:
+    # with B ignored: B's detection is skipped, NOWHERE is a fp, A a tp -> precision 0, .5 at recall 0, 1
+    # AP = 1.0 * 0.5; positives counts only A
+    ignored = average_precision([found((B, 0.95), (NOWHERE, 0.9), (A, 0.8))], [truth(A, B, ignored=(1,))])
+    assert ignored.ap50 == pytest.approx(0.5) and ignored.positives == 1
+    # the same detections with B considered: tp, fp, tp -> 0.5 * 1 + 0.5 * 2/3
+    considered = average_precision([found((B, 0.95), (NOWHERE, 0.9), (A, 0.8))], [truth(A, B)])
+    assert considered.ap50 == pytest.approx(0.5 + 0.5 * 2 / 3) and considered.positives == 2
+
+
+def test_an_ignored_person_left_undetected_is_not_a_miss() -> None:
+    score = average_precision([found((A, 0.9))], [truth(A, B, ignored=(1,))])
+    assert score.ap50 == pytest.approx(1.0) and score.recall == pytest.approx(1.0) and score.positives == 1
+
+
+def test_iou_must_reach_one_half() -> None:
+    below = [0.0, 0.0, 100.0, 49.0]  # IoU with A = 0.49
+    above = [0.0, 0.0, 100.0, 51.0]  # IoU with A = 0.51
+    assert average_precision([found((below, 0.9))], [truth(A)]).ap50 == pytest.approx(0.0)
+    assert average_precision([found((above, 0.9))], [truth(A)]).ap50 == pytest.approx(1.0)
+
+
+def test_frames_are_pooled_and_ranked_together() -> None:
+    # frame 1: A found at 0.6; frame 2: a false positive at 0.9 and B missed.
+    # ranked: fp (0.9), tp (0.6) -> recall 0, .5 precision 0, .5 -> AP = 0.5 * 0.5
+    score = average_precision([found((A, 0.6)), found((NOWHERE, 0.9))], [truth(A), truth(B)])
+    assert score.ap50 == pytest.approx(0.25) and score.recall == pytest.approx(0.5)
+
+
+def test_nothing_found_or_nobody_there() -> None:
+    assert average_precision([BoxArray.empty()], [truth(A)]).ap50 == 0.0
+    empty = average_precision([found((A, 0.9))], [truth()])
+    assert empty.ap50 == 0.0 and empty.positives == 0 and empty.detections == 1
+
+
+def test_one_detection_list_per_frame() -> None:
+    with pytest.raises(ValueError, match="2 detection lists for 1 frames"):
+        average_precision([BoxArray.empty(), BoxArray.empty()], [truth(A)])
