@@ -134,7 +134,7 @@ class _Counter:
         self.alerts = RecordWatch(bootstrap, topics, topics.alerts, Alert)
 
     def _detected(self, d: Detections, _now: float) -> None:
-        if d.camera_id == self.live_camera:
+        if d.camera_id == self.live_camera and d.skipped is None:  # a shed frame got no detections
             self.live[d.seq] = d.model_version
 
     @property

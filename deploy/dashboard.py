@@ -56,6 +56,7 @@ class CameraView:
     frames: OrderedDict[int, bytes] = field(default_factory=OrderedDict)  # seq -> JPEG
     frames_seen: int = 0
     detections_seen: int = 0
+    shed_seen: int = 0  # frames the agent did not infer (stale)
     latest: Detections | None = None
     annotated: bytes | None = None
     annotated_seq: int = -1
@@ -103,6 +104,9 @@ class SiteView:
     def on_detections(self, detections: Detections) -> None:
         with self.lock:
             view = self._camera(detections.camera_id)
+            if detections.skipped is not None:  # shed: not inferred, nothing to draw
+                view.shed_seen += 1
+                return
             view.detections_seen += 1
             if view.latest is None or detections.seq >= view.latest.seq:
                 view.latest = detections
@@ -141,6 +145,7 @@ class SiteView:
                         "camera": camera_id,
                         "frames": view.frames_seen,
                         "detections": view.detections_seen,
+                        "shed": view.shed_seen,
                         "people": len(latest.boxes) if latest else None,
                         "model_version": latest.model_version if latest else None,
                         "agent": latest.agent_id if latest else None,

@@ -33,6 +33,7 @@ from detectors.tracker import IouTracker
 from streams.bus import dead_letter_headers
 from streams.cameras.config import CameraConfig, DetectSettings
 from streams.errors import RecordError
+from streams.history import skip_history
 from streams.kafka_settings import MAX_MESSAGE_BYTES
 from streams.metrics import DEAD_LETTERS, serve_metrics
 from streams.model_channel import ModelKeys, ModelReader, ModelWatcher, connect_redis
@@ -53,7 +54,7 @@ class AgentSettings:
     group: str = "pedstream-detectors"
     agent_id: str = field(default_factory=lambda: f"detector-{os.getpid()}")
     max_batch: int = 4
-    max_wait_ms: float = 10.0
+    max_wait_ms: float = 0.0  # greedy micro-batching: only frames already queued join a batch
     publish_threshold: float = 0.3  # boxes below this are not published
     track_threshold: float = 0.5  # boxes at or above this feed the tracker and the alert rules
     data_dir: Path = field(default_factory=lambda: Path(os.environ.get("PEDSTREAM_HOME") or Path.home() / ".pedstream") / "faust")
@@ -64,16 +65,18 @@ class AgentSettings:
     serve_backend: str = "ort"  # ort, or tvm/auto: new versions serve on ORT at once, TVM when compiled
     metrics_port: int | None = None  # serve Prometheus metrics on this port (None: off)
     metrics_host: str = "127.0.0.1"
+    catch_up_s: float | None = 60.0  # at start, a group whose position is older than this skips to newer frames
 
 
 class CameraState:
-    """Per-camera tracker, alert rules and hard-example budget."""
+    """Per-camera tracker, alert rules, hard-example budget and deadline."""
 
     def __init__(self, camera_id: str, settings: DetectSettings, track_threshold: float) -> None:
         self.tracker = IouTracker()
         self.alerts = AlertEvaluator(camera_id, settings.alerts)
         self.miner = HardExampleMiner(MiningPolicy(threshold=track_threshold, per_minute=settings.hard_examples_per_minute))
         self.tiling = settings.tiling
+        self.settings = settings
 
 
 @dataclass
@@ -139,6 +142,9 @@ class DetectorAgent:
             producer_max_request_size=MAX_MESSAGE_BYTES,
             consumer_max_fetch_size=MAX_MESSAGE_BYTES,
             producer_acks=-1,
+            # no tables, so no standbys: faust then joins with aiokafka's standard "roundrobin" protocol,
+            # which streams.history's short-lived member shares (a group refuses mixed protocols)
+            table_standby_replicas=0,
         )
         t = settings.topics
         self.frames_topic = self._raw_topic(t.frames.name)
@@ -204,14 +210,26 @@ class DetectorAgent:
         state = self._camera(frame.camera_id)
         fan_out = state.tiling is not None and state.tiling.fan_out
         key = (frame.camera_id, frame.seq, frame.capture_ts)
-        pending = Pending(event, frame, time.time(), "fan_out" if fan_out else "frame")
+        now = time.time()
+        pending = Pending(event, frame, now, "fan_out" if fan_out else "frame")
         if key in self.seen:
             self.counters["duplicates"] += 1
             return WorkItem(token=pending, camera_id=frame.camera_id, jpeg=b"", error="duplicate")
         self.seen[key] = None
         if len(self.seen) > self.settings.dedupe_window:
             self.seen.popitem(last=False)
-        return WorkItem(token=pending, camera_id=frame.camera_id, jpeg=frame.jpeg, tiling=state.tiling)
+        deadline = None if fan_out else state.settings.deadline_s(frame.period_ms)  # fanned-out tiles are not shed
+        expires = frame.capture_ts + deadline if deadline is not None else None
+        item = WorkItem(token=pending, camera_id=frame.camera_id, jpeg=frame.jpeg, tiling=state.tiling, expires_ts=expires)
+        # shed now what would finish after its deadline anyway: decoding it would only delay the frames behind it
+        expected_s = self.pipeline.total_estimate_s if self.pipeline is not None else 0.0
+        if deadline is not None and now - frame.capture_ts + expected_s > deadline:
+            item.jpeg = b""
+            item.shed = (
+                f"stale on arrival: {(now - frame.capture_ts) * 1000.0:.0f} ms old + {expected_s * 1000.0:.0f} ms to detect, "
+                f"deadline {deadline * 1000.0:.0f} ms"
+            )
+        return item
 
     async def _consume_tiles(self, stream: faust.StreamT[Any]) -> None:
         """Tiles fanned out by any agent of the group: detect like frames, answer with TileDetections."""
@@ -270,6 +288,43 @@ class DetectorAgent:
         }
         await self._publish_detections(ref, boxes, first.model_version, timings)
 
+    def _anatomy(self, item: WorkItem, pending: Pending) -> dict[str, float]:
+        """Where the frame's time went before the pipeline: camera (capture to the broker's record
+        timestamp, set when the camera published it) and broker (that to the agent reading it)."""
+        frame = pending.record
+        assert isinstance(frame, Frame)
+        published = getattr(pending.event.message, "timestamp", None) or pending.received_ts
+        return {
+            **item.timings_ms,
+            "camera": max(0.0, published - frame.capture_ts) * 1000.0,
+            "broker": max(0.0, pending.received_ts - published) * 1000.0,
+        }
+
+    async def _publish_shed(self, item: WorkItem, pending: Pending) -> None:
+        """A frame that went stale: counted, and published as a skipped Detections record (no boxes)."""
+        frame = pending.record
+        assert isinstance(frame, Frame) and item.shed is not None
+        now = time.time()
+        latency = {k: round(v, 2) for k, v in self._anatomy(item, pending).items()}
+        latency["frame_to_detection"] = round(max(0.0, now - frame.capture_ts) * 1000.0, 2)
+        record = Detections(
+            camera_id=frame.camera_id,
+            seq=frame.seq,
+            capture_ts=frame.capture_ts,
+            width=frame.width,
+            height=frame.height,
+            source_frame_index=frame.source_frame_index,
+            model_version=item.model_version or self.detector.version,
+            boxes=[],
+            latency_ms=latency,
+            agent_id=self.settings.agent_id,
+            produced_ts=now,
+            skipped=item.shed,
+        )
+        await self._send(self.settings.topics.detections.name, record)
+        self.counters["shed"] = self.counters.get("shed", 0) + 1
+        metrics.FRAMES_SHED.labels(frame.camera_id, "arrival" if item.shed.startswith("stale on arrival") else "inference").inc()
+
     def _camera(self, camera_id: str) -> CameraState:
         if camera_id not in self.cameras:
             settings = self.camera_settings.get(camera_id, DetectSettings())
@@ -289,6 +344,8 @@ class DetectorAgent:
                     pass
                 elif item.error is not None:
                     await self._dead_letter(pending.event, item.error)
+                elif item.shed is not None:
+                    await self._publish_shed(item, pending)
                 elif pending.kind == "fan_out":
                     await self._fan_out(item, pending)
                 elif pending.kind == "tile":
@@ -299,7 +356,9 @@ class DetectorAgent:
                     ref = FrameRef(
                         frame.camera_id, frame.seq, frame.capture_ts, frame.width, frame.height, frame.source_frame_index, frame.jpeg
                     )
-                    await self._publish_detections(ref, item.boxes, item.model_version, item.timings_ms, item.brightness)
+                    await self._publish_detections(
+                        ref, item.boxes, item.model_version, self._anatomy(item, pending), item.brightness, item.delivered_ts
+                    )
             except Exception:
                 log.exception("publishing results failed for camera %s", item.camera_id)
             finally:
@@ -364,7 +423,13 @@ class DetectorAgent:
         self.counters["tiles_done"] = self.counters.get("tiles_done", 0) + 1
 
     async def _publish_detections(
-        self, frame: FrameRef, found: BoxArray, model_version: str, timings: dict[str, float], brightness: float | None = None
+        self,
+        frame: FrameRef,
+        found: BoxArray,
+        model_version: str,
+        timings: dict[str, float],
+        brightness: float | None = None,
+        delivered_ts: float = 0.0,
     ) -> None:
         """Track, publish Detections, evaluate alert rules and mine hard examples for one frame."""
         state = self._camera(frame.camera_id)
@@ -377,6 +442,8 @@ class DetectorAgent:
             boxes[row] = boxes[row].model_copy(update={"track_id": track_id})
         now = time.time()
         latency = {k: round(v, 2) for k, v in timings.items()}
+        if delivered_ts:
+            latency["publish"] = round(max(0.0, now - delivered_ts) * 1000.0, 2)
         latency["frame_to_detection"] = round(max(0.0, now - frame.capture_ts) * 1000.0, 2)
         detections = Detections(
             camera_id=frame.camera_id,
@@ -419,6 +486,16 @@ class DetectorAgent:
             for reason in reasons:
                 metrics.HARD_EXAMPLES.labels(frame.camera_id, reason).inc()
 
+    def _skip_history(self, max_age_s: float) -> None:
+        """Before joining: move the group past frames older than ``max_age_s`` (streams.history)."""
+        moved = skip_history(self.settings.bootstrap, self.settings.topics.frames.name, self.settings.group, max_age_s)
+        for skipped in moved:
+            log.info(
+                "frames partition %d: skipped %d frames older than %.0f s (offsets %d -> %d)",
+                skipped.partition, skipped.records, max_age_s, skipped.from_offset, skipped.to_offset,
+            )  # fmt: skip
+            metrics.FRAMES_SHED.labels("*", "history").inc(skipped.records)
+
     async def _report(self) -> None:
         log.info("agent %s (%s, %s): %s", self.settings.agent_id, self.detector.version, self.detector.backend.name, self.counters)
 
@@ -439,6 +516,8 @@ class DetectorAgent:
             log.info("metrics on http://%s:%d/metrics", self.settings.metrics_host, self.settings.metrics_port)
         if self.watcher is not None:
             self.watcher.start()
+        if self.settings.catch_up_s:
+            self._skip_history(self.settings.catch_up_s)
         try:
             worker.execute_from_commandline()
         finally:

@@ -19,6 +19,9 @@ STAGE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 FRAMES = Counter("pedstream_detector_frames", "Frames detected and published as Detections", ["camera"])
+FRAMES_SHED = Counter(
+    "pedstream_frames_shed", "Frames not inferred because they were older than their camera's deadline", ["camera", "where"]
+)
 PEOPLE = Counter("pedstream_detector_people", "Boxes published", ["camera"])
 STAGE_SECONDS = Histogram("pedstream_detector_stage_seconds", "Time a frame spent in each pipeline stage", ["stage"], buckets=STAGE_BUCKETS)
 FRAME_TO_DETECTION = Histogram(

@@ -31,6 +31,10 @@ log = logging.getLogger(__name__)
 _STOP = object()
 
 
+def _ema(previous: float, value: float, weight: float = 0.2) -> float:
+    return value if previous == 0.0 else previous + weight * (value - previous)
+
+
 @dataclass
 class WorkItem:
     """One frame on its way through the pipeline; ``token`` is the caller's (e.g. the Kafka event)."""
@@ -51,8 +55,11 @@ class WorkItem:
     model_version: str = ""
     batch_size: int = 0
     error: str | None = None
+    expires_ts: float | None = None  # unix time after which the frame is not worth inferring (None: never)
+    shed: str | None = None  # why the frame was not inferred (it went stale); set by the caller or before inference
     timings_ms: dict[str, float] = field(default_factory=dict)
     entered: float = field(default_factory=time.perf_counter)
+    delivered_ts: float = 0.0  # unix time the result left the pipeline
 
 
 class DetectionPipeline:
@@ -64,7 +71,7 @@ class DetectionPipeline:
         detector: Detector,
         on_result: Callable[[WorkItem], None],
         max_batch: int = 4,
-        max_wait_ms: float = 10.0,
+        max_wait_ms: float = 0.0,
         queue_size: int = 2,
     ) -> None:
         self.detector = detector
@@ -78,6 +85,10 @@ class DetectionPipeline:
         self.q_infer: queue.Queue[Any] = queue.Queue(queue_size)
         self.q_post: queue.Queue[Any] = queue.Queue(queue_size)
         self.batches: list[int] = []
+        # running estimates (EMA) of one batch's inference and of an item's whole way through, in seconds:
+        # a frame is shed when it would finish after its deadline, not only when it already missed it
+        self.infer_estimate_s = 0.0
+        self.total_estimate_s = 0.0
         self._threads = [
             threading.Thread(target=self._stage, args=(self.q_decode, self.q_pre, self._decode), name="pipe-decode", daemon=True),
             threading.Thread(target=self._stage, args=(self.q_pre, self.q_infer, self._preprocess), name="pipe-pre", daemon=True),
@@ -112,7 +123,7 @@ class DetectionPipeline:
                 if outbox is not None:
                     outbox.put(_STOP)
                 return
-            if item.error is None:
+            if item.error is None and item.shed is None:
                 started = time.perf_counter()
                 try:
                     work(item)
@@ -182,7 +193,12 @@ class DetectionPipeline:
             if self._pending is not None:
                 self.detector, self._pending = self._pending, None
         detector = self.detector
-        ready = [item for item in batch if item.error is None and item.tensors]
+        now = time.time()
+        finish = now + self.infer_estimate_s
+        for item in batch:
+            if item.shed is None and item.expires_ts is not None and finish > item.expires_ts:
+                item.shed = f"stale at inference: would finish {(finish - item.expires_ts) * 1000.0:.0f} ms after its deadline"
+        ready = [item for item in batch if item.error is None and item.shed is None and item.tensors]
         for item in batch:
             item.model_version = detector.version
         for item in ready:
@@ -200,6 +216,7 @@ class DetectionPipeline:
                 item.error = f"inference failed: {exc}"
             return
         spent = (time.perf_counter() - started) * 1000.0
+        self.infer_estimate_s = _ema(self.infer_estimate_s, spent / 1000.0)
         self.batches.append(len(stacked))
         BATCH_SIZE.observe(len(stacked))
         offset = 0
@@ -223,6 +240,9 @@ class DetectionPipeline:
 
     def _deliver(self, item: WorkItem) -> None:
         item.timings_ms["total"] = (time.perf_counter() - item.entered) * 1000.0
+        item.delivered_ts = time.time()
+        if item.error is None and item.shed is None:
+            self.total_estimate_s = _ema(self.total_estimate_s, item.timings_ms["total"] / 1000.0)
         try:
             self.on_result(item)
         except Exception:

@@ -91,6 +91,11 @@ class Frame(_ImageFields):
 
     record_name: ClassVar[str] = "Frame"
     source_frame_index: NonNegativeInt = Field(description="Index of this frame in its source (0-based)")
+    period_ms: Annotated[float, Field(gt=0)] | None = Field(
+        None,
+        description="Nominal time between this camera's frames (live or paced sources); detector agents shed a frame "
+        "older than its deadline (by default two periods). None: a replay published as fast as possible, never shed",
+    )
 
 
 class Detections(CameraRecord):
@@ -105,10 +110,16 @@ class Detections(CameraRecord):
     model_version: str = Field(min_length=1)
     boxes: list[Box]
     latency_ms: dict[str, Annotated[float, Field(ge=0)]] = Field(
-        default_factory=dict, description="Per-stage latency: decode, preprocess, infer, postprocess, total"
+        default_factory=dict,
+        description="Where the frame's time went, in ms, step by step: camera (capture to publish), broker (publish to "
+        "the agent reading it), admit, queue, decode, preprocess, infer, postprocess, publish (result to record "
+        "sent); total (inside the agent's pipeline) and frame_to_detection (capture to record sent)",
     )
     agent_id: str = Field(min_length=1)
     produced_ts: Timestamp
+    skipped: str | None = Field(
+        None, description="Set when the frame was not inferred (shed: older than its deadline), with why; boxes is then empty"
+    )
 
 
 class Alert(CameraRecord):

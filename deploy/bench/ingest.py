@@ -11,9 +11,9 @@ from streams.cameras.config import CameraOptions, VirtualCameras, expand_virtual
 from streams.topics import Topics
 
 
-def virtual_fleet(source: str, cameras: int, fps: float, max_width: int | None = None) -> list:  # type: ignore[type-arg]
+def virtual_fleet(source: str, cameras: int, fps: float, max_width: int | None = None, id_prefix: str = "bench") -> list:  # type: ignore[type-arg]
     """``cameras`` virtual cameras from ``source``, offsets spread over its length, default looks."""
-    group = VirtualCameras(id_prefix="bench", source=source, count=cameras, fps=fps, max_width=max_width, loop=True, realtime=True)
+    group = VirtualCameras(id_prefix=id_prefix, source=source, count=cameras, fps=fps, max_width=max_width, loop=True, realtime=True)
     return expand_virtual(group, CameraOptions(), None, "bench")
 
 

@@ -8,6 +8,8 @@ import json
 import os
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -72,19 +74,13 @@ def cmd_bench_detector(args: argparse.Namespace) -> int:
 
 def cmd_bench_pipeline(args: argparse.Namespace) -> int:
     from deploy.bench import pipeline as bench_pipeline
-    from deploy.stack import endpoints_or_temporary_stack
 
-    model = bench_model(args)
     data = data_dir(args.data)
-    topics = Topics.from_env(args.topic_prefix or f"bench{os.getpid()}")
-    with (
-        endpoints_or_temporary_stack(args.bootstrap, args.redis, topics, announce=lambda m: print(m, file=sys.stderr)) as ep,
-        tempfile.TemporaryDirectory(prefix="pedstream-bench-") as home,
-    ):
+    with _bench_stack(args) as (bootstrap, topics, home):
         result = bench_pipeline.run(
-            ep.bootstrap,
+            bootstrap,
             topics,
-            model,
+            bench_model(args),
             str(data / "PETS09-S2L1" / "vtest.avi"),
             data / "PETS09-S2L1",
             args.cameras,
@@ -92,12 +88,65 @@ def cmd_bench_pipeline(args: argparse.Namespace) -> int:
             args.seconds,
             args.threads,
             args.batch,
-            Path(home),
+            home,
             progress=say_to_stderr("bench pipeline"),
             backend=args.backend,
+            background_load=args.background_load,
+            load_generator=args.load_generator,
         )
     print_json(result) if args.json else print(json.dumps(result))
     return 0
+
+
+def cmd_bench_capacity(args: argparse.Namespace) -> int:
+    from deploy.bench import pipeline as bench_pipeline
+
+    data = data_dir(args.data)
+    with _bench_stack(args) as (bootstrap, topics, home):
+        result = bench_pipeline.capacity(
+            bootstrap,
+            topics,
+            bench_model(args),
+            str(data / "PETS09-S2L1" / "vtest.avi"),
+            home,
+            args.threads,
+            args.batch,
+            fps=args.fps,
+            seconds=args.seconds,
+            p99_ms=args.p99_ms,
+            max_cameras=args.max_cameras,
+            backend=args.backend,
+            progress=say_to_stderr("bench capacity"),
+            load_generator=args.load_generator,
+        )
+    print_json(result) if args.json else print(json.dumps(result))
+    return 0
+
+
+@contextmanager
+def _bench_stack(args: argparse.Namespace) -> Iterator[tuple[str, Topics, Path]]:
+    """The broker to measure on (a temporary embedded stack when none was named), fresh topics, a home folder."""
+    from deploy.stack import endpoints_or_temporary_stack
+
+    topics = Topics.from_env(args.topic_prefix or f"bench{os.getpid()}")
+    with (
+        endpoints_or_temporary_stack(args.bootstrap, args.redis, topics, announce=lambda m: print(m, file=sys.stderr)) as ep,
+        tempfile.TemporaryDirectory(prefix="pedstream-bench-") as home,
+    ):
+        yield ep.bootstrap, topics, Path(home)
+
+
+def _agent_flags(b: argparse.ArgumentParser) -> None:
+    b.add_argument(
+        "--load-generator",
+        choices=("cameras", "replay"),
+        default="cameras",
+        help="cameras: camera agents decoding and encoding video here (they share the cores); replay: pre-encoded "
+        "frames published from one thread, as if the cameras ran on other hosts",
+    )
+    b.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads of the agent")
+    b.add_argument("--batch", type=int, default=4, help="the agent's largest micro-batch")
+    b.add_argument("--backend", choices=BACKEND_CHOICES, default="auto", help="the agent's --backend (default auto, as detect)")
 
 
 def register(sub: Any, flags: Flags) -> None:
@@ -128,10 +177,19 @@ def register(sub: Any, flags: Flags) -> None:
     b.add_argument("--cameras", type=int, default=8)
     b.add_argument("--fps", type=float, default=5.0)
     b.add_argument("--seconds", type=float, default=30.0)
-    b.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads of the agent")
-    b.add_argument("--batch", type=int, default=4)
-    b.add_argument("--backend", choices=BACKEND_CHOICES, default="auto", help="the agent's --backend (default auto, as detect)")
+    b.add_argument("--background-load", action="store_true", help="keep one core busy with another process during the run")
+    _agent_flags(b)
     b.set_defaults(func=cmd_bench_pipeline)
+
+    b = bench_sub.add_parser(
+        "capacity", parents=[flags.conn, bench_model], help="the most cameras one agent keeps at p99 <= 150 ms with nothing shed"
+    )
+    b.add_argument("--fps", type=float, default=5.0, help="frames per second of each camera")
+    b.add_argument("--seconds", type=float, default=20.0, help="measuring window per camera count")
+    b.add_argument("--p99-ms", type=float, default=150.0, help="capture -> detection p99 a camera count must keep")
+    b.add_argument("--max-cameras", type=int, default=64, help="stop searching above this many cameras")
+    _agent_flags(b)
+    b.set_defaults(func=cmd_bench_capacity)
 
     loop.register_bench(bench_sub, flags)
     training.register_bench(bench_sub, flags)

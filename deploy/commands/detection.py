@@ -64,6 +64,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
         **({"agent_id": args.agent_id} if args.agent_id else {}),
         max_batch=args.batch,
         max_wait_ms=args.batch_wait_ms,
+        catch_up_s=args.catch_up_s or None,
         publish_threshold=args.publish_threshold,
         track_threshold=args.score_threshold,
         redis_url=None if args.no_registry else endpoints.redis_url,
@@ -183,7 +184,19 @@ def register(sub: Any, flags: Flags) -> None:
     p.add_argument("--group", default="pedstream-detectors", help="agents in one group split the cameras")
     p.add_argument("--agent-id")
     p.add_argument("--batch", type=int, default=4, help="micro-batch up to this many images")
-    p.add_argument("--batch-wait-ms", type=float, default=10.0, help="...or until this long has passed")
+    p.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        default=0.0,
+        help="wait this long for more frames to fill a batch (default 0: batch only what is already queued, which "
+        "adds no latency; batches still grow when inference falls behind)",
+    )
+    p.add_argument(
+        "--catch-up-s",
+        type=float,
+        default=60.0,
+        help="at start, a group whose position is older than this skips to newer frames (0: replay everything)",
+    )
     p.add_argument("--publish-threshold", type=float, default=0.3, help="publish boxes at or above this score")
     p.add_argument("--score-threshold", type=float, default=0.5, help="boxes that count for tracking and alerts")
     p.add_argument(

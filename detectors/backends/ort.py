@@ -29,6 +29,9 @@ class OrtBackend(Backend):
         options.inter_op_num_threads = inter_threads
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
+        # ORT's worker threads otherwise spin between operators: faster alone on a core, but on an edge
+        # node they take the cores from decoding, the Kafka clients and the cameras beside them
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.intra_threads = intra_threads
         try:
             self.session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])

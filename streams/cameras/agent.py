@@ -87,6 +87,7 @@ class CameraRunner:
         self.stats = CameraStats(config.id)
         self.source_factory = source_factory or _source_for
         self._seq = 0
+        self._period_ms: float | None = None  # nominal time between published frames (None: as fast as possible)
         self._rng = np.random.default_rng(zlib.crc32(config.id.encode()))
         self.thread = threading.Thread(target=self.run, name=f"camera-{config.id}", daemon=True)
 
@@ -127,6 +128,9 @@ class CameraRunner:
         fps_cap = cfg.option("fps")
         cap_period = 1.0 / fps_cap if fps_cap else 0.0
         pace_period = 1.0 / source.native_fps if (cfg.option("realtime") and not source.live and source.native_fps) else 0.0
+        live_period = 1.0 / source.native_fps if (source.live and source.native_fps) else 0.0
+        period = max(cap_period, pace_period, live_period)
+        self._period_ms = period * 1000.0 if period > 0 else None
         started = time.monotonic()
         frames_read = 0
         next_publish = started
@@ -170,6 +174,7 @@ class CameraRunner:
             height=rendered.shape[0],
             jpeg=jpeg,
             source_frame_index=index,
+            period_ms=self._period_ms,
         )
         self._seq += 1
         sent = time.perf_counter()

@@ -114,6 +114,20 @@ class DetectSettings(_Strict):
     alerts: list[AlertRule] = Field(default_factory=list)
     tiling: Tiling | None = None
     hard_examples_per_minute: float = Field(6.0, ge=0, description="budget of hard examples mined from this camera")
+    deadline_ms: Annotated[float, Field(gt=0)] | None = Field(
+        None,
+        description="a frame older than this (since capture) when the agent reaches it is shed, not inferred; "
+        "default: two of the camera's frame periods (frames published as fast as possible have none)",
+    )
+    shed_stale: bool = Field(True, description="false: infer every frame however late (latency then grows without bound)")
+
+    def deadline_s(self, period_ms: float | None) -> float | None:
+        """Seconds after capture a frame of this camera stays worth inferring; None: no deadline."""
+        if not self.shed_stale:
+            return None
+        if self.deadline_ms is not None:
+            return self.deadline_ms / 1000.0
+        return 2.0 * period_ms / 1000.0 if period_ms is not None else None
 
 
 class RetryPolicy(_Strict):

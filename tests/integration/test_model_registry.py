@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import redis
+import yaml
 
 from deploy.agent_process import AgentProcess
 from deploy.stack import free_loopback_port
@@ -81,7 +82,13 @@ def _start_agent(
     agent_id: str,
     group: str | None = None,
 ) -> AgentProcess:
-    agent = AgentProcess(model, broker, topics, home, agent_id, threads=1, batch=2, group=group, redis_url=redis_url, public_key=public_key)
+    home.mkdir(parents=True, exist_ok=True)
+    cameras = home / f"{agent_id}-cameras.yaml"
+    # these tests are about swaps, not shedding: a deadline no loaded CI machine misses
+    cameras.write_text(yaml.safe_dump({"cameras": [{"id": "cam", "source": "unused.avi", "detect": {"deadline_ms": 10000}}]}))
+    agent = AgentProcess(
+        model, broker, topics, home, agent_id, threads=1, batch=2, group=group, redis_url=redis_url, public_key=public_key, cameras=cameras
+    )
     return agent.start()
 
 
@@ -165,6 +172,7 @@ def test_agent_hot_swaps_refuses_tampered_and_rolls_back_without_losing_frames(
         watch.close()
     ordered = sorted({d.seq: d for d in watch.records if d.agent_id == "swap-a"}.values(), key=lambda d: d.seq)
     assert [d.seq for d in ordered] == list(range(frames))  # no frame lost across three swaps
+    assert not [d.seq for d in ordered if d.skipped is not None]  # and none shed
     versions = [d.model_version for d in ordered]
     assert "s-tampered" not in versions and versions[-1] == "s-first"
     switch = versions.index("s-second")

@@ -80,3 +80,28 @@ def test_tiling_runs_tiles_as_one_batch_and_merges(ssd: Detector, frames: list[b
     out, pipe = run(ssd, items, max_batch=8)
     assert pipe.batches == [4] and out[0].boxes is not None and len(out[0].boxes) > 0
     assert out[0].boxes.xyxy[:, 2].max() <= 768 and out[0].boxes.xyxy[:, 3].max() <= 576
+
+
+def test_expired_frames_are_shed_before_inference_and_keep_their_place(ssd: Detector, frames: list[bytes]) -> None:
+    now = time.time()
+    items = [
+        WorkItem(token=i, camera_id="c", jpeg=j, expires_ts=(now - 1.0) if i % 2 else (now + 60.0)) for i, j in enumerate(frames[:8])
+    ]
+    items.append(WorkItem(token=8, camera_id="c", jpeg=frames[8], shed="stale on arrival: set by the caller"))
+    out, pipe = run(ssd, items, max_batch=4)
+    assert [it.token for it in out] == list(range(9))  # order kept, shed frames included
+    for item in out[:8]:
+        if item.token % 2:
+            assert item.shed is not None and item.shed.startswith("stale at inference") and item.boxes is None
+        else:
+            assert item.shed is None and item.boxes is not None
+    assert out[8].shed == "stale on arrival: set by the caller" and "decode" not in out[8].timings_ms  # never decoded
+    assert sum(pipe.batches) == 4  # only the four fresh frames were inferred
+    assert pipe.infer_estimate_s > 0 and pipe.total_estimate_s > 0
+
+
+def test_greedy_batching_adds_no_wait(ssd: Detector, frames: list[bytes]) -> None:
+    waited, _ = run(ssd, [WorkItem(token=0, camera_id="c", jpeg=frames[0])], max_batch=4, max_wait_ms=500)
+    greedy, _ = run(ssd, [WorkItem(token=0, camera_id="c", jpeg=frames[0])], max_batch=4, max_wait_ms=0)
+    assert waited[0].timings_ms["total"] >= 450.0  # a lone frame held back for companions that never come
+    assert greedy[0].timings_ms["total"] < 250.0  # not held back at all
