@@ -84,9 +84,7 @@ def test_tiling_runs_tiles_as_one_batch_and_merges(ssd: Detector, frames: list[b
 
 def test_expired_frames_are_shed_before_inference_and_keep_their_place(ssd: Detector, frames: list[bytes]) -> None:
     now = time.time()
-    items = [
-        WorkItem(token=i, camera_id="c", jpeg=j, expires_ts=(now - 1.0) if i % 2 else (now + 60.0)) for i, j in enumerate(frames[:8])
-    ]
+    items = [WorkItem(token=i, camera_id="c", jpeg=j, expires_ts=(now - 1.0) if i % 2 else (now + 60.0)) for i, j in enumerate(frames[:8])]
     items.append(WorkItem(token=8, camera_id="c", jpeg=frames[8], shed="stale on arrival: set by the caller"))
     out, pipe = run(ssd, items, max_batch=4)
     assert [it.token for it in out] == list(range(9))  # order kept, shed frames included
