@@ -85,33 +85,78 @@ def shrink(example: Example, max_width: int) -> Example:
 
 @dataclass(frozen=True)
 class Augment:
-    """Random flip, scale/crop and photometric jitter (off for evaluation)."""
+    """Random geometry and looks for training (off for evaluation). The defaults are student v0's
+    (flip, crops down to 0.75, brightness and contrast); ``strong()`` is student v1's, made for
+    cameras never seen: zoom in and out, no stretching, night, blur, noise and JPEG artefacts."""
 
     flip: bool = True
-    min_scale: float = 0.75
+    min_scale: float = 0.75  # zoom in: crop down to this fraction of the frame
+    max_zoom_out: float = 1.0  # zoom out: shrink the frame into a canvas up to this many times larger (1: never)
+    keep_aspect: bool = False  # crops and canvases take the input's aspect ratio, so people are never stretched
     brightness: float = 0.3
     contrast: float = 0.3
+    night: float = 0.0  # probability of a night look: dark (x0.15-0.45) with sensor noise
+    blur: float = 0.0  # probability of a Gaussian blur
+    noise: float = 0.0  # probability of sensor noise
+    jpeg: float = 0.0  # probability of re-encoding at JPEG quality 20-60
     enabled: bool = True
+
+    @classmethod
+    def strong(cls) -> Augment:
+        return cls(min_scale=0.5, max_zoom_out=2.5, keep_aspect=True, night=0.15, blur=0.2, noise=0.2, jpeg=0.2)
+
+
+def _window(w: int, h: int, input_w: int, input_h: int, augment: Augment, rng: np.random.Generator) -> tuple[float, float, float, float]:
+    """(x0, y0, width, height) of the part of the frame (or of a larger canvas around it) to show."""
+    if augment.keep_aspect:
+        aspect = input_w / input_h
+        # log-uniform, so zooming in and out are about as likely
+        scale = float(np.exp(rng.uniform(np.log(augment.min_scale), np.log(augment.max_zoom_out)))) if augment.enabled else 1.0
+        if scale <= 1.0:
+            cw = scale * min(w, h * aspect)
+        else:
+            cw = scale * max(w, h * aspect)
+        ch = cw / aspect
+    else:
+        scale = rng.uniform(augment.min_scale, 1.0) if augment.enabled and augment.min_scale < 1.0 else 1.0
+        cw, ch = w * scale, h * scale
+    x0 = rng.uniform(min(0.0, w - cw), max(0.0, w - cw))
+    y0 = rng.uniform(min(0.0, h - ch), max(0.0, h - ch))
+    return x0, y0, cw, ch
+
+
+def _looks(bgr: np.ndarray, augment: Augment, rng: np.random.Generator) -> np.ndarray:
+    if augment.jpeg and rng.random() < augment.jpeg:
+        decoded = cv2.imdecode(cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(20, 61))])[1], cv2.IMREAD_COLOR)
+        bgr = bgr if decoded is None else decoded
+    if augment.blur and rng.random() < augment.blur:
+        bgr = cv2.GaussianBlur(bgr, (5, 5) if rng.random() < 0.5 else (3, 3), 0)
+    out = bgr.astype(np.float32)
+    if augment.night and rng.random() < augment.night:
+        out = out * rng.uniform(0.15, 0.45) + rng.normal(0.0, rng.uniform(4.0, 12.0), out.shape).astype(np.float32)
+    elif augment.noise and rng.random() < augment.noise:
+        out = out + rng.normal(0.0, rng.uniform(2.0, 8.0), out.shape).astype(np.float32)
+    return np.clip(out, 0, 255).astype(np.uint8)
 
 
 def prepare(example: Example, input_w: int, input_h: int, augment: Augment, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """(CHW float RGB/255 image at the input size, boxes in input pixels) with augmentation."""
     image, boxes = example.image, example.boxes.astype(np.float32)
     h, w = image.shape[:2]
-    if augment.enabled and augment.min_scale < 1.0:
-        scale = rng.uniform(augment.min_scale, 1.0)
-        cw, ch = int(w * scale), int(h * scale)
-        x0, y0 = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
-        image = image[y0 : y0 + ch, x0 : x0 + cw]
-        boxes = clip_boxes(boxes - np.array([x0, y0, x0, y0], np.float32), cw, ch)
-        keep = ((boxes[:, 2] - boxes[:, 0]) > 4) & ((boxes[:, 3] - boxes[:, 1]) > 8)
-        boxes = boxes[keep]
-        h, w = ch, cw
-    resized = cv2.resize(image, (input_w, input_h), interpolation=cv2.INTER_LINEAR)
-    boxes = boxes * np.array([input_w / w, input_h / h, input_w / w, input_h / h], np.float32)
+    x0, y0, cw, ch = _window(w, h, input_w, input_h, augment, rng)
+    # one affine map from the window to the input: crops and canvases (grey outside the frame) alike
+    sx, sy = input_w / cw, input_h / ch
+    matrix = np.array([[sx, 0.0, -x0 * sx], [0.0, sy, -y0 * sy]], np.float32)
+    resized = cv2.warpAffine(image, matrix, (input_w, input_h), flags=cv2.INTER_LINEAR, borderValue=(114, 114, 114))
+    boxes = (boxes - np.array([x0, y0, x0, y0], np.float32)) * np.array([sx, sy, sx, sy], np.float32)
+    boxes = clip_boxes(boxes, input_w, input_h)
+    keep = ((boxes[:, 2] - boxes[:, 0]) > 2) & ((boxes[:, 3] - boxes[:, 1]) > 4)
+    boxes = boxes[keep]
     if augment.enabled and augment.flip and rng.random() < 0.5:
         resized = resized[:, ::-1]
         boxes = np.stack([input_w - boxes[:, 2], boxes[:, 1], input_w - boxes[:, 0], boxes[:, 3]], axis=1) if len(boxes) else boxes
+    if augment.enabled:
+        resized = _looks(np.ascontiguousarray(resized), augment, rng)
     rgb = cv2.cvtColor(np.ascontiguousarray(resized), cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0
     if augment.enabled:
         rgb = (rgb - 0.5) * (1 + rng.uniform(-augment.contrast, augment.contrast)) + 0.5

@@ -24,6 +24,7 @@ from torch import nn
 from streams.errors import PedstreamError
 
 SSDLITE_INPUT = "Preprocessor/sub:0"
+SSDLITE_STRIDE4 = "FeatureExtractor/MobilenetV2/expanded_conv_2/add:0"  # 24 channels
 SSDLITE_STRIDE8 = "FeatureExtractor/MobilenetV2/expanded_conv_5/add:0"  # 32 channels
 SSDLITE_STRIDE16 = "FeatureExtractor/MobilenetV2/expanded_conv_12/add:0"  # 96 channels
 
@@ -109,6 +110,19 @@ def ssdlite_trunk(model_path: Path, outputs: tuple[str, ...] = (SSDLITE_STRIDE8,
     """The stock SSDLite's MobileNetV2 trunk up to ``outputs``, expecting RGB scaled to [-1, 1], NCHW."""
     cut = cut_onnx(model_path, [SSDLITE_INPUT], list(outputs))
     return OnnxTrunk(cut.graph, list(outputs))
+
+
+def freeze_before(trunk: OnnxTrunk, output: str) -> int:
+    """Stop training every conv computed before ``output`` (the generic early features); returns how many."""
+    frozen = 0
+    for op in trunk.ops:
+        if op.output == output:
+            break
+        if op.kind == "conv":
+            for parameter in trunk.convs[op.module].parameters():
+                parameter.requires_grad_(False)
+            frozen += 1
+    return frozen
 
 
 def to_trunk_input(rgb_01: torch.Tensor) -> torch.Tensor:

@@ -4,11 +4,13 @@ between the two, and the replay set that keeps a retraining cycle from forgettin
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from streams.errors import PedstreamError
@@ -125,3 +127,44 @@ class ReplaySet:
 
     def examples(self, models_dir: Path, cache_dir: Path | None) -> list[Example]:
         return labelled_examples(self.sequence, self.frames, "teacher", models_dir, cache_dir, self.every)
+
+
+def video_examples(
+    video: Path, every: int, models_dir: Path, cache_dir: Path | None, progress: Callable[[int, int], None] | None = None
+) -> list[Example]:
+    """Every ``every``-th frame of a video file labelled by the teacher ensemble (labels cached,
+    keyed by the file's content and the frame index, so a renamed copy is not labelled again)."""
+    capture = cv2.VideoCapture(str(video))
+    if not capture.isOpened():
+        raise PedstreamError(f"{video}: cannot open the video")
+    total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+    digest = hashlib.sha256(video.read_bytes()[: 8 << 20]).hexdigest()[:12]
+    frames: list[tuple[str, np.ndarray]] = []
+    index = 0
+    while True:
+        ok, image = capture.read()
+        if not ok:
+            break
+        if index % every == 0:
+            frames.append((f"{video.stem}@{digest}#{index}", image))
+        index += 1
+    capture.release()
+    teacher_holder: list[TeacherLabeler] = []
+
+    def label(image: np.ndarray) -> Labels:
+        if not teacher_holder:
+            teacher_holder.append(TeacherLabeler(models_dir))
+        return teacher_holder[0].label(image)
+
+    count = len(frames) or total // every
+    examples = label_frames(frames, label, TEACHER_SOURCE, LabelCache(cache_dir) if cache_dir else None,
+                            (lambda done: progress(done, count)) if progress else None)  # fmt: skip
+    return [shrink(e, STORAGE_WIDTH) for e in examples]
+
+
+def dataset_examples(path: Path) -> tuple[list[Example], dict[str, object]]:
+    """The human-labelled images of a YOLO folder or COCO JSON (trainer.datasets), and its summary."""
+    from trainer.datasets import load_dataset
+
+    dataset = load_dataset(path)
+    return [shrink(image.example(dataset.name), STORAGE_WIDTH) for image in dataset.images], dataset.describe()

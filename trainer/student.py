@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import onnx
 import torch
@@ -19,6 +20,7 @@ from torch import nn
 from detectors.adapters.registry import FORMAT_METADATA_KEY
 from detectors.adapters.student import INPUT_NAME, OUTPUT_HEATMAP, OUTPUT_REGRESSION, STRIDE, StudentAdapter
 from detectors.detector import VERSION_METADATA_KEY
+from trainer.pretrained import SSDLITE_STRIDE4, SSDLITE_STRIDE8, SSDLITE_STRIDE16, OnnxTrunk, freeze_before, ssdlite_trunk, to_trunk_input
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,9 @@ class StudentConfig:
     input_height: int = 288
     widths: tuple[int, int, int, int] = (24, 48, 96, 160)
     neck: int = 32
+    # student v1: the stock SSDLite's pretrained MobileNetV2 trunk (this ONNX file) instead of the
+    # small backbone trained from scratch; the convs before stride 8 stay frozen
+    trunk: str | None = None
 
 
 def _separable(c_in: int, c_out: int, stride: int) -> nn.Sequential:
@@ -52,12 +57,24 @@ class Student(nn.Module):
     def __init__(self, config: StudentConfig = StudentConfig()) -> None:
         super().__init__()
         self.config = config
+        self.trunk: OnnxTrunk | None = None
+        if config.trunk is not None:
+            self.trunk = ssdlite_trunk(Path(config.trunk), (SSDLITE_STRIDE4, SSDLITE_STRIDE8, SSDLITE_STRIDE16))
+            freeze_before(self.trunk, SSDLITE_STRIDE8)
+            self._build_head(24, 32, 96)
+            return
         w1, w2, w3, w4 = config.widths
         self.stem = nn.Sequential(nn.Conv2d(3, w1, 3, 2, 1, bias=False), nn.BatchNorm2d(w1), nn.ReLU(inplace=True))
         self.stage4 = nn.Sequential(_separable(w1, w2, 2), _separable(w2, w2, 1))  # stride 4
         self.stage8 = nn.Sequential(_separable(w2, w3, 2), _separable(w3, w3, 1))  # stride 8
         self.stage16 = nn.Sequential(_separable(w3, w4, 2), _separable(w4, w4, 1), _separable(w4, w4, 1))  # stride 16
-        n = config.neck
+        self._build_head(w2, w3, w4)
+
+    def _build_head(self, c4: int, c8: int, c16: int) -> None:
+        """The neck (stride 16 -> 8 -> 4, lateral 1x1 convs) and the CenterNet head, over features of
+        ``c4``, ``c8`` and ``c16`` channels."""
+        w2, w3, w4 = c4, c8, c16
+        n = self.config.neck
         self.lateral16 = nn.Conv2d(w4, n, 1)
         self.lateral8 = nn.Conv2d(w3, n, 1)
         self.lateral4 = nn.Conv2d(w2, n, 1)
@@ -70,9 +87,12 @@ class Student(nn.Module):
         nn.init.constant_(heatmap_out.bias, -2.19)  # prior 0.1 for a centre: stable focal-loss start
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x4 = self.stage4(self.stem(images))
-        x8 = self.stage8(x4)
-        x16 = self.stage16(x8)
+        if self.trunk is not None:
+            x4, x8, x16 = self.trunk(to_trunk_input(images))
+        else:
+            x4 = self.stage4(self.stem(images))
+            x8 = self.stage8(x4)
+            x16 = self.stage16(x8)
         p = self.up(self.lateral16(x16)) + self.lateral8(x8)
         p = self.up(p) + self.lateral4(x4)
         p = self.smooth(p)
@@ -129,6 +149,7 @@ def export_onnx(model: Student, version: str, extra_metadata: dict[str, str] | N
         "stride": str(STRIDE),
         "widths": ",".join(map(str, cfg.widths)),
         "neck": str(cfg.neck),
+        "backbone": "mobilenetv2 from ssdlite_pedestrian.onnx (pretrained)" if cfg.trunk else "scratch",
         "exported_ts": f"{time.time():.0f}",
         **(extra_metadata or {}),
     }

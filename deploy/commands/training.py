@@ -40,6 +40,11 @@ def student_config(args: argparse.Namespace) -> Any:
         extra["widths"] = tuple(widths)
     if args.neck:
         extra["neck"] = args.neck
+    if args.trunk:
+        trunk = models_dir(args.data) / "ssdlite_pedestrian.onnx" if args.trunk == "ssdlite" else Path(args.trunk).expanduser()
+        if not trunk.is_file():
+            raise PedstreamError(f"--trunk {trunk}: no such ONNX file")
+        extra["trunk"] = str(trunk)
     return StudentConfig(input_width=width, input_height=height, **extra)
 
 
@@ -51,7 +56,7 @@ def job_settings(args: argparse.Namespace, **overrides: Any) -> Any:
     policy = StalenessPolicy(lr=args.lr, optimizer=args.optimizer, staleness_bound=args.staleness_bound)
     values: dict[str, Any] = dict(
         policy=policy,
-        augment=Augment(enabled=not args.no_augment),
+        augment=Augment(enabled=False) if args.no_augment else (Augment.strong() if args.augment == "strong" else Augment()),
         seed=args.seed,
         batch_size=args.batch_size,
         updates=args.updates,
@@ -65,11 +70,12 @@ def job_settings(args: argparse.Namespace, **overrides: Any) -> Any:
 
 
 def load_training_data(args: argparse.Namespace, teachers: Path | None) -> tuple[list[Any], Any]:
-    """(labelled examples, held-out frames) as the arguments describe (the split is trainer.sources')."""
-    from trainer.sources import default_label_cache, training_split
+    """(labelled examples, held-out frames) as the arguments describe (the split is trainer.sources'),
+    with the --dataset and --teacher-video examples added; ``args.data_summary`` says what is what."""
+    from trainer.sources import dataset_examples, default_label_cache, training_split, video_examples
 
     bar = ProgressBar(f"label {args.labels}")
-    return training_split(
+    examples, held_out = training_split(
         MotSequence.load(args.sequence),
         args.frames,
         args.every,
@@ -81,6 +87,22 @@ def load_training_data(args: argparse.Namespace, teachers: Path | None) -> tuple
         args.holdout_every,
         lambda done, total: bar.update(done, total),
     )
+    kind = {"oracle": "human", "teacher": "teacher"}[args.labels]
+    args.data_summary = [{"name": MotSequence.load(args.sequence).name, "labels": kind, "frames": args.frames, "images": len(examples)}]
+    for path in getattr(args, "dataset", None) or []:
+        extra, summary = dataset_examples(Path(path))
+        examples += extra
+        args.data_summary.append(summary)
+    for spec in getattr(args, "teacher_video", None) or []:
+        path, _, every = spec.partition(":")
+        if teachers is None:
+            teachers = models_dir(args.data)
+        clip = Path(path).expanduser()
+        video_bar = ProgressBar(f"label {clip.name}")
+        extra = video_examples(clip, int(every or 10), teachers, default_label_cache(), video_bar.update)
+        examples += extra
+        args.data_summary.append({"name": clip.name, "labels": "teacher", "every": int(every or 10), "images": len(extra)})
+    return examples, held_out
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -116,7 +138,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     paths = write_outputs(result, Path(args.out))
     model = Student(config)
     summary = {
-        "student": {"input_size": [config.input_width, config.input_height], "widths": list(config.widths), "neck": config.neck},
+        "student": {
+            "input_size": [config.input_width, config.input_height],
+            "widths": list(config.widths),
+            "neck": config.neck,
+            "trunk": config.trunk,
+        },
         "model": paths.get("model"),
         "version": job.model_version,
         "metrics": paths["metrics"],
@@ -133,6 +160,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "held_out": held_out.name,
         "examples": len(examples),
         "labels": args.labels,
+        "data": args.data_summary,
         "trainer_restarts": result.trainer_restarts,
         "parameters": count_parameters(model),
         "gflops": round(gflops(model), 3),
@@ -171,6 +199,16 @@ def add_job_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input-size", default="384x288", help="student input WIDTHxHEIGHT")
     p.add_argument("--widths", help="student backbone channel widths W1,W2,W3,W4 (default: the student's)")
     p.add_argument("--neck", type=int, help="student neck/head channels (default: the student's)")
+    p.add_argument(
+        "--trunk",
+        help="start from pretrained features: 'ssdlite' (the MobileNetV2 trunk of $PEDSTREAM_MODELS/ssdlite_pedestrian.onnx) "
+        "or another such ONNX file (default: the small backbone from scratch)",
+    )
+    p.add_argument("--dataset", action="append", help="add human-labelled images: a YOLO folder (data.yaml) or COCO JSON (repeatable)")
+    p.add_argument("--teacher-video", action="append", metavar="VIDEO[:EVERY]",
+                   help="add every EVERY-th frame (default 10) of a video, labelled by the teachers (repeatable)")  # fmt: skip
+    p.add_argument("--augment", choices=("default", "strong"), default="default",
+                   help="strong: zoom in and out without stretching, night, blur, noise, JPEG (for unseen cameras)")  # fmt: skip
     p.add_argument("--ray-address", help="join this Ray cluster (127.0.0.1:PORT) instead of starting one")
     p.add_argument("--ray-port", type=int, default=47300, help="base of the pinned Ray port range (base .. base+119)")
     p.add_argument("--json", action="store_true")
@@ -240,7 +278,32 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_generalize(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from deploy.bench import generalize
+    from trainer.sources import default_label_cache
+
+    with tempfile.TemporaryDirectory(prefix="pedstream-generalize-") as work:
+        result = generalize.run(
+            data_dir(args.data), models_dir(args.data), default_label_cache(), Path(work), updates=args.updates,
+            threads=args.threads, ray_port=args.ray_port, progress=lambda m: print(f"[bench generalize] {m}", file=sys.stderr, flush=True),
+        )  # fmt: skip
+    print(json.dumps(result, indent=2))
+    return 0
+
+
 def register_bench(bench_sub: Any, flags: Flags) -> None:
+    g = bench_sub.add_parser(
+        "generalize", help="leave one labelled camera out, train the student on the rest, score it beside the stock models there"
+    )
+    g.add_argument("--updates", type=int, default=800, help="parameter-server updates per left-out camera")
+    g.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads of every model scored (one setting for all)")
+    g.add_argument("--ray-port", type=int, default=47600, help="base of the pinned Ray port range")
+    g.add_argument("--json", action="store_true", help="print JSON (the only output format)")
+    flags.data(g)
+    g.set_defaults(func=cmd_bench_generalize)
+
     b = bench_sub.add_parser("train", help="sync vs async updates/s, samples/s, time to a loss and AP; PS shards vs trainers")
     add_job_flags(b)
     b.set_defaults(every=4, holdout_every=8)
