@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -136,6 +137,19 @@ def test_a_trainer_joins_mid_run_and_takes_work(ray_cluster: LocalRayCluster, ex
     assert result.gradients_per_trainer[1] >= 1, result.gradients_per_trainer
 
 
+def _small_yolo(shared_data: Path, root: Path) -> Path:
+    """Three coco128-person images with their labels, as a user's own YOLO folder."""
+    source = shared_data / "coco128-person"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    (root / "data.yaml").write_text("names: [person]\n")
+    for image in sorted((source / "images").rglob("*.jpg"))[:3]:
+        shutil.copy(image, root / "images" / image.name)
+        label = (source / "labels" / image.relative_to(source / "images")).with_suffix(".txt")
+        shutil.copy(label, root / "labels" / label.name)
+    return root
+
+
 def test_pedstream_train_writes_model_metrics_and_curves(shared_data: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     env = {**os.environ, "PEDSTREAM_DATA": str(shared_data), "PEDSTREAM_LABEL_CACHE": str(tmp_path / "labels")}
@@ -157,12 +171,18 @@ def test_pedstream_train_writes_model_metrics_and_curves(shared_data: Path, tmp_
         "student-test",
         "--out",
         str(out),
+        "--dataset",
+        str(_small_yolo(shared_data, tmp_path / "yolo")),
         "--json",
     ]
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout)
     assert summary["updates"] == 12 and summary["version"] == "student-test" and summary["labels"] == "oracle"
+    # what it trained on, and who labelled it
+    assert summary["data"][0]["labels"] == "human" and summary["data"][0]["images"] == 20
+    assert summary["data"][1] == {"name": "yolo", "format": "yolo", "labels": "human", "images": 3, "boxes": summary["data"][1]["boxes"]}
+    assert summary["examples"] == 23
     assert "[train async x2]" in done.stderr  # progress is shown
     metrics = json.loads((out / "metrics.json").read_text())
     assert len(metrics["loss_curve"]) == 12 and metrics["ap_curve"][0][0] == 6

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -9,8 +11,9 @@ import torch
 from detectors.adapters.student import SIZE_UNIT, STRIDE, heatmap_peaks
 from detectors.detector import Detector
 from detectors.results import BoxArray
+from trainer.data import Augment, Example, prepare
 from trainer.labels import weighted_box_fusion
-from trainer.student import Student, count_parameters, export_onnx, gflops
+from trainer.student import Student, StudentConfig, count_parameters, export_onnx, gflops
 from trainer.targets import make_targets
 
 
@@ -68,3 +71,38 @@ def test_dark_frames_are_normalised_for_the_teachers_only() -> None:
     night[10:20, 10:20] = 10
     brightened = normalize_exposure(night)
     assert brightened.mean() > DARK_MEAN and brightened[15, 15, 0] < brightened[35, 50, 0]  # contrast kept
+
+
+def test_student_v1_on_the_pretrained_trunk_exports_the_same_contract(shared_models: Path) -> None:
+    torch.manual_seed(0)
+    model = Student(StudentConfig(input_width=256, input_height=192, trunk=str(shared_models / "ssdlite_pedestrian.onnx")))
+    frozen = [name for name, p in model.named_parameters() if not p.requires_grad]
+    assert frozen and all(name.startswith("trunk.") for name in frozen)  # only early trunk convs are frozen
+    detector = Detector.from_bytes(export_onnx(model, "student-v1-t"), name="student")
+    assert detector.info.format == "student" and detector.info.metadata["backbone"].startswith("mobilenetv2")
+    image = (np.random.default_rng(1).random((480, 640, 3)) * 255).astype(np.uint8)
+    batch, _ = detector.preprocess([image])
+    model.eval()
+    with torch.no_grad():
+        heatmap, regression = model(torch.from_numpy(batch))
+    assert heatmap.shape == (1, 1, 192 // STRIDE, 256 // STRIDE) and regression.shape == (1, 4, 192 // STRIDE, 256 // STRIDE)
+    ours = detector.infer(batch)
+    np.testing.assert_allclose(ours[0], heatmap.numpy(), atol=1e-4)
+
+
+def test_strong_augmentation_keeps_boxes_on_their_people_and_never_stretches() -> None:
+    image = np.zeros((300, 600, 3), np.uint8)
+    image[100:200, 280:320] = 255  # one bright "person", 40 x 100
+    example = Example(image, np.array([[280, 100, 320, 200]], np.float32), np.ones(1, np.float32), "test", "t")
+    rng = np.random.default_rng(0)
+    strong = Augment(min_scale=0.5, max_zoom_out=2.5, keep_aspect=True, brightness=0.0, contrast=0.0)
+    for _ in range(40):
+        chw, boxes = prepare(example, 256, 192, strong, rng)
+        if not len(boxes):
+            continue  # cropped away
+        x0, y0, x1, y1 = boxes[0]
+        if x0 <= 0.5 or y0 <= 0.5 or x1 >= 255.5 or y1 >= 191.5:
+            continue  # cut by the crop edge
+        assert (y1 - y0) / (x1 - x0) == pytest.approx(100 / 40, rel=0.05)  # aspect kept
+        inside = chw[:, int(y0) + 2 : int(y1) - 2, int(x0) + 2 : int(x1) - 2]
+        assert inside.size and inside.mean() > 0.9  # the box still covers the bright region
