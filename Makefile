@@ -6,7 +6,7 @@ PEDSTREAM_MODELS ?= $(abspath ../shared/models)
 export PEDSTREAM_DATA PEDSTREAM_MODELS
 
 # `make lint`: ruff (lint, import order, formatting) and mypy, as CI runs them before the tests.
-.PHONY: venv lint demo test test-unit bench-ingest bench-detector bench-pipeline bench-train bench-loop student clean
+.PHONY: venv lint demo test test-unit student-v1 bench-generalize bench-capacity bench-ingest bench-detector bench-pipeline bench-train bench-loop student clean
 
 venv: $(VENV)/.installed
 
@@ -55,3 +55,22 @@ student: venv
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
+
+# Student v1 (issue 12, not yet the bundled one): the stock SSDLite's pretrained MobileNetV2 trunk, strong
+# augmentation, human labels of PETS09-S2L1 1-397, TUD-Campus and coco128-person, teacher labels of
+# Market-cam6 and the unlabelled clips; scored on PETS09-S2L1 398-795, which nothing was trained on.
+STUDENT_V1_FLAGS ?= --trunk ssdlite --augment strong --labels oracle --frames 1:397 --every 2 \
+	--holdout-frames 398:795 --holdout-every 8 \
+	--dataset $(PEDSTREAM_DATA)/TUD-Campus --dataset $(PEDSTREAM_DATA)/coco128-person \
+	--teacher-video $(PEDSTREAM_DATA)/Market-cam6/Market-cam6.mp4:10 \
+	$(foreach v,$(wildcard $(PEDSTREAM_DATA)/unlabelled/*.mp4),--teacher-video $(v):15) \
+	--updates 3000 --workers 2 --mode async
+student-v1: venv
+	$(VENV)/bin/pedstream train $(STUDENT_V1_FLAGS) --version student-v1 --out runs/student-v1 --json
+	$(VENV)/bin/pedstream eval --model runs/student-v1/student.onnx --sequence $(PEDSTREAM_DATA)/PETS09-S2L1 --frames 398:795 --json
+
+bench-generalize: venv
+	$(VENV)/bin/pedstream bench generalize --json
+
+bench-capacity: venv
+	$(VENV)/bin/pedstream bench capacity --model student --json

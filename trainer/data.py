@@ -171,6 +171,7 @@ def make_batch(
     augment: Augment,
     rng: np.random.Generator,
     min_score: float = 0.3,
+    stride: int = 4,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Images (N, 3, H, W) and stacked targets for a list of examples (labels below ``min_score`` dropped)."""
     images, targets = [], []
@@ -178,6 +179,6 @@ def make_batch(
         confident = Example(ex.image, ex.boxes[ex.scores >= min_score], ex.scores[ex.scores >= min_score], ex.source, ex.ref)
         image, boxes = prepare(confident, input_w, input_h, augment, rng)
         images.append(image)
-        targets.append(make_targets(boxes, input_w, input_h))
+        targets.append(make_targets(boxes, input_w, input_h, stride))
     stacked = {k: torch.from_numpy(np.stack([t[k] for t in targets])) for k in targets[0]}
     return torch.from_numpy(np.stack(images)), stacked

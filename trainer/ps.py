@@ -162,7 +162,12 @@ class GradientWorker:
                     module.eval()
         picks = self.rng.choice(len(self.examples), size=min(self.batch_size, len(self.examples)), replace=False)
         images, targets = make_batch(
-            [self.examples[i] for i in picks], self.model.config.input_width, self.model.config.input_height, self.augment, self.rng
+            [self.examples[i] for i in picks],
+            self.model.config.input_width,
+            self.model.config.input_height,
+            self.augment,
+            self.rng,
+            stride=self.model.config.head_stride,
         )
         self.model.zero_grad()
         heatmap, regression = self.model(images)

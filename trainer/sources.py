@@ -162,9 +162,15 @@ def video_examples(
     return [shrink(e, STORAGE_WIDTH) for e in examples]
 
 
-def dataset_examples(path: Path) -> tuple[list[Example], dict[str, object]]:
-    """The human-labelled images of a YOLO folder or COCO JSON (trainer.datasets), and its summary."""
+def dataset_examples(path: Path, every: int = 1) -> tuple[list[Example], dict[str, object]]:
+    """The human-labelled images of a YOLO folder, a COCO JSON (trainer.datasets) or a MOT-style
+    sequence folder (its ground truth; every ``every``-th frame), and their summary."""
     from trainer.datasets import load_dataset
 
+    if (path / "seqinfo.ini").is_file():
+        sequence = MotSequence.load(path)
+        found = labelled_examples(sequence, (1, sequence.length), "oracle", None, None, every)
+        return found, {"name": sequence.name, "format": "mot", "labels": "human", "images": len(found),
+                       "boxes": int(sum(len(e.boxes) for e in found))}  # fmt: skip
     dataset = load_dataset(path)
     return [shrink(image.example(dataset.name), STORAGE_WIDTH) for image in dataset.images], dataset.describe()

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from detectors.adapters.registry import FORMAT_METADATA_KEY
-from detectors.adapters.student import INPUT_NAME, OUTPUT_HEATMAP, OUTPUT_REGRESSION, STRIDE, StudentAdapter
+from detectors.adapters.student import INPUT_NAME, OUTPUT_HEATMAP, OUTPUT_REGRESSION, StudentAdapter
 from detectors.detector import VERSION_METADATA_KEY
 from trainer.pretrained import SSDLITE_STRIDE4, SSDLITE_STRIDE8, SSDLITE_STRIDE16, OnnxTrunk, freeze_before, ssdlite_trunk, to_trunk_input
 
@@ -34,6 +34,7 @@ class StudentConfig:
     # student v1: the stock SSDLite's pretrained MobileNetV2 trunk (this ONNX file) instead of the
     # small backbone trained from scratch; the convs before stride 8 stay frozen
     trunk: str | None = None
+    head_stride: int = 4  # 8: the neck stops at stride 8 (a quarter of the head's work; for small people, 4)
 
 
 def _separable(c_in: int, c_out: int, stride: int) -> nn.Sequential:
@@ -79,6 +80,8 @@ class Student(nn.Module):
         self.lateral8 = nn.Conv2d(w3, n, 1)
         self.lateral4 = nn.Conv2d(w2, n, 1)
         self.up = nn.Upsample(scale_factor=2, mode="nearest")
+        if self.config.head_stride not in (4, 8):
+            raise ValueError(f"head_stride must be 4 or 8, not {self.config.head_stride}")
         self.smooth = _separable(n, n, 1)
         self.heatmap = nn.Sequential(_separable(n, n, 1), nn.Conv2d(n, 1, 1))
         self.regression = nn.Sequential(_separable(n, n, 1), nn.Conv2d(n, 4, 1))
@@ -94,7 +97,8 @@ class Student(nn.Module):
             x8 = self.stage8(x4)
             x16 = self.stage16(x8)
         p = self.up(self.lateral16(x16)) + self.lateral8(x8)
-        p = self.up(p) + self.lateral4(x4)
+        if self.config.head_stride == 4:
+            p = self.up(p) + self.lateral4(x4)
         p = self.smooth(p)
         return torch.sigmoid(self.heatmap(p)), self.regression(p)
 
@@ -146,7 +150,7 @@ def export_onnx(model: Student, version: str, extra_metadata: dict[str, str] | N
         VERSION_METADATA_KEY: version,
         "input_width": str(cfg.input_width),
         "input_height": str(cfg.input_height),
-        "stride": str(STRIDE),
+        "stride": str(cfg.head_stride),
         "widths": ",".join(map(str, cfg.widths)),
         "neck": str(cfg.neck),
         "backbone": "mobilenetv2 from ssdlite_pedestrian.onnx (pretrained)" if cfg.trunk else "scratch",

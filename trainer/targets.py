@@ -23,9 +23,9 @@ def gaussian_radius(height: float, width: float, min_overlap: float = 0.7) -> fl
     return float(max(0.0, min(r1, r2, r3)))
 
 
-def make_targets(boxes: np.ndarray, input_w: int, input_h: int) -> dict[str, np.ndarray]:
+def make_targets(boxes: np.ndarray, input_w: int, input_h: int, stride: int = STRIDE) -> dict[str, np.ndarray]:
     """Targets for one image from (N, 4) boxes in input pixels: heatmap (1, h, w), regression (4, h, w), mask (h, w)."""
-    h, w = input_h // STRIDE, input_w // STRIDE
+    h, w = input_h // stride, input_w // stride
     heatmap = np.zeros((1, h, w), np.float32)
     regression = np.zeros((4, h, w), np.float32)
     mask = np.zeros((h, w), np.float32)
@@ -34,11 +34,11 @@ def make_targets(boxes: np.ndarray, input_w: int, input_h: int) -> dict[str, np.
         bw, bh = x2 - x1, y2 - y1
         if bw < 2 or bh < 2:
             continue
-        cx, cy = (x1 + x2) / 2 / STRIDE, (y1 + y2) / 2 / STRIDE
+        cx, cy = (x1 + x2) / 2 / stride, (y1 + y2) / 2 / stride
         col, row = int(cx), int(cy)
         if not (0 <= col < w and 0 <= row < h):
             continue
-        sigma = max(0.0, gaussian_radius(bh / STRIDE, bw / STRIDE)) / 3 + 0.5
+        sigma = max(0.0, gaussian_radius(bh / stride, bw / stride)) / 3 + 0.5
         blob = np.exp(-((xs - col) ** 2 + (ys - row) ** 2) / (2 * sigma**2))
         heatmap[0] = np.maximum(heatmap[0], blob)
         heatmap[0, row, col] = 1.0

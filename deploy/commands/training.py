@@ -204,7 +204,11 @@ def add_job_flags(p: argparse.ArgumentParser) -> None:
         help="start from pretrained features: 'ssdlite' (the MobileNetV2 trunk of $PEDSTREAM_MODELS/ssdlite_pedestrian.onnx) "
         "or another such ONNX file (default: the small backbone from scratch)",
     )
-    p.add_argument("--dataset", action="append", help="add human-labelled images: a YOLO folder (data.yaml) or COCO JSON (repeatable)")
+    p.add_argument(
+        "--dataset",
+        action="append",
+        help="add human-labelled images: a YOLO folder (data.yaml), a COCO JSON or a MOT-style folder with gt (repeatable)",
+    )
     p.add_argument("--teacher-video", action="append", metavar="VIDEO[:EVERY]",
                    help="add every EVERY-th frame (default 10) of a video, labelled by the teachers (repeatable)")  # fmt: skip
     p.add_argument("--augment", choices=("default", "strong"), default="default",

@@ -1,6 +1,7 @@
-"""pedstream's own student detector: a CenterNet-style heatmap and box regression at stride 4.
+"""pedstream's own student detector: a CenterNet-style heatmap and box regression at stride 4 (or 8).
 
-Outputs ``heatmap`` [N, 1, H/4, W/4] (sigmoid applied) and ``regression`` [N, 4, H/4, W/4]:
+Outputs ``heatmap`` [N, 1, H/s, W/s] (sigmoid applied) and ``regression`` [N, 4, H/s, W/s], s the
+stride (4 for student v0, 8 for a light head; read off the output's size):
 log(box width / 16), log(box height / 16) in input pixels, then the centre's offset within its cell.
 Peaks are local maxima of the heatmap (3x3); the model names its format in its ONNX metadata.
 """
@@ -47,14 +48,16 @@ class StudentAdapter(ModelAdapter):
         return {o.name for o in outputs} == {OUTPUT_HEATMAP, OUTPUT_REGRESSION}
 
     def decode(self, outputs: list[np.ndarray], index: int, meta: ImageMeta) -> BoxArray:
-        heatmap = self.output(outputs, OUTPUT_HEATMAP)[index, 0]
+        heatmaps = self.output(outputs, OUTPUT_HEATMAP)
+        heatmap = heatmaps[index, 0]
         regression = self.output(outputs, OUTPUT_REGRESSION)[index]
+        stride = self.input_size[1] / heatmaps.shape[2]  # 4 (v0) or 8 (v1's light head): read off the output
         rows, cols, scores = heatmap_peaks(heatmap)
         if rows.size == 0:
             return BoxArray.empty()
         log_w, log_h, off_x, off_y = (regression[c, rows, cols] for c in range(4))
-        cx = (cols + off_x) * STRIDE
-        cy = (rows + off_y) * STRIDE
+        cx = (cols + off_x) * stride
+        cy = (rows + off_y) * stride
         bw = np.exp(np.clip(log_w, -4, 4)) * SIZE_UNIT
         bh = np.exp(np.clip(log_h, -4, 4)) * SIZE_UNIT
         xyxy = np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], axis=1)

@@ -106,3 +106,19 @@ def test_strong_augmentation_keeps_boxes_on_their_people_and_never_stretches() -
         assert (y1 - y0) / (x1 - x0) == pytest.approx(100 / 40, rel=0.05)  # aspect kept
         inside = chw[:, int(y0) + 2 : int(y1) - 2, int(x0) + 2 : int(x1) - 2]
         assert inside.size and inside.mean() > 0.9  # the box still covers the bright region
+
+
+@pytest.mark.parametrize("stride", [4, 8])
+def test_the_edge_adapter_decodes_targets_at_either_head_stride(stride: int) -> None:
+    """Targets made at a head stride, fed to the adapter as if the model had output them, give the boxes back."""
+    boxes = np.array([[100, 40, 140, 140], [250, 150, 282, 230]], np.float32)
+    t = make_targets(boxes, 384, 288, stride)
+    assert t["heatmap"].shape == (1, 288 // stride, 384 // stride)
+    model = Student(StudentConfig(head_stride=stride))
+    detector = Detector.from_bytes(export_onnx(model, f"s{stride}"), name="s")
+    assert detector.info.metadata["stride"] == str(stride)
+    image = np.zeros((288, 384, 3), np.uint8)  # the input size: frame pixels = input pixels
+    _, metas = detector.preprocess([image])
+    found = detector.adapter.decode([t["heatmap"][None], t["regression"][None]], 0, metas[0])
+    best = found.xyxy[np.argsort(-found.scores)[:2]]
+    np.testing.assert_allclose(best[np.argsort(best[:, 0])], boxes, atol=0.5)
