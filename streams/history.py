@@ -78,6 +78,11 @@ def first_offset_since(probe: _Probe, start: int, since_ms: int) -> int:
     return low
 
 
+def _settings(bootstrap: str, group_id: str) -> dict[str, object]:
+    """A short-lived consumer's settings: small fetches, and a quick answer when the broker is down."""
+    return consumer_settings(bootstrap, group_id, max_partition_fetch_bytes=1 << 20, bootstrap_timeout_ms=5000)
+
+
 def first_timestamps(consumer: KafkaConsumer, starts: dict[TopicPartition, int], timeout_s: float = 1.0) -> dict[TopicPartition, int]:
     """The timestamp of the first record at or after each start offset, read in one pass over all the
     partitions; a partition with no record there is absent from the answer."""
@@ -103,18 +108,16 @@ def skip_history(bootstrap: str, topic: str, group_id: str, max_age_s: float, ti
     Finding the targets needs no group membership (about 1 s when nothing is old). Committing does:
     brokers refuse commits from outside a group that has or had members, so when something is to be
     skipped this joins the group briefly, commits for the partitions it is given, and leaves."""
-    targets = _targets(bootstrap, topic, group_id, max_age_s, timeout_s)
-    if not targets:
-        return []
     try:
-        return _commit_as_member(bootstrap, topic, group_id, targets, timeout_s)
-    except KafkaError as exc:
+        targets = _targets(bootstrap, topic, group_id, max_age_s, timeout_s)
+        return _commit_as_member(bootstrap, topic, group_id, targets, timeout_s) if targets else []
+    except KafkaError as exc:  # no broker yet, for one: the agent starts anyway and sheds what is old
         log.warning("could not skip old history of %s for group %s: %s", topic, group_id, exc)
         return []
 
 
 def _targets(bootstrap: str, topic: str, group_id: str, max_age_s: float, timeout_s: float) -> dict[TopicPartition, Skipped]:
-    consumer = KafkaConsumer(**consumer_settings(bootstrap, group_id, max_partition_fetch_bytes=1 << 20))
+    consumer = KafkaConsumer(**_settings(bootstrap, group_id))
     try:
         partitions = consumer.partitions_for_topic(topic) or set()
         deadline = time.monotonic() + timeout_s
@@ -146,7 +149,7 @@ def _targets(bootstrap: str, topic: str, group_id: str, max_age_s: float, timeou
 def _commit_as_member(bootstrap: str, topic: str, group_id: str, targets: dict[TopicPartition, Skipped], timeout_s: float) -> list[Skipped]:
     # kafka-python offers "range" and "roundrobin"; faust's agents (no tables, no standbys) join with
     # aiokafka's "roundrobin": a group refuses a member that shares no assignment protocol with it
-    consumer = KafkaConsumer(**consumer_settings(bootstrap, group_id, max_partition_fetch_bytes=1 << 20))
+    consumer = KafkaConsumer(**_settings(bootstrap, group_id))
     try:
         consumer.subscribe([topic])
         deadline = time.monotonic() + timeout_s
