@@ -88,6 +88,8 @@ def run(
     threads: int = 2,
     ray_port: int = 47600,
     progress: Callable[[str], None] = print,
+    input_size: tuple[int, int] = (320, 240),
+    head_stride: int = 8,
 ) -> dict[str, Any]:
     started = time.perf_counter()
     stock = {name: Detector.from_bytes(read_model(models / file), name=name, threads=threads) for name, file in STOCK.items()}
@@ -96,7 +98,9 @@ def run(
         sequence = MotSequence.load(data / camera.sequence)
         progress(f"{camera.sequence} left out: assembling the training set")
         examples, trained_on = training_set(data, models, cache, camera.sequence, progress)
-        config = StudentConfig(trunk=str(models / STOCK["ssdlite"]))
+        config = StudentConfig(
+            input_width=input_size[0], input_height=input_size[1], head_stride=head_stride, trunk=str(models / STOCK["ssdlite"])
+        )
         settings = JobSettings(policy=StalenessPolicy(lr=0.002), augment=Augment.strong(), batch_size=8, updates=updates,
                                workers=2, mode="async", eval_every=0)  # fmt: skip
         probe = held_out_frames(sequence, camera.frames or (1, sequence.length), max(camera.every * 4, 4))
@@ -119,7 +123,13 @@ def run(
                 "camera": f"{camera.sequence} frames {first}-{last} every {camera.every}",
                 "trained_on": trained_on,
                 "models": models_scored,
-                "student_train": {"updates": result.updates, "updates_per_s": round(result.updates_per_s, 2), "examples": len(examples)},
+                "student_train": {
+                    "updates": result.updates,
+                    "updates_per_s": round(result.updates_per_s, 2),
+                    "examples": len(examples),
+                    "input_size": list(input_size),
+                    "head_stride": head_stride,
+                },
             }
         )
     return {

@@ -45,7 +45,7 @@ def student_config(args: argparse.Namespace) -> Any:
         if not trunk.is_file():
             raise PedstreamError(f"--trunk {trunk}: no such ONNX file")
         extra["trunk"] = str(trunk)
-    return StudentConfig(input_width=width, input_height=height, **extra)
+    return StudentConfig(input_width=width, input_height=height, head_stride=args.head_stride, **extra)
 
 
 def job_settings(args: argparse.Namespace, **overrides: Any) -> Any:
@@ -197,6 +197,7 @@ def add_job_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-augment", action="store_true", help="no flips, crops or photometric jitter")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--input-size", default="384x288", help="student input WIDTHxHEIGHT")
+    p.add_argument("--head-stride", type=int, choices=(4, 8), default=4, help="student head stride (8: lighter, for larger people)")
     p.add_argument("--widths", help="student backbone channel widths W1,W2,W3,W4 (default: the student's)")
     p.add_argument("--neck", type=int, help="student neck/head channels (default: the student's)")
     p.add_argument(
@@ -292,6 +293,7 @@ def cmd_bench_generalize(args: argparse.Namespace) -> int:
         result = generalize.run(
             data_dir(args.data), models_dir(args.data), default_label_cache(), Path(work), updates=args.updates,
             threads=args.threads, ray_port=args.ray_port, progress=lambda m: print(f"[bench generalize] {m}", file=sys.stderr, flush=True),
+            input_size=_input_size(args.input_size), head_stride=args.head_stride,
         )  # fmt: skip
     print(json.dumps(result, indent=2))
     return 0
@@ -304,6 +306,8 @@ def register_bench(bench_sub: Any, flags: Flags) -> None:
     g.add_argument("--updates", type=int, default=800, help="parameter-server updates per left-out camera")
     g.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads of every model scored (one setting for all)")
     g.add_argument("--ray-port", type=int, default=47600, help="base of the pinned Ray port range")
+    g.add_argument("--input-size", default="320x240", help="student input WIDTHxHEIGHT (320x240 measured best per ms)")
+    g.add_argument("--head-stride", type=int, choices=(4, 8), default=8, help="student head stride")
     g.add_argument("--json", action="store_true", help="print JSON (the only output format)")
     flags.data(g)
     g.set_defaults(func=cmd_bench_generalize)
