@@ -59,7 +59,7 @@ clean:
 # Student v1 (issue 12, not yet the bundled one): the stock SSDLite's pretrained MobileNetV2 trunk, strong
 # augmentation, human labels of PETS09-S2L1 1-397, TUD-Campus and coco128-person, teacher labels of
 # Market-cam6 and the unlabelled clips; scored on PETS09-S2L1 398-795, which nothing was trained on.
-STUDENT_V1_FLAGS ?= --trunk ssdlite --input-size 320x240 --head-stride 8 --augment strong --labels oracle --frames 1:397 --every 2 \
+STUDENT_V1_FLAGS ?= --trunk ssdlite --augment strong --labels oracle --frames 1:397 --every 2 \
 	--holdout-frames 398:795 --holdout-every 8 \
 	--dataset $(PEDSTREAM_DATA)/TUD-Campus --dataset $(PEDSTREAM_DATA)/coco128-person \
 	--teacher-video $(PEDSTREAM_DATA)/Market-cam6/Market-cam6.mp4:10 \
