@@ -37,7 +37,7 @@ from streams.history import skip_history
 from streams.kafka_settings import MAX_MESSAGE_BYTES
 from streams.metrics import DEAD_LETTERS, serve_metrics
 from streams.model_channel import ModelKeys, ModelReader, ModelWatcher, connect_redis
-from streams.records import Detections, Frame, HardExample, Record, TileDetections, TileTask
+from streams.records import Box, Detections, Frame, HardExample, Record, TileDetections, TileTask
 from streams.signing import Verifier
 from streams.topics import Topics
 from streams.wire import decode, encode
@@ -307,23 +307,35 @@ class DetectorAgent:
         now = time.time()
         latency = {k: round(v, 2) for k, v in self._anatomy(item, pending).items()}
         latency["frame_to_detection"] = round(max(0.0, now - frame.capture_ts) * 1000.0, 2)
-        record = Detections(
+        record = self._detections(frame, item.model_version or self.detector.version, [], latency, now, skipped=item.shed)
+        await self._send(self.settings.topics.detections.name, record)
+        self.counters["shed"] = self.counters.get("shed", 0) + 1
+        metrics.FRAMES_SHED.labels(frame.camera_id, "arrival" if item.shed.startswith("stale on arrival") else "inference").inc()
+
+    def _detections(
+        self,
+        frame: FrameRef | Frame,
+        model_version: str,
+        boxes: list[Box],
+        latency: dict[str, float],
+        now: float,
+        skipped: str | None = None,
+    ) -> Detections:
+        """The Detections record of one frame (``skipped``: shed, not inferred)."""
+        return Detections(
             camera_id=frame.camera_id,
             seq=frame.seq,
             capture_ts=frame.capture_ts,
             width=frame.width,
             height=frame.height,
             source_frame_index=frame.source_frame_index,
-            model_version=item.model_version or self.detector.version,
-            boxes=[],
+            model_version=model_version,
+            boxes=boxes,
             latency_ms=latency,
             agent_id=self.settings.agent_id,
             produced_ts=now,
-            skipped=item.shed,
+            skipped=skipped,
         )
-        await self._send(self.settings.topics.detections.name, record)
-        self.counters["shed"] = self.counters.get("shed", 0) + 1
-        metrics.FRAMES_SHED.labels(frame.camera_id, "arrival" if item.shed.startswith("stale on arrival") else "inference").inc()
 
     def _camera(self, camera_id: str) -> CameraState:
         if camera_id not in self.cameras:
@@ -445,19 +457,7 @@ class DetectorAgent:
         if delivered_ts:
             latency["publish"] = round(max(0.0, now - delivered_ts) * 1000.0, 2)
         latency["frame_to_detection"] = round(max(0.0, now - frame.capture_ts) * 1000.0, 2)
-        detections = Detections(
-            camera_id=frame.camera_id,
-            seq=frame.seq,
-            capture_ts=frame.capture_ts,
-            width=frame.width,
-            height=frame.height,
-            source_frame_index=frame.source_frame_index,
-            model_version=model_version,
-            boxes=boxes,
-            latency_ms=latency,
-            agent_id=self.settings.agent_id,
-            produced_ts=now,
-        )
+        detections = self._detections(frame, model_version, boxes, latency, now)
         await self._send(self.settings.topics.detections.name, detections)
         self.counters["frames"] += 1
         self.counters["detections"] += len(boxes)
