@@ -86,7 +86,7 @@ def run(
     work: Path,
     updates: int = 800,
     threads: int = 2,
-    ray_port: int = 47600,
+    ray_port: int = 47300,
     progress: Callable[[str], None] = print,
     input_size: tuple[int, int] = (384, 288),
     head_stride: int = 4,

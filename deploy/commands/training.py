@@ -305,7 +305,7 @@ def register_bench(bench_sub: Any, flags: Flags) -> None:
     )
     g.add_argument("--updates", type=int, default=800, help="parameter-server updates per left-out camera")
     g.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads of every model scored (one setting for all)")
-    g.add_argument("--ray-port", type=int, default=47600, help="base of the pinned Ray port range")
+    g.add_argument("--ray-port", type=int, default=47300, help="base of the pinned Ray port range (base .. base+119)")
     g.add_argument("--input-size", default="384x288", help="student input WIDTHxHEIGHT")
     g.add_argument("--head-stride", type=int, choices=(4, 8), default=4, help="student head stride (8: lighter, loses small people)")
     g.add_argument("--json", action="store_true", help="print JSON (the only output format)")
