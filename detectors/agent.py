@@ -75,7 +75,6 @@ class CameraState:
         self.tracker = IouTracker()
         self.alerts = AlertEvaluator(camera_id, settings.alerts)
         self.miner = HardExampleMiner(MiningPolicy(threshold=track_threshold, per_minute=settings.hard_examples_per_minute))
-        self.tiling = settings.tiling
         self.settings = settings
 
 
@@ -107,6 +106,16 @@ class FrameRef:
 
 
 MERGE_TIMEOUT_S = 10.0
+
+
+def _latency(timings: dict[str, float], capture_ts: float, now: float, delivered_ts: float = 0.0) -> dict[str, float]:
+    """A Detections record's ``latency_ms``: the steps so far, ``publish`` (result to record, when the
+    pipeline's delivery time is known) and ``frame_to_detection`` (capture to record), rounded."""
+    latency = {k: round(v, 2) for k, v in timings.items()}
+    if delivered_ts:
+        latency["publish"] = round(max(0.0, now - delivered_ts) * 1000.0, 2)
+    latency["frame_to_detection"] = round(max(0.0, now - capture_ts) * 1000.0, 2)
+    return latency
 
 
 def _ignore(_value: object) -> None:
@@ -208,7 +217,8 @@ class DetectorAgent:
         except RecordError as exc:
             return WorkItem(token=Pending(event, None, time.time()), camera_id="?", jpeg=b"", error=f"invalid frame record: {exc}")
         state = self._camera(frame.camera_id)
-        fan_out = state.tiling is not None and state.tiling.fan_out
+        tiling = state.settings.tiling
+        fan_out = tiling is not None and tiling.fan_out
         key = (frame.camera_id, frame.seq, frame.capture_ts)
         now = time.time()
         pending = Pending(event, frame, now, "fan_out" if fan_out else "frame")
@@ -220,7 +230,7 @@ class DetectorAgent:
             self.seen.popitem(last=False)
         deadline = None if fan_out else state.settings.deadline_s(frame.period_ms)  # fanned-out tiles are not shed
         expires = frame.capture_ts + deadline if deadline is not None else None
-        item = WorkItem(token=pending, camera_id=frame.camera_id, jpeg=frame.jpeg, tiling=state.tiling, expires_ts=expires)
+        item = WorkItem(token=pending, camera_id=frame.camera_id, jpeg=frame.jpeg, tiling=tiling, expires_ts=expires)
         # shed now what would finish after its deadline anyway: decoding it would only delay the frames behind it
         expected_s = self.pipeline.total_estimate_s if self.pipeline is not None else 0.0
         if deadline is not None and now - frame.capture_ts + expected_s > deadline:
@@ -305,8 +315,7 @@ class DetectorAgent:
         frame = pending.record
         assert isinstance(frame, Frame) and item.shed is not None
         now = time.time()
-        latency = {k: round(v, 2) for k, v in self._anatomy(item, pending).items()}
-        latency["frame_to_detection"] = round(max(0.0, now - frame.capture_ts) * 1000.0, 2)
+        latency = _latency(self._anatomy(item, pending), frame.capture_ts, now)
         record = self._detections(frame, item.model_version or self.detector.version, [], latency, now, skipped=item.shed)
         await self._send(self.settings.topics.detections.name, record)
         self.counters["shed"] = self.counters.get("shed", 0) + 1
@@ -453,10 +462,7 @@ class DetectorAgent:
         for row, track_id in zip(confident_rows, track_ids, strict=False):
             boxes[row] = boxes[row].model_copy(update={"track_id": track_id})
         now = time.time()
-        latency = {k: round(v, 2) for k, v in timings.items()}
-        if delivered_ts:
-            latency["publish"] = round(max(0.0, now - delivered_ts) * 1000.0, 2)
-        latency["frame_to_detection"] = round(max(0.0, now - frame.capture_ts) * 1000.0, 2)
+        latency = _latency(timings, frame.capture_ts, now, delivered_ts)
         detections = self._detections(frame, model_version, boxes, latency, now)
         await self._send(self.settings.topics.detections.name, detections)
         self.counters["frames"] += 1

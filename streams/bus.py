@@ -233,8 +233,8 @@ class RecordSubscriber(Generic[R]):
 
 class RecordWatch(Generic[R]):
     """Reads one topic in a background thread, in a consumer group of its own, and keeps every record
-    that arrives with its arrival time: how benchmarks, the closed loop and tests watch results
-    (detections, alerts) flow while they drive the system. ``on_record`` is called in that thread."""
+    that arrives: how benchmarks, the closed loop and tests watch results (detections, alerts) flow
+    while they drive the system. ``on_record(record, arrival_time)`` is called in that thread."""
 
     def __init__(
         self,
@@ -248,7 +248,6 @@ class RecordWatch(Generic[R]):
         group = group_id or f"watch-{topic.name}-{uuid.uuid4().hex[:8]}"
         self.subscriber = RecordSubscriber(bootstrap, topics, topic, record_type, group)
         self.records: list[R] = []
-        self.arrived: list[float] = []  # time.time() when each record was read
         self.on_record = on_record
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name=f"watch-{topic.name}")
@@ -259,7 +258,6 @@ class RecordWatch(Generic[R]):
             for item in self.subscriber.poll(0.2):
                 now = time.time()
                 self.records.append(item.record)
-                self.arrived.append(now)
                 if self.on_record is not None:
                     self.on_record(item.record, now)
 

@@ -145,7 +145,7 @@ class ReplayCameras:
         self.publisher.flush(10)
         self.publisher.producer.close(5)
 
-    def frames(self) -> set[tuple[str, int]]:
+    def published_frames(self) -> set[tuple[str, int]]:
         return {(camera, seq) for camera, count in self.published.items() for seq in range(count)}
 
 
@@ -260,10 +260,7 @@ class PipelineRig:
         window_end = time.time()
         fleet.stop()
         cpu_after = self._cpu()
-        if isinstance(fleet, ReplayCameras):
-            published = fleet.frames()
-        else:
-            published = {(r.config.id, s) for r in fleet.runners for s in range(r.stats.published)}
+        published = fleet.published_frames()
         drain_until = time.monotonic() + drain_s
         while time.monotonic() < drain_until and not published <= set(self.arrivals.by_frame):
             time.sleep(0.2)

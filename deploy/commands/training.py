@@ -69,14 +69,15 @@ def job_settings(args: argparse.Namespace, **overrides: Any) -> Any:
     return JobSettings(**values)
 
 
-def load_training_data(args: argparse.Namespace, teachers: Path | None) -> tuple[list[Any], Any]:
-    """(labelled examples, held-out frames) as the arguments describe (the split is trainer.sources'),
-    with the --dataset and --teacher-video examples added; ``args.data_summary`` says what is what."""
+def load_training_data(args: argparse.Namespace, teachers: Path | None) -> tuple[list[Any], Any, list[dict[str, Any]]]:
+    """(labelled examples, held-out frames, what each source gave and who labelled it) as the arguments
+    describe (the split is trainer.sources'), with the --dataset and --teacher-video examples added."""
     from trainer.sources import dataset_examples, default_label_cache, training_split, video_examples
 
     bar = ProgressBar(f"label {args.labels}")
+    sequence = MotSequence.load(args.sequence)
     examples, held_out = training_split(
-        MotSequence.load(args.sequence),
+        sequence,
         args.frames,
         args.every,
         args.labels,
@@ -88,21 +89,22 @@ def load_training_data(args: argparse.Namespace, teachers: Path | None) -> tuple
         lambda done, total: bar.update(done, total),
     )
     kind = {"oracle": "human", "teacher": "teacher"}[args.labels]
-    args.data_summary = [{"name": MotSequence.load(args.sequence).name, "labels": kind, "frames": args.frames, "images": len(examples)}]
-    for path in getattr(args, "dataset", None) or []:
+    data_summary: list[dict[str, Any]] = [{"name": sequence.name, "labels": kind, "frames": args.frames, "images": len(examples)}]
+    for path in args.dataset or []:
         extra, summary = dataset_examples(Path(path))
         examples += extra
-        args.data_summary.append(summary)
-    for spec in getattr(args, "teacher_video", None) or []:
-        path, _, every = spec.partition(":")
+        data_summary.append(summary)
+    for spec in args.teacher_video or []:
+        path, _, every_text = spec.partition(":")
+        every = int(every_text or 10)
         if teachers is None:
             teachers = models_dir(args.data)
         clip = Path(path).expanduser()
         video_bar = ProgressBar(f"label {clip.name}")
-        extra = video_examples(clip, int(every or 10), teachers, default_label_cache(), video_bar.update)
+        extra = video_examples(clip, every, teachers, default_label_cache(), video_bar.update)
         examples += extra
-        args.data_summary.append({"name": clip.name, "labels": "teacher", "every": int(every or 10), "images": len(extra)})
-    return examples, held_out
+        data_summary.append({"name": clip.name, "labels": "teacher", "every": every, "images": len(extra)})
+    return examples, held_out, data_summary
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -114,7 +116,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     config = student_config(args)
     settings = job_settings(args)
-    examples, held_out = load_training_data(args, teachers)
+    examples, held_out, data_summary = load_training_data(args, teachers)
     init = read_weights(Path(args.init)) if args.init else None
     bar = ProgressBar(f"train {settings.mode} x{settings.workers}")
     last_ap: list[float] = []
@@ -160,7 +162,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "held_out": held_out.name,
         "examples": len(examples),
         "labels": args.labels,
-        "data": args.data_summary,
+        "data": data_summary,
         "trainer_restarts": result.trainer_restarts,
         "parameters": count_parameters(model),
         "gflops": round(gflops(model), 3),
@@ -265,7 +267,7 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
         raise PedstreamError(f"--mode {args.mode!r}: use async, sync or async,sync")
     config = student_config(args)
     base = job_settings(args, mode=modes[0], workers=workers[0], ps_shards=1, eval_every=0, join_after=None)
-    examples, held_out = load_training_data(args, teachers)
+    examples, held_out, _ = load_training_data(args, teachers)
     cpus = max(os.cpu_count() or 1, max(workers), args.processes)
     with ray_session(args.ray_address, RayPorts(args.ray_port), num_cpus=cpus):
         result = bench_train.run(

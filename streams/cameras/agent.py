@@ -249,3 +249,7 @@ class CameraFleet:
 
     def stats(self) -> list[dict[str, object]]:
         return [r.stats.snapshot() for r in self.runners]
+
+    def published_frames(self) -> set[tuple[str, int]]:
+        """(camera id, seq) of every frame the fleet has published (seq counts from 0 per camera)."""
+        return {(r.config.id, seq) for r in self.runners for seq in range(r.stats.published)}
