@@ -36,7 +36,7 @@ def test_a_cycle_driven_by_mined_hard_examples_changes_the_served_version_withou
     ensure_topics(broker, topics.all())
     pets = MotSequence.load(shared_data / "PETS09-S2L1")
     cameras = [SiteCamera("pets-night", pets, NIGHT, adapt=True)]
-    with ray_session(None, RayPorts(47650), num_cpus=3):
+    with ray_session(None, RayPorts(27650), num_cpus=3):
         loop = ClosedLoop(
             broker, redis_url, topics, cameras, shared_models, tmp_path / "labels", replay=None, updates=40, workers=2, every=8
         )

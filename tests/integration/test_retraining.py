@@ -37,7 +37,7 @@ SMALL = StudentConfig(input_width=256, input_height=192)
 
 @pytest.fixture(scope="module")
 def ray_cluster() -> Iterator[LocalRayCluster]:
-    with LocalRayCluster(RayPorts(47800), num_cpus=3) as cluster:
+    with LocalRayCluster(RayPorts(27800), num_cpus=3) as cluster:
         yield cluster
 
 

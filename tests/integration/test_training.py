@@ -26,7 +26,7 @@ from trainer.student import StudentConfig
 pytestmark = pytest.mark.integration  # a real Ray head (and, for `pedstream train`, real processes)
 
 SMALL = StudentConfig(input_width=256, input_height=192)
-PORTS = RayPorts(47700)
+PORTS = RayPorts(27700)
 PEDSTREAM = [sys.executable, "-m", "deploy.cli"]
 # 20 oracle-labelled frames, 12 updates, held-out every 10th of 400-440: a job of seconds
 SMALL_JOB = [
@@ -166,7 +166,7 @@ def test_pedstream_train_writes_model_metrics_and_curves(shared_data: Path, tmp_
         "--input-size",
         "256x192",
         "--ray-port",
-        "47900",
+        "27900",
         "--version",
         "student-test",
         "--out",
@@ -189,7 +189,7 @@ def test_pedstream_train_writes_model_metrics_and_curves(shared_data: Path, tmp_
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     detector = Detector.from_bytes(read_model(out / "student.onnx"), name="s")
     assert detector.version == "student-test"
-    assert not [p for p in psutil.process_iter(["cmdline"]) if "pedstream-ray-47900" in " ".join(p.info["cmdline"] or [])]
+    assert not [p for p in psutil.process_iter(["cmdline"]) if "pedstream-ray-27900" in " ".join(p.info["cmdline"] or [])]
 
 
 def test_held_out_frames_may_not_overlap_training_frames(shared_data: Path) -> None:
@@ -226,7 +226,7 @@ def test_bench_train_compares_modes_workers_and_allocations(shared_data: Path, t
         "--target-loss",
         "100",
         "--ray-port",
-        "47950",
+        "27950",
     ]
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=400)
     assert done.returncode == 0, done.stderr[-3000:]
