@@ -22,12 +22,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
-
 from streams.errors import PedstreamError
 
 LOOPBACK = "127.0.0.1"
-DEFAULT_BASE_PORT = 47300
+DEFAULT_BASE_PORT = 27300
+"""Below the kernel's ephemeral range (32768-60999 here): an outgoing connection never holds a pinned port."""
 LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
 
 
@@ -182,6 +181,8 @@ class LocalRayCluster:
 
     def pids(self) -> list[int]:
         """The head process and every process under it (GCS, raylet, workers)."""
+        import psutil  # the trainer extra's; kept out of import time so the CLI can read DEFAULT_BASE_PORT
+
         if self.process is None:
             return []
         try:
@@ -217,6 +218,8 @@ def connect(address: str, timeout_s: float = 60.0) -> None:
 
 def sockets_off_loopback(pids: list[int]) -> list[str]:
     """Every inet socket of these processes bound to, or talking to, an address other than loopback."""
+    import psutil
+
     bad = []
     for pid in pids:
         try:

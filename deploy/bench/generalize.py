@@ -24,7 +24,7 @@ from typing import Any
 from detectors.detector import Detector, read_model
 from detectors.evaluation import evaluate_sequence
 from streams.mot import MotSequence
-from trainer.cluster import RayPorts, ray_session
+from trainer.cluster import DEFAULT_BASE_PORT, RayPorts, ray_session
 from trainer.data import Augment, Example
 from trainer.job import JobSettings, TrainingJob
 from trainer.ps import StalenessPolicy
@@ -86,7 +86,7 @@ def run(
     work: Path,
     updates: int = 800,
     threads: int = 2,
-    ray_port: int = 47300,
+    ray_port: int = DEFAULT_BASE_PORT,
     progress: Callable[[str], None] = print,
     input_size: tuple[int, int] = (384, 288),
     head_stride: int = 4,

@@ -22,6 +22,7 @@ from deploy.commands.common import DATA_ENV, Flags, data_dir, live, models_dir, 
 from streams.errors import PedstreamError
 from streams.mot import MotSequence
 from streams.topics import Topics
+from trainer.cluster import DEFAULT_BASE_PORT
 
 if TYPE_CHECKING:
     from deploy.closed_loop import LoopOutcome, SiteCamera
@@ -124,7 +125,7 @@ def register(sub: Any, flags: Flags) -> None:
     p.add_argument("--workers", type=int, default=2, help="Ray trainers")
     p.add_argument("--every", type=int, default=4, help="score every K-th frame of the second halves")
     p.add_argument("--alert-people", type=int, default=4, help="each camera alerts when this many people are in view")
-    p.add_argument("--ray-port", type=int, default=47300)
+    p.add_argument("--ray-port", type=int, default=DEFAULT_BASE_PORT)
     p.add_argument("--json", action="store_true", help="print the outcome as JSON instead of the summary")
     p.add_argument(
         "--cameras-only",

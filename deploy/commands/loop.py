@@ -12,6 +12,7 @@ from typing import Any
 
 from deploy.commands.common import Flags, data_dir, models_dir
 from streams.errors import PedstreamError
+from trainer.cluster import DEFAULT_BASE_PORT
 
 STORE_ENV = "PEDSTREAM_STORE"
 
@@ -163,7 +164,7 @@ def register(sub: Any, flags: Flags) -> None:
     p.add_argument("--replay-frames", help="A:B frames of --replay-sequence (default: its first half)")
     p.add_argument("--replay-every", type=int, default=2, help="every K-th of those frames")
     p.add_argument("--ray-address")
-    p.add_argument("--ray-port", type=int, default=47300)
+    p.add_argument("--ray-port", type=int, default=DEFAULT_BASE_PORT)
     flags.data(p)
     p.set_defaults(func=cmd_trainer)
 
@@ -217,6 +218,6 @@ def register_bench(bench_sub: Any, flags: Flags) -> None:
     b.add_argument("--every", type=int, default=4, help="score every K-th held-out frame")
     b.add_argument("--json", action="store_true", help="print JSON (the only output format)")
     b.add_argument("--ray-address")
-    b.add_argument("--ray-port", type=int, default=47300)
+    b.add_argument("--ray-port", type=int, default=DEFAULT_BASE_PORT)
     flags.data(b)
     b.set_defaults(func=cmd_bench_loop)

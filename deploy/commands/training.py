@@ -16,6 +16,7 @@ from typing import Any
 from deploy.commands.common import Flags, ProgressBar, data_dir, models_dir
 from streams.errors import PedstreamError
 from streams.mot import MotSequence
+from trainer.cluster import DEFAULT_BASE_PORT
 
 
 def _input_size(text: str) -> tuple[int, int]:
@@ -217,7 +218,7 @@ def add_job_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--augment", choices=("default", "strong"), default="default",
                    help="strong: zoom in and out without stretching, night, blur, noise, JPEG (for unseen cameras)")  # fmt: skip
     p.add_argument("--ray-address", help="join this Ray cluster (127.0.0.1:PORT) instead of starting one")
-    p.add_argument("--ray-port", type=int, default=47300, help="base of the pinned Ray port range (base .. base+119)")
+    p.add_argument("--ray-port", type=int, default=DEFAULT_BASE_PORT, help="base of the pinned Ray port range (base .. base+119)")
     p.add_argument("--json", action="store_true")
 
 
@@ -307,7 +308,7 @@ def register_bench(bench_sub: Any, flags: Flags) -> None:
     )
     g.add_argument("--updates", type=int, default=800, help="parameter-server updates per left-out camera")
     g.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads of every model scored (one setting for all)")
-    g.add_argument("--ray-port", type=int, default=47300, help="base of the pinned Ray port range (base .. base+119)")
+    g.add_argument("--ray-port", type=int, default=DEFAULT_BASE_PORT, help="base of the pinned Ray port range (base .. base+119)")
     g.add_argument("--input-size", default="384x288", help="student input WIDTHxHEIGHT")
     g.add_argument("--head-stride", type=int, choices=(4, 8), default=4, help="student head stride (8: lighter, loses small people)")
     g.add_argument("--json", action="store_true", help="print JSON (the only output format)")

@@ -116,7 +116,8 @@ def test_the_dashboard_page_shows_every_camera_in_a_real_browser(broker: str, vt
                     cameras = json.loads(response.read())
             except OSError:
                 cameras = []
-            if len(cameras) == 2 and all(c["seq"] == 5 for c in cameras) and cameras[0]["alerts"] == 1:
+            # three subscribers join their groups independently: wait until every one has caught up
+            if len(cameras) == 2 and all(c["seq"] == 5 and c["frames"] == 6 for c in cameras) and cameras[0]["alerts"] == 1:
                 break
             time.sleep(0.5)
         assert [c["camera"] for c in cameras] == ["gate", "plaza"], (tmp_path / "dashboard.log").read_text()[-2000:]
