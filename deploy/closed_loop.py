@@ -24,14 +24,15 @@ import numpy as np
 import yaml
 
 from deploy.agent_process import AgentProcess
-from detectors.detector import BUNDLED_MODELS, Detector, read_model, with_version
+from detectors.detector import Detector, model_path, read_model, trained_on, weights_path, with_version
 from detectors.evaluation import evaluate_sequence
 from streams.bus import ModelAnnouncementPublisher, RecordWatch, make_producer
 from streams.cameras.agent import CameraFleet
 from streams.cameras.config import Look, parse_cameras
 from streams.cameras.looks import render
+from streams.errors import PedstreamError
 from streams.model_channel import ModelKeys, connect_redis
-from streams.mot import MotSequence
+from streams.mot import MotSequence, parse_frame_range
 from streams.records import Alert, Detections
 from streams.signing import PRIVATE_NAME, PUBLIC_NAME, Signer, init_keys
 from streams.topics import Topics
@@ -98,10 +99,29 @@ class LoopOutcome:
     alerts: int
     hard_examples: dict[str, dict[str, int]]
     seconds: float
+    # cameras whose scored frames the start model was trained on (its metadata says): their AP50 is
+    # not that of a camera never seen
+    start_trained_on_scored: list[str] = field(default_factory=list)
 
     @property
     def frames_dropped(self) -> int:
         return self.live_frames - self.live_with_detections
+
+
+def _trained_on_scored(sources: list[dict[str, Any]], camera: SiteCamera) -> bool:
+    """Whether a training source (``pedstream train``'s data summary) covers frames the loop scores
+    the camera on: the same sequence, with no frame range or one that reaches the scored half."""
+    first, _last = camera.scored
+    for source in sources:
+        if source.get("name") != camera.sequence.name:
+            continue
+        frames = source.get("frames")
+        if not frames:
+            return True
+        _start, stop = parse_frame_range(str(frames), camera.sequence.length)
+        if stop >= first:
+            return True
+    return False
 
 
 def _ap(detector: Detector, camera: SiteCamera, every: int) -> float:
@@ -161,6 +181,7 @@ class ClosedLoop:
         every: int = 4,
         alert_people: int = 5,
         progress: Callable[[str], None] | None = None,
+        start_model: str | Path = "student",
     ) -> None:
         if not any(c.adapt for c in cameras):
             raise ValueError("at least one camera must be one to adapt")
@@ -171,6 +192,7 @@ class ClosedLoop:
         self.replay = replay
         self.updates, self.workers, self.every, self.alert_people = updates, workers, every, alert_people
         self.say = progress or (lambda _m: None)
+        self.start_model = start_model  # the model the loop starts from; its NAME.weights.npz beside it
         self.work = Path(tempfile.mkdtemp(prefix="pedstream-loop-"))
 
     @property
@@ -189,7 +211,7 @@ class ClosedLoop:
 
     def _start_agent(self, cameras_yaml: Path) -> AgentProcess:
         agent = AgentProcess(
-            "student",
+            str(self.start_model),
             self.bootstrap,
             self.topics,
             self.work,
@@ -218,8 +240,11 @@ class ClosedLoop:
             Signer.load(self.work / "keys" / PRIVATE_NAME),
             announcements,
         )
-        start_bytes = read_model("student")
-        registry.publish(start_bytes, Lineage(notes="bundled student"), weights=read_weights(BUNDLED_MODELS / "student.weights.npz"))
+        start_bytes, start_file = read_model(self.start_model), model_path(self.start_model)
+        start_weights = weights_path(self.start_model)
+        if start_weights is None:
+            raise PedstreamError(f"{start_file}: no training weights beside it (NAME.weights.npz): it cannot be fine-tuned")
+        registry.publish(start_bytes, Lineage(notes=f"start model {start_file.name}"), weights=read_weights(start_weights))
         start_version = registry.current_version() or "?"
         site = {"cameras": [c.config(self.alert_people) for c in self.cameras]}
         (self.work / "cameras.yaml").write_text(yaml.safe_dump(site))
@@ -234,6 +259,7 @@ class ClosedLoop:
             policy,
             base_examples=self._replay_examples(),
             progress=self.say,
+            models_dir=self.models_dir,
         )
         service = TrainerService(self.bootstrap, self.topics, registry.client, store, retrainer, auto=False)
         counter = _Counter(self.bootstrap, self.topics, "live")  # its consumers join their groups while the agent starts
@@ -269,7 +295,7 @@ class ClosedLoop:
             counts = store.counts()
             self.say(f"hard examples stored: {counts}")
             before = Detector.from_bytes(start_bytes, name="before", threads=1)
-            self.say("scoring the start model on every camera's second half (never trained on)")
+            self.say("scoring the start model on every camera's second half (never trained on by the loop)")
             ap_before = {c.camera_id: _ap(before, c, self.every) for c in self.cameras}
             cycle = retrainer.run_cycle([c.camera_id for c in self.adapted], promote=False)
             self.say(f"cycle {cycle.version}: {'passes' if cycle.shipped else 'fails'} the gate ({cycle.reason})")
@@ -292,6 +318,7 @@ class ClosedLoop:
                 alerts=counter.counts["alerts"],
                 hard_examples=counts,
                 seconds=round(time.monotonic() - started, 1),
+                start_trained_on_scored=[c.camera_id for c in self.cameras if _trained_on_scored(trained_on(start_bytes), c)],
             )
         finally:
             counter.close()

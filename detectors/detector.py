@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from detectors.backends.selection import choose_backend
 from detectors.results import BoxArray
 
 VERSION_METADATA_KEY = "pedstream_version"
+TRAINED_ON_METADATA_KEY = "trained_on"  # JSON list of the training sources: name, labels (human/teacher), frames
 
 
 @dataclass(frozen=True)
@@ -34,13 +36,25 @@ def onnx_metadata(model_bytes: bytes) -> dict[str, str]:
     return {p.key: p.value for p in load_model(model_bytes).metadata_props}
 
 
+def with_metadata(model_bytes: bytes, **props: str) -> bytes:
+    """The same model with these ``metadata_props`` set (added or replaced)."""
+    proto = load_model(model_bytes)
+    merged = {p.key: p.value for p in proto.metadata_props} | props
+    del proto.metadata_props[:]
+    for key, value in merged.items():
+        proto.metadata_props.add(key=key, value=value)
+    return bytes(proto.SerializeToString())
+
+
 def with_version(model_bytes: bytes, version: str) -> bytes:
     """The same model under another ``pedstream_version`` (the registry names versions by it)."""
-    proto = load_model(model_bytes)
-    for prop in proto.metadata_props:
-        if prop.key == VERSION_METADATA_KEY:
-            prop.value = version
-    return bytes(proto.SerializeToString())
+    return with_metadata(model_bytes, **{VERSION_METADATA_KEY: version})
+
+
+def trained_on(model_bytes: bytes) -> list[dict[str, object]]:
+    """What a model was trained on, as ``pedstream train`` recorded it (``[]`` when unknown)."""
+    text = onnx_metadata(model_bytes).get(TRAINED_ON_METADATA_KEY)
+    return list(json.loads(text)) if text else []
 
 
 BUNDLED_MODELS = Path(__file__).parent / "models"
@@ -52,6 +66,14 @@ def model_path(name_or_path: str | Path) -> Path:
     if str(name_or_path) in BUNDLED_NAMES:
         return BUNDLED_MODELS / BUNDLED_NAMES[str(name_or_path)]
     return Path(name_or_path)
+
+
+def weights_path(name_or_path: str | Path) -> Path | None:
+    """The training weights kept beside a student model file (``NAME.weights.npz`` next to
+    ``NAME.onnx``), which fine-tuning starts from; None when there are none."""
+    path = model_path(name_or_path)
+    weights = path.with_name(path.stem + ".weights.npz")
+    return weights if weights.is_file() else None
 
 
 def read_model(path: str | Path) -> bytes:

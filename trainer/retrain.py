@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import cv2
@@ -31,7 +32,7 @@ from trainer.ps import StalenessPolicy
 from trainer.registry import Lineage, Registry
 from trainer.sources import STORAGE_WIDTH
 from trainer.store import HardExampleStore, StoredExample
-from trainer.student import StudentConfig
+from trainer.student import StudentConfig, config_of
 
 FINE_TUNE_LR = 5e-4  # a quarter of training from scratch: adapt to the new cameras, keep the rest
 
@@ -86,8 +87,9 @@ class Retrainer:
         teacher: Callable[[np.ndarray], Labels],
         label_cache: LabelCache,
         policy: RetrainPolicy = RetrainPolicy(),
-        config: StudentConfig = StudentConfig(),
+        config: StudentConfig | None = None,
         base_examples: list[Example] | None = None,
+        models_dir: Path | None = None,
         progress: Callable[[str], None] | None = None,
     ) -> None:
         self.store = store
@@ -95,7 +97,8 @@ class Retrainer:
         self.teacher = teacher
         self.cache = label_cache
         self.policy = policy
-        self.config = config
+        self.config = config  # None: the current model's own (its ONNX metadata; v1's trunk from models_dir)
+        self.models_dir = models_dir
         self.base_examples = base_examples or []  # the original training set, part of the replay pool
         self.say = progress or (lambda _m: None)
 
@@ -176,10 +179,12 @@ class Retrainer:
         version = time.strftime("student-%Y%m%d-%H%M%S")
         self.say(f"training {version} from {current}: {len(fresh)} new + {len(replay)} replay examples")
         settings = replace(self.policy.job, batch_size=min(self.policy.job.batch_size, len(fresh) + len(replay)))
-        job = TrainingJob(fresh + replay, settings, self.config, None, init_weights=init, model_version=version)
+        current_onnx = self.registry.onnx(current)
+        config = self.config or config_of(current_onnx, self.models_dir or Path("."))
+        job = TrainingJob(fresh + replay, settings, config, None, init_weights=init, model_version=version)
         result = job.run()
         self.say("gating the candidate on every camera's held-out hard examples")
-        current_detector = Detector.from_bytes(self.registry.onnx(current), name=current)
+        current_detector = Detector.from_bytes(current_onnx, name=current)
         candidate = Detector.from_bytes(result.model_onnx, name=version)
         per_camera: dict[str, dict[str, float]] = {}
         for camera in self.store.counts():

@@ -19,7 +19,8 @@ from torch import nn
 
 from detectors.adapters.registry import FORMAT_METADATA_KEY
 from detectors.adapters.student import INPUT_NAME, OUTPUT_HEATMAP, OUTPUT_REGRESSION, StudentAdapter
-from detectors.detector import VERSION_METADATA_KEY
+from detectors.detector import VERSION_METADATA_KEY, onnx_metadata
+from streams.errors import PedstreamError
 from trainer.pretrained import SSDLITE_STRIDE4, SSDLITE_STRIDE8, SSDLITE_STRIDE16, OnnxTrunk, freeze_before, ssdlite_trunk, to_trunk_input
 
 
@@ -103,6 +104,42 @@ class Student(nn.Module):
         return torch.sigmoid(self.heatmap(p)), self.regression(p)
 
 
+TRUNK_METADATA_KEY = "trunk_file"  # the pretrained trunk's ONNX file name, looked up in the models folder
+
+
+def config_of(model_onnx: bytes, models_dir: Path) -> StudentConfig:
+    """The configuration a student model was exported with, read from its ONNX metadata, so that
+    fine-tuning rebuilds the same network (v0's small backbone or v1's pretrained trunk, found in
+    ``models_dir``) before loading its weights."""
+    metadata = onnx_metadata(model_onnx)
+    if metadata.get(FORMAT_METADATA_KEY) != StudentAdapter.format:
+        raise PedstreamError(f"model {metadata.get(VERSION_METADATA_KEY, '?')} is not a pedstream student: it cannot be fine-tuned")
+    trunk: str | None = None
+    trunk_file = metadata.get(TRUNK_METADATA_KEY) or _trunk_file_of(metadata.get("backbone", "scratch"))
+    if trunk_file:
+        trunk_path = Path(models_dir) / trunk_file
+        if not trunk_path.is_file():
+            raise PedstreamError(f"the student's pretrained trunk {trunk_file} is not in the models folder {models_dir}")
+        trunk = str(trunk_path)
+    defaults = StudentConfig()
+    widths = metadata.get("widths")
+    return StudentConfig(
+        input_width=int(metadata.get("input_width", defaults.input_width)),
+        input_height=int(metadata.get("input_height", defaults.input_height)),
+        widths=tuple(int(w) for w in widths.split(",")) if widths else defaults.widths,  # type: ignore[arg-type]
+        neck=int(metadata.get("neck", defaults.neck)),
+        trunk=trunk,
+        head_stride=int(metadata.get("stride", defaults.head_stride)),
+    )
+
+
+def _trunk_file_of(backbone: str) -> str:
+    """Models exported before ``trunk_file`` existed name it in ``backbone``: "mobilenetv2 from FILE (pretrained)"."""
+    if backbone.startswith("mobilenetv2 from "):
+        return backbone.removeprefix("mobilenetv2 from ").split(" ")[0]
+    return ""
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -153,7 +190,8 @@ def export_onnx(model: Student, version: str, extra_metadata: dict[str, str] | N
         "stride": str(cfg.head_stride),
         "widths": ",".join(map(str, cfg.widths)),
         "neck": str(cfg.neck),
-        "backbone": "mobilenetv2 from ssdlite_pedestrian.onnx (pretrained)" if cfg.trunk else "scratch",
+        "backbone": f"mobilenetv2 from {Path(cfg.trunk).name} (pretrained)" if cfg.trunk else "scratch",
+        TRUNK_METADATA_KEY: Path(cfg.trunk).name if cfg.trunk else "",
         "exported_ts": f"{time.time():.0f}",
         **(extra_metadata or {}),
     }

@@ -88,8 +88,8 @@ def run(
     threads: int = 2,
     ray_port: int = DEFAULT_BASE_PORT,
     progress: Callable[[str], None] = print,
-    input_size: tuple[int, int] = (384, 288),
-    head_stride: int = 4,
+    input_size: tuple[int, int] = (320, 240),
+    head_stride: int = 8,
 ) -> dict[str, Any]:
     started = time.perf_counter()
     stock = {name: Detector.from_bytes(read_model(models / file), name=name, threads=threads) for name, file in STOCK.items()}

@@ -41,6 +41,7 @@ def run(
     updates: int = 300,
     every: int = 4,
     progress: Callable[[str], None] | None = None,
+    start_model: str | Path = "student",
 ) -> dict[str, object]:
     cameras = site(sequence_dir, data_dir, drift)
     pets = MotSequence.load(data_dir / "PETS09-S2L1")
@@ -55,6 +56,7 @@ def run(
         updates=updates,
         every=every,
         progress=progress,
+        start_model=start_model,
     )
     out = loop.run()
     others = [c.camera_id for c in cameras if not c.adapt]
@@ -74,6 +76,7 @@ def run(
         },
         "served_after": out.served_version,
         "start_version": out.start_version,
+        "start_trained_on_scored": out.start_trained_on_scored,
         "hard_examples": out.hard_examples,
         "frames_published": out.frames_published,
         "drift": drift,

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from deploy.commands.common import DATA_ENV, Flags, data_dir, live, models_dir, say_to_stderr, stop_on_signals
+from deploy.commands.loop import START_MODEL_HELP
 from streams.errors import PedstreamError
 from streams.mot import MotSequence
 from streams.topics import Topics
@@ -58,7 +59,9 @@ def summary(out: LoopOutcome, cameras: list[SiteCamera]) -> str:
         lines.append(
             f"  {c.camera_id:<12} {out.frames_published.get(c.camera_id, 0):>6} "
             f"{hard.get('total', 0):>8} {before:>11.3f} {after:>10.3f} "
-            f"{after - before:>+7.3f}" + ("   <- retrained for" if c.adapt else "")
+            f"{after - before:>+7.3f}"
+            + ("   <- retrained for" if c.adapt else "")
+            + ("   * start model trained on these frames" if c.camera_id in out.start_trained_on_scored else "")
         )
     lines += [
         "",
@@ -69,7 +72,8 @@ def summary(out: LoopOutcome, cameras: list[SiteCamera]) -> str:
         f"  versions pushed: {1 if cycle.shipped else 0} ({out.start_version} -> {out.served_version}); "
         f"publish to serving {out.publish_to_serving_s:.2f} s; live frames {out.live_with_detections}/{out.live_frames} "
         f"with detections ({', '.join(out.live_versions)})",
-        "  AP50 is scored on the second half of each sequence, which nothing was trained on.",
+        "  AP50 is scored on the second half of each sequence, which the loop never trains on"
+        + (" (* the start model's own training did)." if out.start_trained_on_scored else "."),
     ]
     return "\n".join(lines)
 
@@ -105,6 +109,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 every=args.every,
                 alert_people=args.alert_people,
                 progress=say,
+                start_model=args.start_model,
             )
             out = loop.run()
     if args.json:
@@ -126,6 +131,7 @@ def register(sub: Any, flags: Flags) -> None:
     p.add_argument("--every", type=int, default=4, help="score every K-th frame of the second halves")
     p.add_argument("--alert-people", type=int, default=4, help="each camera alerts when this many people are in view")
     p.add_argument("--ray-port", type=int, default=DEFAULT_BASE_PORT)
+    p.add_argument("--start-model", default="student", help=START_MODEL_HELP)
     p.add_argument("--json", action="store_true", help="print the outcome as JSON instead of the summary")
     p.add_argument(
         "--cameras-only",

@@ -15,6 +15,7 @@ from streams.errors import PedstreamError
 from trainer.cluster import DEFAULT_BASE_PORT
 
 STORE_ENV = "PEDSTREAM_STORE"
+START_MODEL_HELP = "the student the loop starts from (its NAME.weights.npz beside NAME.onnx); default the bundled one"
 
 
 def _keys(args: argparse.Namespace) -> Any:
@@ -60,6 +61,7 @@ def cmd_trainer(args: argparse.Namespace) -> int:
         policy,
         base_examples=_replay_set(args, teachers, say),
         progress=say,
+        models_dir=teachers,
     )
     with ray_session(args.ray_address, RayPorts(args.ray_port), num_cpus=max(os.cpu_count() or 1, args.workers)):
         service = TrainerService(
@@ -205,6 +207,7 @@ def cmd_bench_loop(args: argparse.Namespace) -> int:
             updates=args.updates,
             every=args.every,
             progress=say,
+            start_model=args.start_model,
         )
     print(json.dumps(result, indent=2))
     return 0
@@ -216,6 +219,7 @@ def register_bench(bench_sub: Any, flags: Flags) -> None:
     b.add_argument("--drift", choices=("night", "none"), default="night", help="make the adapted camera night-dark and noisy")
     b.add_argument("--updates", type=int, default=300, help="parameter-server updates of the retraining cycle")
     b.add_argument("--every", type=int, default=4, help="score every K-th held-out frame")
+    b.add_argument("--start-model", default="student", help=START_MODEL_HELP)
     b.add_argument("--json", action="store_true", help="print JSON (the only output format)")
     b.add_argument("--ray-address")
     b.add_argument("--ray-port", type=int, default=DEFAULT_BASE_PORT)

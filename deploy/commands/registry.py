@@ -89,15 +89,13 @@ def cmd_models(args: argparse.Namespace) -> int:
         from trainer.registry import Lineage
 
         registry = _registry(args, need_signer=True)
-        from detectors.detector import BUNDLED_MODELS, model_path
+        from detectors.detector import weights_path
         from trainer.report import read_weights
 
         onnx = read_model(args.model)
         metrics = json.loads(args.metrics) if args.metrics else {}
         lineage = Lineage(parent=args.parent or registry.current_version(), notes=args.notes)
-        weights_file = Path(args.weights) if args.weights else None
-        if weights_file is None and model_path(args.model).parent == BUNDLED_MODELS:  # the bundled student's own weights
-            weights_file = BUNDLED_MODELS / "student.weights.npz"
+        weights_file = Path(args.weights) if args.weights else weights_path(args.model)  # NAME.weights.npz beside NAME.onnx
         weights = read_weights(weights_file) if weights_file else None
         a = registry.store(onnx, lineage, metrics, weights=weights)
         if not args.no_promote:

@@ -110,6 +110,7 @@ def load_training_data(args: argparse.Namespace, teachers: Path | None) -> tuple
 
 def cmd_train(args: argparse.Namespace) -> int:
     teachers = _prepare(args)
+    from detectors.detector import TRAINED_ON_METADATA_KEY, with_metadata
     from trainer.cluster import RayPorts, ray_session
     from trainer.job import TrainingJob
     from trainer.report import read_weights, write_outputs
@@ -138,6 +139,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             examples, settings, config, held_out, Path(args.out) / "checkpoints", init, on_progress, model_version=args.version
         )
         result = job.run()
+    if result.model_onnx:  # the model says what it was trained on (`pedstream demo` and bench loop report it)
+        result.model_onnx = with_metadata(result.model_onnx, **{TRAINED_ON_METADATA_KEY: json.dumps(data_summary)})
     paths = write_outputs(result, Path(args.out))
     model = Student(config)
     summary = {
@@ -309,8 +312,8 @@ def register_bench(bench_sub: Any, flags: Flags) -> None:
     g.add_argument("--updates", type=int, default=800, help="parameter-server updates per left-out camera")
     g.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads of every model scored (one setting for all)")
     g.add_argument("--ray-port", type=int, default=DEFAULT_BASE_PORT, help="base of the pinned Ray port range (base .. base+119)")
-    g.add_argument("--input-size", default="384x288", help="student input WIDTHxHEIGHT")
-    g.add_argument("--head-stride", type=int, choices=(4, 8), default=4, help="student head stride (8: lighter, loses small people)")
+    g.add_argument("--input-size", default="320x240", help="student input WIDTHxHEIGHT (the bundled v1's by default)")
+    g.add_argument("--head-stride", type=int, choices=(4, 8), default=8, help="student head stride (8: v1's; 4 for small people)")
     g.add_argument("--json", action="store_true", help="print JSON (the only output format)")
     flags.data(g)
     g.set_defaults(func=cmd_bench_generalize)

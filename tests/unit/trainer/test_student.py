@@ -11,9 +11,10 @@ import torch
 from detectors.adapters.student import SIZE_UNIT, STRIDE, heatmap_peaks
 from detectors.detector import Detector
 from detectors.results import BoxArray
+from streams.errors import PedstreamError
 from trainer.data import Augment, Example, prepare
 from trainer.labels import weighted_box_fusion
-from trainer.student import Student, StudentConfig, count_parameters, export_onnx, gflops
+from trainer.student import Student, StudentConfig, config_of, count_parameters, export_onnx, gflops
 from trainer.targets import make_targets
 
 
@@ -88,6 +89,15 @@ def test_student_v1_on_the_pretrained_trunk_exports_the_same_contract(shared_mod
     assert heatmap.shape == (1, 1, 192 // STRIDE, 256 // STRIDE) and regression.shape == (1, 4, 192 // STRIDE, 256 // STRIDE)
     ours = detector.infer(batch)
     np.testing.assert_allclose(ours[0], heatmap.numpy(), atol=1e-4)
+
+
+def test_fine_tuning_rebuilds_the_network_a_model_was_exported_with(shared_models: Path, tmp_path: Path) -> None:
+    v1 = StudentConfig(input_width=320, input_height=240, trunk=str(shared_models / "ssdlite_pedestrian.onnx"), head_stride=8)
+    assert config_of(export_onnx(Student(v1), "v1"), shared_models) == v1
+    v0 = StudentConfig(widths=(16, 32, 64, 96), neck=24)
+    assert config_of(export_onnx(Student(v0), "v0"), tmp_path) == v0  # no trunk: no models folder needed
+    with pytest.raises(PedstreamError, match="ssdlite_pedestrian.onnx is not in the models folder"):
+        config_of(export_onnx(Student(v1), "v1"), tmp_path)
 
 
 def test_strong_augmentation_keeps_boxes_on_their_people_and_never_stretches() -> None:
