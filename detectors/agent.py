@@ -9,6 +9,7 @@ flight; duplicates are dropped by (camera id, seq, capture time).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import os
 import time
@@ -37,6 +38,7 @@ from streams.history import skip_history
 from streams.kafka_settings import MAX_MESSAGE_BYTES
 from streams.metrics import DEAD_LETTERS, serve_metrics
 from streams.model_channel import ModelKeys, ModelReader, ModelWatcher, connect_redis
+from streams.outage import OutageLog
 from streams.records import Box, Detections, Frame, HardExample, Record, TileDetections, TileTask
 from streams.signing import Verifier
 from streams.topics import Topics
@@ -106,6 +108,18 @@ class FrameRef:
 
 
 MERGE_TIMEOUT_S = 10.0
+DELIVERIES: contextvars.ContextVar[list[Any] | None] = contextvars.ContextVar("deliveries", default=None)
+"""What the frame being handled has sent so far (its broker acknowledgements to wait for), in the
+results task's own context: the tile-merging task's sends never join a frame's list."""
+
+
+def _collect(delivery: Any) -> None:
+    deliveries = DELIVERIES.get()
+    if deliveries is not None:
+        deliveries.append(delivery)
+
+
+MAX_FRAME_PIXELS = 8192 * 8192  # a frame declaring more is refused before decoding (dead-lettered): 67 MP, past 8K video
 
 
 def _latency(timings: dict[str, float], capture_ts: float, now: float, delivered_ts: float = 0.0) -> dict[str, float]:
@@ -131,7 +145,17 @@ class DetectorAgent:
         self.camera_settings = {c.id: c.detect for c in cameras or []}
         self.cameras: dict[str, CameraState] = {}
         self.seen: OrderedDict[tuple[str, int, float], None] = OrderedDict()
-        self.counters = {"frames": 0, "detections": 0, "alerts": 0, "hard_examples": 0, "dead_letters": 0, "duplicates": 0}
+        self.counters = {
+            "frames": 0,
+            "detections": 0,
+            "alerts": 0,
+            "hard_examples": 0,
+            "dead_letters": 0,
+            "duplicates": 0,
+            "publish_failures": 0,
+        }
+        self._acks: set[asyncio.Future[None]] = set()  # frames waiting for their deliveries before their ack
+        self.outage = OutageLog("the Kafka broker")
         data_dir = settings.data_dir / settings.agent_id
         data_dir.mkdir(parents=True, exist_ok=True)
         self.app = faust.App(
@@ -216,6 +240,13 @@ class DetectorAgent:
             frame = decode(Frame, event.value, headers)
         except RecordError as exc:
             return WorkItem(token=Pending(event, None, time.time()), camera_id="?", jpeg=b"", error=f"invalid frame record: {exc}")
+        if frame.width * frame.height > MAX_FRAME_PIXELS:
+            return WorkItem(
+                token=Pending(event, None, time.time()),
+                camera_id=frame.camera_id,
+                jpeg=b"",
+                error=f"oversized frame: {frame.width}x{frame.height} is over the {MAX_FRAME_PIXELS / 1e6:.0f} MP limit",
+            )
         state = self._camera(frame.camera_id)
         tiling = state.settings.tiling
         fan_out = tiling is not None and tiling.fan_out
@@ -230,7 +261,14 @@ class DetectorAgent:
             self.seen.popitem(last=False)
         deadline = None if fan_out else state.settings.deadline_s(frame.period_ms)  # fanned-out tiles are not shed
         expires = frame.capture_ts + deadline if deadline is not None else None
-        item = WorkItem(token=pending, camera_id=frame.camera_id, jpeg=frame.jpeg, tiling=tiling, expires_ts=expires)
+        item = WorkItem(
+            token=pending,
+            camera_id=frame.camera_id,
+            jpeg=frame.jpeg,
+            tiling=tiling,
+            expires_ts=expires,
+            declared_size=(frame.width, frame.height),
+        )
         # shed now what would finish after its deadline anyway: decoding it would only delay the frames behind it
         expected_s = self.pipeline.total_estimate_s if self.pipeline is not None else 0.0
         if deadline is not None and now - frame.capture_ts + expected_s > deadline:
@@ -360,6 +398,7 @@ class DetectorAgent:
         while True:
             item = await self.results.get()
             pending: Pending = item.token
+            collecting = DELIVERIES.set([])
             try:
                 if item.error == "duplicate":
                     pass
@@ -380,19 +419,39 @@ class DetectorAgent:
                     await self._publish_detections(
                         ref, item.boxes, item.model_version, self._anatomy(item, pending), item.brightness, item.delivered_ts
                     )
-            except Exception:
-                log.exception("publishing results failed for camera %s", item.camera_id)
+            except Exception as exc:  # a bug, not an outage: the frame goes to the dead letters with why, never silently
+                log.exception("handling the results of camera %s failed", item.camera_id)
+                DELIVERIES.set([])  # whatever was sent for it, the dead-letter entry is what accounts for it
+                await self._dead_letter(pending.event, f"the agent failed on this frame: {type(exc).__name__}: {exc}")
             finally:
-                pending.event.ack()
+                deliveries = DELIVERIES.get() or []
+                DELIVERIES.reset(collecting)
+                self._acks.add(asyncio.ensure_future(self._ack_when_delivered(pending.event, deliveries, item.camera_id)))
+
+    async def _ack_when_delivered(self, event: Any, deliveries: list[asyncio.Future[Any]], camera_id: str) -> None:
+        """Acknowledge the frame once everything published for it is on the broker (acks=all). A
+        frame whose records were not delivered stays unacknowledged, so its offset is never
+        committed and the frame is detected again after a restart or rebalance (at-least-once)."""
+        try:
+            await asyncio.gather(*deliveries)
+        except Exception as exc:  # noqa: BLE001 - any delivery error means: do not acknowledge
+            self.counters["publish_failures"] += 1
+            metrics.PUBLISH_FAILURES.inc()
+            self.outage.failed(f"publishing results of camera {camera_id}: {type(exc).__name__}: {exc}")
+            return
+        finally:
+            self._acks.discard(asyncio.current_task())
+        self.outage.recovered()
+        event.ack()
 
     async def _send(self, topic_name: str, record: Record) -> None:
         msg = encode(record)
-        await self.out[topic_name].send(key=msg.key, value=msg.value, headers=msg.headers)
+        _collect(await self.out[topic_name].send(key=msg.key, value=msg.value, headers=msg.headers))
 
     async def _dead_letter(self, event: Any, reason: str) -> None:
         message = event.message
         headers = dead_letter_headers(message.headers, reason, message.topic, message.partition, message.offset)
-        await self.out[self.settings.topics.dead_letter.name].send(key=message.key, value=message.value, headers=headers)
+        _collect(await self.out[self.settings.topics.dead_letter.name].send(key=message.key, value=message.value, headers=headers))
         self.counters["dead_letters"] += 1
         DEAD_LETTERS.labels(message.topic).inc()
         log.warning("dead-lettered %s[%d]@%d: %s", message.topic, message.partition, message.offset, reason)

@@ -30,6 +30,9 @@ FRAME_TO_DETECTION = Histogram(
 BATCH_SIZE = Histogram("pedstream_detector_batch_size", "Frames per inference batch", buckets=(1, 2, 4, 8, 16, 32, 64))
 HARD_EXAMPLES = Counter("pedstream_detector_hard_examples", "Hard examples published", ["camera", "reason"])
 ALERTS = Counter("pedstream_detector_alerts", "Alerts published", ["camera", "rule"])
+PUBLISH_FAILURES = Counter(
+    "pedstream_detector_publish_failures", "Frames whose results the broker did not take (left unacknowledged, detected again later)"
+)
 MODEL_SWAPS = Counter("pedstream_detector_model_swaps", "Model versions swapped in (hot swap)")
 
 

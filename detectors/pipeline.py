@@ -43,6 +43,7 @@ class WorkItem:
     camera_id: str
     jpeg: bytes
     tiling: Tiling | None = None
+    declared_size: tuple[int, int] | None = None  # (width, height) the record states; the decoded JPEG must match
     image: np.ndarray | None = None
     brightness: float | None = None  # mean pixel value of the decoded frame (hard-example mining)
     tiles: list[Tile] | None = None
@@ -140,6 +141,11 @@ class DetectionPipeline:
         image = cv2.imdecode(np.frombuffer(item.jpeg, np.uint8), cv2.IMREAD_COLOR)
         if image is None:
             item.error = "corrupt JPEG: cannot decode the frame"
+            return
+        decoded = (image.shape[1], image.shape[0])
+        if item.declared_size is not None and decoded != item.declared_size:
+            w, h = item.declared_size
+            item.error = f"frame size mismatch: the JPEG is {decoded[0]}x{decoded[1]}, the record says {w}x{h}"
             return
         item.image = image
         item.brightness = float(np.mean(cv2.mean(image)[:3]))

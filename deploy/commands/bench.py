@@ -98,6 +98,30 @@ def cmd_bench_pipeline(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_faults(args: argparse.Namespace) -> int:
+    from deploy.bench import faults
+
+    data = data_dir(args.data)
+    scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    unknown = [s for s in scenarios if s not in faults.SCENARIOS]
+    if unknown:
+        raise PedstreamError(f"--scenarios: unknown {', '.join(unknown)}; choose from {', '.join(faults.SCENARIOS)}")
+    with _bench_stack(args) as (bootstrap, _topics, home):
+        result = faults.run(
+            bootstrap,
+            args.model or "student",
+            str(data / "PETS09-S2L1" / "vtest.avi"),
+            home,
+            scenarios,
+            cameras=args.cameras,
+            fps=args.fps,
+            seconds=args.seconds,
+            progress=say_to_stderr("bench faults"),
+        )
+    print_json(result) if args.json else print(json.dumps(result))
+    return 0 if all(s["lost"] == 0 and all(s["checks"].values()) for s in result["scenarios"]) else 1
+
+
 def cmd_bench_capacity(args: argparse.Namespace) -> int:
     from deploy.bench import pipeline as bench_pipeline
 
@@ -190,6 +214,18 @@ def register(sub: Any, flags: Flags) -> None:
     b.add_argument("--max-cameras", type=int, default=64, help="stop searching above this many cameras")
     _agent_flags(b)
     b.set_defaults(func=cmd_bench_capacity)
+
+    b = bench_sub.add_parser(
+        "faults", parents=[flags.conn], help="live cameras through real agents, one fault per scenario: frames lost, duplicates, recovery"
+    )
+    b.add_argument("--scenarios", default="detector-killed,bad-input", help="comma-separated: detector-killed, bad-input")
+    b.add_argument("--model", help="model the agents serve (default: the bundled student)")
+    b.add_argument("--cameras", type=int, default=4)
+    b.add_argument("--fps", type=float, default=5.0)
+    b.add_argument("--seconds", type=float, default=20.0, help="stream length per scenario")
+    b.add_argument("--json", action="store_true")
+    flags.data(b)
+    b.set_defaults(func=cmd_bench_faults)
 
     loop.register_bench(bench_sub, flags)
     training.register_bench(bench_sub, flags)

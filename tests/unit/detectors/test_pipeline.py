@@ -56,6 +56,16 @@ def test_corrupt_jpeg_is_reported_and_the_rest_go_on(ssd: Detector, frames: list
     assert out[1].error is None and out[1].boxes is not None and len(out[1].boxes) > 0
 
 
+def test_a_frame_whose_jpeg_is_not_the_size_its_record_states_is_refused(ssd: Detector, frames: list[bytes]) -> None:
+    items = [
+        WorkItem(token=0, camera_id="c", jpeg=frames[0], declared_size=(30_000, 20_000)),
+        WorkItem(token=1, camera_id="c", jpeg=frames[1], declared_size=(768, 576)),
+    ]
+    out, _ = run(ssd, items)
+    assert out[0].error == "frame size mismatch: the JPEG is 768x576, the record says 30000x20000"
+    assert out[1].error is None and out[1].boxes is not None
+
+
 def test_swap_applies_between_batches(ssd: Detector, shared_models: Path, frames: list[bytes]) -> None:
     other = Detector.from_bytes(read_model(shared_models / "centernet.onnx"), name="centernet", threads=1)
     out: list[WorkItem] = []

@@ -1,0 +1,270 @@
+"""``pedstream bench faults``: a live stream through the real broker and detector agent processes, one
+fault injected per scenario, every frame counted from capture to detection by (camera, seq).
+
+A frame is **accounted for** when a Detections record names it (inferred, or shed as stale with its
+reason) or when it was dead-lettered with a reason; **lost** = sent and not accounted for;
+**duplicates** = Detections records beyond the first for a frame (at-least-once delivery: a frame
+an agent had not committed is detected again by the agent that takes its partition over);
+**recovery_s** = time from the fault to the first Detections record, produced after the fault, of a
+camera the fault hit.
+
+Scenarios (issue 15 lists more; these are built):
+
+* ``detector-killed``: two agents in one group share the cameras; the one serving cameras is killed
+  with SIGKILL mid-stream; the other must take its partitions over.
+* ``bad-input``: one agent; between the cameras' good frames arrive a corrupt JPEG, a truncated
+  record header, a record of an unknown schema version and an oversized frame; each must be
+  dead-lettered with its reason, every good frame detected, and the agent still running.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from deploy.agent_process import AgentProcess
+from deploy.bench.pipeline import ReplayCameras
+from streams.bus import RecordWatch, ensure_topics, make_producer, read_dead_letters
+from streams.records import Detections, Frame
+from streams.topics import Topics
+from streams.wire import META_HEADER, encode
+
+SCENARIOS = ("detector-killed", "bad-input")
+
+
+@dataclass
+class ScenarioResult:
+    name: str
+    frames_sent: int
+    frames_detected: int  # distinct frames with an inferred Detections record
+    frames_shed: int  # distinct frames published as skipped (stale), with the reason
+    dead_lettered: int
+    lost: int
+    duplicates: int
+    recovery_s: float | None
+    fault: str
+    checks: dict[str, bool] = field(default_factory=dict)  # what the scenario must show besides lost == 0
+    lost_frames: list[str] = field(default_factory=list)  # the first few, "camera:seq"
+
+
+class _Tally:
+    """Detections records by (camera, seq), from a watcher thread."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.records: Counter[tuple[str, int]] = Counter()
+        self.inferred: set[tuple[str, int]] = set()
+        self.shed: set[tuple[str, int]] = set()
+        self.by_agent: dict[str, set[str]] = {}
+        self.first_after: dict[str, float] = {}  # camera -> produced_ts of its first record after the fault
+        self.fault_ts: float | None = None
+
+    def add(self, d: Detections, _now: float) -> None:
+        key = (d.camera_id, d.seq)
+        with self.lock:
+            self.records[key] += 1
+            (self.shed if d.skipped is not None else self.inferred).add(key)
+            self.by_agent.setdefault(d.agent_id, set()).add(d.camera_id)
+            if self.fault_ts is not None and d.produced_ts > self.fault_ts:
+                self.first_after.setdefault(d.camera_id, d.produced_ts)
+
+
+def _probe(bootstrap: str, topics: Topics, tally: _Tally, agents: list[AgentProcess], timeout_s: float = 120) -> None:
+    """Publish probe frames until one comes back detected: the agents have joined and warmed up."""
+    jpeg = cv2.imencode(".jpg", np.zeros((32, 32, 3), np.uint8))[1].tobytes()
+    producer = make_producer(bootstrap)
+    deadline = time.monotonic() + timeout_s
+    try:
+        for seq in range(10_000):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the detector agents did not answer within the timeout")
+            msg = encode(Frame(camera_id="probe", seq=seq, capture_ts=time.time(), width=32, height=32, jpeg=jpeg, source_frame_index=0))
+            producer.send(topics.frames.name, key=msg.key, value=msg.value, headers=msg.headers)
+            producer.flush()
+            for _ in range(10):
+                if ("probe", seq) in tally.records:
+                    return
+                time.sleep(0.2)
+            for agent in agents:
+                if not agent.alive():
+                    raise RuntimeError(f"detector agent {agent.agent_id} exited:\n{agent.log()[-2000:]}")
+    finally:
+        producer.close()
+
+
+@contextmanager
+def _agents(
+    bootstrap: str, topics: Topics, model: str, home: Path, count: int
+) -> Iterator[tuple[list[AgentProcess], _Tally, RecordWatch[Detections]]]:
+    group = f"{topics.prefix}-detect"
+    agents = [
+        AgentProcess(model, bootstrap, topics, home, f"faults-{chr(ord('a') + i)}", threads=1, backend="ort", group=group).start()
+        for i in range(count)
+    ]
+    tally = _Tally()
+    watch = RecordWatch(bootstrap, topics, topics.detections, Detections, on_record=tally.add)
+    try:
+        _probe(bootstrap, topics, tally, agents)
+        time.sleep(6.0)  # let every agent finish joining: the split is then stable before the stream
+        yield agents, tally, watch
+    finally:
+        watch.close()
+        for agent in agents:
+            agent.stop()
+
+
+def _drain(tally: _Tally, sent: set[tuple[str, int]], settled: Callable[[], set[tuple[str, int]]], timeout_s: float) -> None:
+    """Wait until every sent frame is accounted for, or the timeout."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with tally.lock:
+            missing = sent - tally.inferred - tally.shed - settled()
+        if not missing:
+            return
+        time.sleep(0.5)
+
+
+def _result(
+    name: str, fault: str, tally: _Tally, sent: set[tuple[str, int]], dead: set[tuple[str, int]], hit: set[str], fault_ts: float | None
+) -> ScenarioResult:
+    with tally.lock:
+        accounted = (tally.inferred | tally.shed | dead) & sent
+        lost = sorted(sent - accounted)
+        duplicates = sum(n - 1 for key, n in tally.records.items() if key in sent and n > 1)
+        after = [tally.first_after[c] - fault_ts for c in hit if c in tally.first_after] if fault_ts is not None else []
+        recovery = round(max(after), 2) if after and len(after) == len(hit) else None
+        return ScenarioResult(
+            name=name,
+            frames_sent=len(sent),
+            frames_detected=len(tally.inferred & sent),
+            frames_shed=len((tally.shed - tally.inferred) & sent),
+            dead_lettered=len(dead & sent),
+            lost=len(lost),
+            duplicates=duplicates,
+            recovery_s=recovery if hit else 0.0,
+            fault=fault,
+            lost_frames=[f"{c}:{s}" for c, s in lost[:10]],
+        )
+
+
+def detector_killed(bootstrap: str, model: str, source: str, home: Path, cameras: int, fps: float, seconds: float) -> ScenarioResult:
+    topics = Topics(f"faults{uuid.uuid4().hex[:6]}")
+    ensure_topics(bootstrap, topics.all())
+    with _agents(bootstrap, topics, model, home / "detector-killed", 2) as (agents, tally, _watch):
+        stream = ReplayCameras(bootstrap, topics, source, cameras, fps, "cam")
+        stream.start()
+        time.sleep(seconds * 0.4)
+        with tally.lock:
+            serving = {a: cams - {"probe"} for a, cams in tally.by_agent.items()}
+        victim = max(agents, key=lambda a: len(serving.get(a.agent_id, set())))
+        hit = serving.get(victim.agent_id, set())
+        with tally.lock:
+            tally.fault_ts = time.time()
+        victim.stop(signal.SIGKILL)
+        fault = f"SIGKILL {victim.agent_id} (serving {', '.join(sorted(hit)) or 'nothing'}) at {seconds * 0.4:.0f} s of {seconds:.0f} s"
+        time.sleep(seconds * 0.6)
+        stream.stop()
+        sent = stream.published_frames()
+        _drain(tally, sent, set, 30.0)
+        result = _result("detector-killed", fault, tally, sent, set(), hit, tally.fault_ts)
+        survivor = next(a for a in agents if a is not victim)
+        result.checks = {"survivor_running": survivor.alive(), "victim_had_cameras": bool(hit)}
+        return result
+
+
+BAD_INPUTS = ("corrupt-jpeg", "truncated-header", "unknown-schema", "oversized-frame")
+
+
+def _bad_message(kind: str, good: Frame) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
+    """One bad message of ``kind``, keyed ``bad-KIND`` so its dead-letter entry can be matched."""
+    msg = encode(good.model_copy(update={"camera_id": f"bad-{kind}"}))
+    headers = list(msg.headers)
+    value = msg.value
+    if kind == "corrupt-jpeg":
+        value = value[:3] + bytes(200)  # still starts like a JPEG, decodes to nothing
+    elif kind == "truncated-header":
+        headers = [(k, v[: len(v) // 2] if k == META_HEADER else v) for k, v in headers]
+    elif kind == "unknown-schema":
+        headers = [(k, json.dumps({**json.loads(v), "schema_version": 99}).encode() if k == META_HEADER else v) for k, v in headers]
+    elif kind == "oversized-frame":
+        huge = good.model_copy(update={"camera_id": f"bad-{kind}", "width": 30_000, "height": 20_000})
+        big = encode(huge)
+        return big.key or b"", big.value, list(big.headers)
+    return msg.key or b"", value, headers
+
+
+def bad_input(bootstrap: str, model: str, source: str, home: Path, cameras: int, fps: float, seconds: float) -> ScenarioResult:
+    topics = Topics(f"faults{uuid.uuid4().hex[:6]}")
+    ensure_topics(bootstrap, topics.all())
+    with _agents(bootstrap, topics, model, home / "bad-input", 1) as (agents, tally, _watch):
+        stream = ReplayCameras(bootstrap, topics, source, cameras, fps, "cam")
+        stream.start()
+        producer = make_producer(bootstrap)
+        jpeg, width, height = stream.jpegs[0]
+        injected: set[tuple[str, int]] = set()
+        try:
+            for i, kind in enumerate(BAD_INPUTS):
+                time.sleep(seconds / (len(BAD_INPUTS) + 1))
+                good = Frame(camera_id="x", seq=i, capture_ts=time.time(), width=width, height=height, jpeg=jpeg, source_frame_index=i)
+                key, value, headers = _bad_message(kind, good)
+                producer.send(topics.frames.name, key=key, value=value, headers=headers)
+                producer.flush()
+                injected.add((f"bad-{kind}", i))
+            time.sleep(seconds / (len(BAD_INPUTS) + 1))
+        finally:
+            producer.close()
+        stream.stop()
+        good_frames = stream.published_frames()
+        _drain(tally, good_frames, set, 30.0)
+        letters = read_dead_letters(bootstrap, topics, timeout_s=3.0)
+        reasons = {(letter.key or b"").decode(errors="replace"): letter.reason for letter in letters}
+        dead = {(camera, seq) for camera, seq in injected if camera in reasons}
+        result = _result("bad-input", f"{len(BAD_INPUTS)} bad messages among the good frames: {', '.join(BAD_INPUTS)}",
+                         tally, good_frames | injected, dead, set(), None)  # fmt: skip
+        result.checks = {
+            "agent_running": agents[0].alive(),
+            **{f"dead_lettered_{kind}": f"bad-{kind}" in reasons for kind in BAD_INPUTS},
+        }
+        result.fault += "; reasons: " + "; ".join(f"{k}: {v}" for k, v in sorted(reasons.items()))
+        return result
+
+
+RUNNERS: dict[str, Callable[[str, str, str, Path, int, float, float], ScenarioResult]] = {
+    "detector-killed": detector_killed,
+    "bad-input": bad_input,
+}
+
+
+def run(
+    bootstrap: str,
+    model: str,
+    source: str,
+    home: Path,
+    scenarios: list[str],
+    cameras: int = 4,
+    fps: float = 5.0,
+    seconds: float = 20.0,
+    progress: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    unknown = [s for s in scenarios if s not in RUNNERS]
+    if unknown:
+        raise ValueError(f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
+    out = []
+    for name in scenarios:
+        progress(f"{name}: {cameras} cameras x {fps:g} fps for {seconds:.0f} s")
+        result = RUNNERS[name](bootstrap, model, source, home, cameras, fps, seconds)
+        progress(f"{name}: sent {result.frames_sent}, lost {result.lost}, duplicates {result.duplicates}, recovery {result.recovery_s} s")
+        out.append(asdict(result))
+    return {"scenarios": out, "cameras": cameras, "fps": fps, "seconds": seconds, "model": model}

@@ -1,0 +1,27 @@
+"""One log line per outage of a dependency, however many calls fail during it."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from streams.outage import OutageLog
+
+
+def test_an_outage_is_logged_once_when_it_starts_and_once_when_it_ends(caplog: pytest.LogCaptureFixture) -> None:
+    outage = OutageLog("the Kafka broker")
+    with caplog.at_level(logging.INFO, logger="streams.outage"):
+        outage.recovered()  # nothing was down: nothing to say
+        for i in range(50):
+            outage.failed(f"connection refused #{i}")
+        assert outage.down and outage.failures == 50
+        outage.recovered()
+        outage.recovered()
+        outage.failed("timed out")
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 3, lines
+    assert lines[0] == "the Kafka broker unreachable: connection refused #0 (logged once until it is back)"
+    assert lines[1].startswith("the Kafka broker back after") and "(50 failed calls meanwhile)" in lines[1]
+    assert lines[2].startswith("the Kafka broker unreachable: timed out")
+    assert outage.outages == 2
