@@ -193,14 +193,19 @@ def start_tansu(home: Path, port: int | None = None) -> tuple[subprocess.Popen[b
     return proc, bootstrap
 
 
-def start_redis(home: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_redis(home: Path, port: int | None = None) -> tuple[subprocess.Popen[bytes], str]:
+    """Start redis-server on loopback, persisting to ``home/redis`` (append-only file): the model
+    registry survives ``stack down`` and ``stack up``."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise StackError("no Redis answers and redis-server is not installed; install it or pass --redis URL")
-    port = free_loopback_port()
+    port = port or free_loopback_port()
     url = f"redis://{LOOPBACK}:{port}"
     log_path = home / "logs" / "redis.log"
-    proc = _spawn([binary, "--bind", LOOPBACK, "--port", str(port), "--save", "", "--appendonly", "no"], log_path)
+    data = home / "redis"
+    data.mkdir(parents=True, exist_ok=True)
+    command = [binary, "--bind", LOOPBACK, "--port", str(port), "--save", "", "--appendonly", "yes", "--dir", str(data)]
+    proc = _spawn(command, log_path)
     try:
         _wait_until(lambda: proc.poll() is None and redis_answers(url, 0.3), 10, f"redis-server on {url}", log_path)
     except StackError:
@@ -218,13 +223,15 @@ def up(home: Path | None = None, redis_url: str | None = None, topics: Topics | 
         return existing, False
     topics = topics or Topics.from_env()
     wanted_redis = redis_url or os.environ.get(REDIS_ENV) or DEFAULT_REDIS
-    tansu, bootstrap = start_tansu(home)
+    last = StackState.load(last_state_path(home))  # what the previous `stack up` here used: the same ports again
+    tansu, bootstrap = start_tansu(home, _reusable_port(last.bootstrap if last else None))
     redis_proc: subprocess.Popen[bytes] | None = None
     try:
         if redis_answers(wanted_redis):
             final_redis, replaces = wanted_redis, None
         else:
-            redis_proc, final_redis = start_redis(home)
+            own = last.redis_url if last is not None and last.redis_pid is not None else None
+            redis_proc, final_redis = start_redis(home, _reusable_port(own))
             replaces = wanted_redis
         _wait_until(lambda: kafka_answers(bootstrap), 15, f"Kafka API on {bootstrap}")
         ensure_topics(bootstrap, topics.all())
@@ -289,8 +296,24 @@ def down(home: Path | None = None) -> StackState | None:
         _terminate(state.tansu_pid)
     if state.redis_pid and _owned(state.redis_pid, "redis-server"):
         _terminate(state.redis_pid)
-    state_path.unlink(missing_ok=True)
+    state_path.replace(last_state_path(home))  # the next `stack up` here takes the same ports (agents reconnect)
     return state
+
+
+def last_state_path(home: Path | None = None) -> Path:
+    """Where ``down`` keeps the stopped stack's addresses for the next ``up``."""
+    return stack_state_path(home).with_name("stack.last.json")
+
+
+def _reusable_port(address: str | None) -> int | None:
+    """The port of ``address`` (``host:port`` or a URL) when nothing listens on it now, else None (a new one)."""
+    if not address:
+        return None
+    try:
+        port = int(address.rstrip("/").rsplit(":", 1)[1].split("/")[0])
+    except (IndexError, ValueError):
+        return None
+    return None if port_open(LOOPBACK, port) else port
 
 
 def status(home: Path | None = None) -> dict[str, object]:

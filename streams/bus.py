@@ -19,7 +19,7 @@ from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from streams.errors import RecordError
-from streams.kafka_settings import admin_settings, consumer_settings, producer_settings
+from streams.kafka_settings import TopicReplication, admin_settings, consumer_settings, producer_settings
 from streams.metrics import DEAD_LETTERS
 from streams.records import CameraStatus, Frame, HardExample, ModelAnnouncement, Record
 from streams.topics import Topics, TopicSpec
@@ -37,8 +37,11 @@ DLQ_TS = "pedstream-dlq-ts"
 _DLQ_HEADERS = (DLQ_REASON, DLQ_TOPIC, DLQ_PARTITION, DLQ_OFFSET, DLQ_TS)
 
 
-def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec]) -> list[str]:
-    """Create the topics that do not exist yet, with their partition counts; return those created."""
+def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec], replication: TopicReplication | None = None) -> list[str]:
+    """Create the topics that do not exist yet, with their partition counts and the replication of
+    ``replication`` (default: $PEDSTREAM_REPLICATION_FACTOR / $PEDSTREAM_MIN_INSYNC_REPLICAS, else
+    one copy); return those created."""
+    replication = replication or TopicReplication.from_env()
     admin = KafkaAdminClient(**admin_settings(bootstrap))
     try:
         existing = set(admin.list_topics())
@@ -46,7 +49,9 @@ def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec]) -> list[str]:
         if not missing:
             return []
         try:
-            admin.create_topics([NewTopic(s.name, s.partitions, 1) for s in missing])
+            admin.create_topics(
+                [NewTopic(s.name, s.partitions, replication.factor, topic_configs=replication.topic_configs()) for s in missing]
+            )
         except TopicAlreadyExistsError:
             pass  # another process created them meanwhile
         return [s.name for s in missing]

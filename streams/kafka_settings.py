@@ -6,7 +6,11 @@ sizes for large frames; both are ordinary Kafka settings and safe on Apache Kafk
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
 from typing import Any
+
+from streams.errors import ConfigError
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 """Largest message pedstream sends (a 4K JPEG is well under this). Apache Kafka brokers need
@@ -20,6 +24,43 @@ long even when data arrives (measured: 110 ms p50 delivery at 500 ms, 4.7 ms at 
 bounds end-to-end latency; on Apache Kafka a short wait only means more idle fetch requests.
 bench pipeline, student, 8 cameras x 5 fps: the broker step p50 17.4 ms at 50, 9.9 ms at 10, and
 the detections consumer's delivery p50 12.8 -> 6.8 ms; the broker then used 0.2-0.3 of a core."""
+
+
+REPLICATION_ENV = "PEDSTREAM_REPLICATION_FACTOR"
+MIN_INSYNC_ENV = "PEDSTREAM_MIN_INSYNC_REPLICAS"
+
+
+@dataclass(frozen=True)
+class TopicReplication:
+    """How pedstream creates its topics: copies of each partition, and how many must have a write
+    before ``acks=all`` succeeds. The embedded broker has one node (1, none); docker-compose.yml
+    runs three Kafka brokers with 3 and 2, so a write survives the loss of a broker."""
+
+    factor: int = 1
+    min_insync: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.factor < 1:
+            raise ConfigError(f"{REPLICATION_ENV}={self.factor}: must be at least 1")
+        if self.min_insync is not None and not 1 <= self.min_insync <= self.factor:
+            raise ConfigError(f"{MIN_INSYNC_ENV}={self.min_insync}: must be between 1 and {REPLICATION_ENV} ({self.factor})")
+
+    @classmethod
+    def from_env(cls) -> TopicReplication:
+        return cls(_int_env(REPLICATION_ENV, 1) or 1, _int_env(MIN_INSYNC_ENV, None))
+
+    def topic_configs(self) -> dict[str, str]:
+        return {} if self.min_insync is None else {"min.insync.replicas": str(self.min_insync)}
+
+
+def _int_env(name: str, default: int | None) -> int | None:
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(f"{name}={text!r}: expected a whole number") from None
 
 
 def producer_settings(bootstrap: str, **overrides: Any) -> dict[str, Any]:

@@ -52,6 +52,24 @@ def test_stack_starts_its_own_redis_when_none_answers(tmp_path: Path) -> None:
     assert after.returncode == 1 and json.loads(after.stdout)["up"] is False
 
 
+def test_stack_up_after_down_takes_the_same_ports_and_keeps_the_registry(tmp_path: Path) -> None:
+    env = {"PEDSTREAM_HOME": str(tmp_path), "REDIS_URL": f"redis://127.0.0.1:{closed_port()}", "PEDSTREAM_BOOTSTRAP": ""}
+    first = json.loads(pedstream("stack", "up", "--json", env=env).stdout)
+    try:
+        redis.Redis.from_url(first["redis"]["url"]).set("pedstream:test:registry", "kept")
+    finally:
+        assert pedstream("stack", "down", env=env).returncode == 0
+    assert not pid_alive(first["redis"]["pid"])
+    second = json.loads(pedstream("stack", "up", "--json", env=env).stdout)
+    try:
+        assert second["started"] and second["kafka"]["pid"] != first["kafka"]["pid"]
+        # running agents reconnect to the same addresses by themselves
+        assert second["kafka"]["bootstrap"] == first["kafka"]["bootstrap"] and second["redis"]["url"] == first["redis"]["url"]
+        assert redis.Redis.from_url(second["redis"]["url"]).get("pedstream:test:registry") == b"kept"  # AOF under the stack home
+    finally:
+        assert pedstream("stack", "down", env=env).returncode == 0
+
+
 def test_stack_uses_the_running_redis_and_commands_find_it(tmp_path: Path, redis_url: str, vtest: str) -> None:
     prefix = Topics(f"t{os.getpid()}cli").prefix
     env = {"PEDSTREAM_HOME": str(tmp_path), "REDIS_URL": redis_url, "PEDSTREAM_TOPIC_PREFIX": prefix, "PEDSTREAM_BOOTSTRAP": ""}

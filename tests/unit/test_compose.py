@@ -16,13 +16,22 @@ import yaml
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 
 from deploy.cli import build_parser
-from streams.kafka_settings import MAX_MESSAGE_BYTES, admin_settings, consumer_settings, producer_settings
+from streams.errors import ConfigError
+from streams.kafka_settings import (
+    MAX_MESSAGE_BYTES,
+    MIN_INSYNC_ENV,
+    REPLICATION_ENV,
+    TopicReplication,
+    admin_settings,
+    consumer_settings,
+    producer_settings,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
 SOURCES = [p for pkg in ("streams", "detectors", "trainer", "deploy") for p in (ROOT / pkg).rglob("*.py")]
 # settings of third-party programs in the images (the Kafka image, Ray), not read by pedstream
-THIRD_PARTY = re.compile(r"^(KAFKA_|RAY_)")
+THIRD_PARTY = re.compile(r"^(KAFKA_|RAY_|CLUSTER_ID$)")
 # Apache Kafka broker defaults for what the compose file does not set
 BROKER_GROUP_MIN_SESSION_MS, BROKER_GROUP_MAX_SESSION_MS = 6000, 1_800_000
 
@@ -100,7 +109,32 @@ def test_kafka_client_settings_fit_the_apache_kafka_broker(compose: dict[str, An
     assert set(consumer) <= set(KafkaConsumer.DEFAULT_CONFIG)
     assert set(admin_settings("kafka:9092")) <= set(KafkaAdminClient.DEFAULT_CONFIG)
     env = compose["x-pedstream-env"]
-    assert env["PEDSTREAM_BOOTSTRAP"] == "kafka:9092" and env["REDIS_URL"].startswith("redis://redis:6379")
+    assert env["PEDSTREAM_BOOTSTRAP"] == "kafka:9092,kafka-2:9092,kafka-3:9092" and env["REDIS_URL"].startswith("redis://redis:6379")
+
+
+def test_topics_are_replicated_across_the_three_brokers(compose: dict[str, Any]) -> None:
+    brokers = [compose["services"][name]["environment"] for name in ("kafka", "kafka-2", "kafka-3")]
+    assert sorted(int(b["KAFKA_NODE_ID"]) for b in brokers) == [1, 2, 3]
+    assert len({b["CLUSTER_ID"] for b in brokers}) == 1 and all(b["KAFKA_CONTROLLER_QUORUM_VOTERS"].count("@") == 3 for b in brokers)
+    env = compose["x-pedstream-env"]
+    assert (int(env["PEDSTREAM_REPLICATION_FACTOR"]), int(env["PEDSTREAM_MIN_INSYNC_REPLICAS"])) == (3, 2)
+    assert producer_settings("kafka:9092")["acks"] == "all"  # a write then needs 2 of the 3 copies
+
+
+def test_replication_settings_are_validated_and_name_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(REPLICATION_ENV, "3")
+    monkeypatch.setenv(MIN_INSYNC_ENV, "2")
+    assert TopicReplication.from_env() == TopicReplication(3, 2)
+    assert TopicReplication.from_env().topic_configs() == {"min.insync.replicas": "2"}
+    monkeypatch.setenv(MIN_INSYNC_ENV, "4")
+    with pytest.raises(ConfigError, match="PEDSTREAM_MIN_INSYNC_REPLICAS=4: must be between 1 and PEDSTREAM_REPLICATION_FACTOR"):
+        TopicReplication.from_env()
+    monkeypatch.setenv(REPLICATION_ENV, "three")
+    with pytest.raises(ConfigError, match="PEDSTREAM_REPLICATION_FACTOR='three': expected a whole number"):
+        TopicReplication.from_env()
+    monkeypatch.delenv(REPLICATION_ENV)
+    monkeypatch.delenv(MIN_INSYNC_ENV)
+    assert TopicReplication.from_env() == TopicReplication(1, None) and TopicReplication().topic_configs() == {}
 
 
 def test_prometheus_scrapes_every_service_that_serves_metrics(compose: dict[str, Any]) -> None:
