@@ -119,6 +119,7 @@ def _collect(delivery: Any) -> None:
         deliveries.append(delivery)
 
 
+CLOCK_SKEW_TOLERANCE_S = 0.05  # a capture time this far past the broker's receipt is clock skew, not jitter
 MAX_FRAME_PIXELS = 8192 * 8192  # a frame declaring more is refused before decoding (dead-lettered): 67 MP, past 8K video
 
 
@@ -156,6 +157,7 @@ class DetectorAgent:
         }
         self._acks: set[asyncio.Future[None]] = set()  # frames waiting for their deliveries before their ack
         self.outage = OutageLog("the Kafka broker")
+        self.skewed: set[str] = set()  # cameras whose clock was found ahead (logged once each)
         data_dir = settings.data_dir / settings.agent_id
         data_dir.mkdir(parents=True, exist_ok=True)
         self.app = faust.App(
@@ -342,11 +344,23 @@ class DetectorAgent:
         frame = pending.record
         assert isinstance(frame, Frame)
         published = getattr(pending.event.message, "timestamp", None) or pending.received_ts
-        return {
+        steps = {
             **item.timings_ms,
             "camera": max(0.0, published - frame.capture_ts) * 1000.0,
             "broker": max(0.0, pending.received_ts - published) * 1000.0,
         }
+        ahead_s = frame.capture_ts - min(published, pending.received_ts)  # > 0: a capture "after" it reached the broker
+        if ahead_s > CLOCK_SKEW_TOLERANCE_S:
+            steps["clock_skew"] = ahead_s * 1000.0  # reported, not hidden: the camera step above is then unknown (0)
+            metrics.CLOCK_SKEW.labels(frame.camera_id).set(ahead_s)
+            if frame.camera_id not in self.skewed:
+                self.skewed.add(frame.camera_id)
+                log.warning(
+                    "camera %s: its clock is %.0f ms ahead of this host's and the broker's; latencies measured from its "
+                    "capture times are too small by that much (synchronise the clocks, e.g. with NTP)",
+                    frame.camera_id, ahead_s * 1000.0,
+                )  # fmt: skip
+        return steps
 
     async def _publish_shed(self, item: WorkItem, pending: Pending) -> None:
         """A frame that went stale: counted, and published as a skipped Detections record (no boxes)."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client import REGISTRY, Counter, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -30,6 +30,11 @@ FRAME_TO_DETECTION = Histogram(
 BATCH_SIZE = Histogram("pedstream_detector_batch_size", "Frames per inference batch", buckets=(1, 2, 4, 8, 16, 32, 64))
 HARD_EXAMPLES = Counter("pedstream_detector_hard_examples", "Hard examples published", ["camera", "reason"])
 ALERTS = Counter("pedstream_detector_alerts", "Alerts published", ["camera", "rule"])
+CLOCK_SKEW = Gauge(
+    "pedstream_detector_clock_skew_seconds",
+    "How far the camera's capture clock is ahead of the broker's and this host's (last seen)",
+    ["camera"],
+)
 PUBLISH_FAILURES = Counter(
     "pedstream_detector_publish_failures", "Frames whose results the broker did not take (left unacknowledged, detected again later)"
 )

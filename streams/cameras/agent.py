@@ -16,12 +16,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from kafka import KafkaProducer
+from kafka.errors import KafkaError
 
 from streams.bus import CameraStatusPublisher, FramePublisher, ensure_topics, make_producer
 from streams.cameras.config import CameraConfig
 from streams.cameras.looks import encode_jpeg, render
 from streams.cameras.sources import FrameSource, build_source
 from streams.errors import SourceError
+from streams.outage import OutageLog
 from streams.records import CameraState, CameraStatus, Frame
 from streams.topics import Topics
 
@@ -79,8 +81,10 @@ class CameraRunner:
         status: CameraStatusPublisher,
         stop_event: threading.Event,
         source_factory: Callable[[CameraConfig], FrameSource] | None = None,
+        outage: OutageLog | None = None,
     ) -> None:
         self.config = config
+        self.outage = outage or OutageLog("the Kafka broker", log)  # one line per outage, shared by a fleet's cameras
         self.frames = frames
         self.status = status
         self.stop_event = stop_event
@@ -179,7 +183,18 @@ class CameraRunner:
         self._seq += 1
         sent = time.perf_counter()
         size = len(jpeg)
-        self.frames.publish(frame, lambda err: self.stats.delivered(size, (time.perf_counter() - sent) * 1000.0, err))
+
+        def delivered(error: Exception | None) -> None:
+            self.stats.delivered(size, (time.perf_counter() - sent) * 1000.0, error)
+            if error is None:
+                self.outage.recovered()
+            else:
+                self.outage.failed(f"camera {self.config.id}: {error}")
+
+        try:
+            self.frames.publish(frame, delivered)
+        except KafkaError as exc:  # the broker is unreachable (no metadata within max_block_ms): counted, not dropped
+            delivered(exc)
 
     def _report(self, state: CameraState, reason: str | None = None, attempt: int = 0, retry_in_s: float | None = None) -> None:
         self.stats.state = state
@@ -196,7 +211,7 @@ class CameraRunner:
         try:
             self.status.publish(status)
         except Exception as exc:  # the status report must never take the camera down
-            log.warning("camera %s: cannot publish status: %s", self.config.id, exc)
+            self.outage.failed(f"camera {self.config.id} status: {exc}")
 
 
 def _source_for(config: CameraConfig) -> FrameSource:
@@ -221,7 +236,8 @@ class CameraFleet:
         self.producer = producer or make_producer(bootstrap)
         frames = FramePublisher(self.producer, topics.frames)
         status = CameraStatusPublisher(self.producer, topics.camera_status)
-        self.runners = [CameraRunner(cam, frames, status, self.stop_event) for cam in cameras]
+        self.outage = OutageLog("the Kafka broker", log)
+        self.runners = [CameraRunner(cam, frames, status, self.stop_event, outage=self.outage) for cam in cameras]
 
     def start(self) -> None:
         ensure_topics(self.bootstrap, [self.topics.frames, self.topics.camera_status])

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 
 import numpy as np
+import pytest
+from kafka.errors import KafkaTimeoutError
 
 from streams.cameras.agent import CameraRunner
 from streams.cameras.config import parse_cameras
@@ -90,3 +93,26 @@ def test_failing_source_is_reported_and_retried_with_backoff() -> None:
     assert [r.retry_in_s for r in retries] == [0.05, 0.1, 0.2]
     assert all("cannot open" in (r.reason or "") for r in retries)
     assert len(frames) == 5 and status[-1].state == "finished"
+
+
+class UnreachableBroker(FakePublisher):
+    """Every publish fails the way kafka-python fails with no broker: no metadata within max_block_ms."""
+
+    def publish(self, record: object, on_delivery=None) -> None:  # type: ignore[no-untyped-def]
+        raise KafkaTimeoutError("Failed to update metadata after 10.0 secs.")
+
+
+def test_frames_the_broker_did_not_take_are_counted_apart_from_drops_with_one_log_line(caplog: pytest.LogCaptureFixture) -> None:
+    [cfg] = parse_cameras({"cameras": [{"id": "c", "source": "rtsp://127.0.0.1:1/x", "fps": 0}]})
+    stop = threading.Event()
+    runner = CameraRunner(cfg, UnreachableBroker(), UnreachableBroker(), stop, source_factory=lambda c: CountingSource(30))  # type: ignore[arg-type]
+    with caplog.at_level(logging.WARNING):
+        runner.thread.start()
+        runner.thread.join(timeout=5)
+        stop.set()
+        runner.thread.join(timeout=5)
+    stats = runner.stats.snapshot()
+    assert stats["failed"] == 30 and stats["dropped"] == 0 and stats["published"] == 0 and stats["state"] == "finished"
+    assert "KafkaTimeoutError" in str(stats["last_error"]) or "metadata" in str(stats["last_error"])
+    broker_lines = [r.getMessage() for r in caplog.records if "unreachable" in r.getMessage()]
+    assert len(broker_lines) == 1 and not any(r.exc_info for r in caplog.records), [r.getMessage() for r in caplog.records]
