@@ -72,6 +72,7 @@ class TrainerService:
         retrainer: Retrainer,
         auto: bool = True,
         check_every_s: float = 10.0,
+        subscriber: RecordSubscriber[HardExample] | None = None,
     ) -> None:
         self.client = client
         self.keys = RetrainKeys(retrainer.registry.keys)
@@ -79,10 +80,26 @@ class TrainerService:
         self.retrainer = retrainer
         self.auto = auto
         self.check_every_s = check_every_s
-        self.subscriber = RecordSubscriber(bootstrap, topics, topics.hard_examples, HardExample, "pedstream-trainer")
+        self.subscriber = subscriber or RecordSubscriber(bootstrap, topics, topics.hard_examples, HardExample, "pedstream-trainer")
         self.stopping = threading.Event()
         self.cycles: list[dict[str, Any]] = []
         self.state = "collecting"
+        # a cycle runs in its own thread: the hard-example consumer keeps polling (and so keeps its
+        # place in the consumer group) however long training takes
+        self.worker: threading.Thread | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self.worker is not None and self.worker.is_alive()
+
+    def start_cycle(self, cameras: list[str] | None, min_examples: int | None, request_id: str | None) -> threading.Thread:
+        """Run one cycle in the background (one at a time: requests wait in their Redis queue)."""
+        if self.busy:
+            raise RuntimeError("a retraining cycle is already running")
+        self.state = f"retraining {', '.join(cameras) if cameras else 'all cameras'}"
+        self.worker = threading.Thread(target=self._cycle, args=(cameras, min_examples, request_id), name="retraining", daemon=True)
+        self.worker.start()
+        return self.worker
 
     def stop(self) -> None:
         self.stopping.set()
@@ -108,7 +125,6 @@ class TrainerService:
         self.client.set(self.keys.status, json.dumps(status))
 
     def _cycle(self, cameras: list[str] | None, min_examples: int | None, request_id: str | None) -> None:
-        self.state = f"retraining {', '.join(cameras) if cameras else 'all cameras'}"
         self.publish_status()
         try:
             result = cycle_as_dict(self.retrainer.run_cycle(cameras, min_examples))
@@ -130,11 +146,13 @@ class TrainerService:
         try:
             while not self.stopping.is_set():
                 self.collect()
+                if self.busy:
+                    continue
                 raw = as_bytes(self.client.lpop(self.keys.requests))
                 if raw:
                     request = json.loads(raw)
                     cameras = [request["camera"]] if request.get("camera") else None
-                    self._cycle(cameras, request.get("min_examples"), request["id"])
+                    self.start_cycle(cameras, request.get("min_examples"), request["id"])
                     continue
                 if time.monotonic() - last_check >= self.check_every_s:
                     last_check = time.monotonic()
@@ -142,6 +160,9 @@ class TrainerService:
                     self.publish_status(due)
                     if due:
                         log.info("retraining due: %s", due)
-                        self._cycle(sorted(due), None, None)
+                        self.start_cycle(sorted(due), None, None)
         finally:
+            if self.busy and self.worker is not None:
+                log.info("waiting for the running retraining cycle to finish")
+                self.worker.join()
             self.subscriber.close()

@@ -105,21 +105,23 @@ class HardExampleStore:
 
     def counts(self) -> dict[str, dict[str, int]]:
         """Per camera: ``new`` (never trained on, not held out), ``held_out``, ``used`` (replay), ``total``."""
-        rows = self.db.execute(
-            "SELECT camera_id, SUM(held_out = 0 AND used_in IS NULL), SUM(held_out), SUM(used_in IS NOT NULL), COUNT(*) "
-            "FROM examples GROUP BY camera_id"
-        ).fetchall()
+        with self._lock:  # one connection, used by the collecting loop and the retraining thread
+            rows = self.db.execute(
+                "SELECT camera_id, SUM(held_out = 0 AND used_in IS NULL), SUM(held_out), SUM(used_in IS NOT NULL), COUNT(*) "
+                "FROM examples GROUP BY camera_id"
+            ).fetchall()
         return {
             cam: {"new": int(new or 0), "held_out": int(held or 0), "used": int(used or 0), "total": int(total)}
             for cam, new, held, used, total in rows
         }
 
     def _select(self, where: str, args: Iterable[object]) -> list[StoredExample]:
-        rows = self.db.execute(
-            "SELECT sha256, camera_id, seq, source_frame_index, capture_ts, path, reasons, model_version, detections, held_out, used_in "
-            f"FROM examples WHERE {where} ORDER BY camera_id, seq",
-            tuple(args),
-        ).fetchall()
+        with self._lock:
+            rows = self.db.execute(
+                "SELECT sha256, camera_id, seq, source_frame_index, capture_ts, path, reasons, model_version, detections, "
+                f"held_out, used_in FROM examples WHERE {where} ORDER BY camera_id, seq",
+                tuple(args),
+            ).fetchall()
         return [
             StoredExample(r[0], r[1], r[2], r[3], r[4], self.root / r[5], json.loads(r[6]), r[7], json.loads(r[8]), bool(r[9]), r[10])
             for r in rows
