@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from deploy.commands import bench, cameras, dashboard, demo, detection, loop, registry, stack, training
 from deploy.commands.common import Flags
 from streams.errors import PedstreamError
+from streams.outage import quiet_client_logs
 
 # In the order `pedstream --help` lists them.
 COMMAND_GROUPS = (stack, cameras, detection, bench, registry, loop, training, dashboard, demo)
@@ -32,6 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("kafka").setLevel(logging.WARNING)
+    quiet_client_logs()  # kafka-python logs every failed connection attempt while a broker is down
     try:
         return int(args.func(args) or 0)
     except PedstreamError as exc:

@@ -12,6 +12,7 @@ import asyncio
 import contextvars
 import logging
 import os
+import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -38,7 +39,7 @@ from streams.history import skip_history
 from streams.kafka_settings import MAX_MESSAGE_BYTES
 from streams.metrics import DEAD_LETTERS, serve_metrics
 from streams.model_channel import ModelKeys, ModelReader, ModelWatcher, connect_redis
-from streams.outage import OutageLog
+from streams.outage import OutageLog, quiet_client_logs
 from streams.records import Box, Detections, Frame, HardExample, Record, TileDetections, TileTask
 from streams.signing import Verifier
 from streams.topics import Topics
@@ -135,6 +136,28 @@ def _latency(timings: dict[str, float], capture_ts: float, now: float, delivered
 
 def _ignore(_value: object) -> None:
     """Drop a return value (the pipeline's callback returns nothing)."""
+
+
+SHUTDOWN_GRACE_S = 5.0
+
+
+class BoundedShutdownWorker(faust.Worker):
+    """faust's worker, with a bound on shutdown: SIGTERM or SIGINT starts faust's orderly stop, and a
+    stop still running after ``SHUTDOWN_GRACE_S`` (it waits for the broker, e.g. while the broker is
+    down) ends the process. Nothing is lost by that: a frame is acknowledged only once its results
+    are on the broker, so whatever was in flight is detected again by the agent that takes over."""
+
+    def _schedule_shutdown(self, signal: Any) -> None:
+        if not self._signal_stop_time:
+            threading.Thread(target=_exit_after, args=(SHUTDOWN_GRACE_S, signal), daemon=True, name="shutdown-deadline").start()
+        super()._schedule_shutdown(signal)
+
+
+def _exit_after(grace_s: float, signal: Any) -> None:
+    time.sleep(grace_s)
+    log.warning("%s: the orderly stop did not finish within %.0f s; exiting now (unacknowledged frames are redelivered)", signal, grace_s)
+    logging.shutdown()
+    os._exit(0)
 
 
 class DetectorAgent:
@@ -589,7 +612,8 @@ class DetectorAgent:
             self.detector.backend.name,
             self.detector.backend_reason,
         )
-        worker = faust.Worker(self.app, loglevel=logging.getLevelName(log.getEffectiveLevel()), quiet=True)
+        quiet_client_logs()  # aiokafka logs every failed attempt while the broker is down: one line per kind per minute
+        worker = BoundedShutdownWorker(self.app, loglevel=logging.getLevelName(log.getEffectiveLevel()), quiet=True)
         metrics.SERVING.serving(self.detector.version, self.detector.backend.name)
         if serve_metrics(self.settings.metrics_port, self.settings.metrics_host):
             log.info("metrics on http://%s:%d/metrics", self.settings.metrics_host, self.settings.metrics_port)

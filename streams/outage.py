@@ -43,3 +43,42 @@ class OutageLog:
             gone_s, failures = time.monotonic() - self.since, self.failures
             self.since, self.failures = None, 0
         self.log.warning("%s back after %.1f s (%d failed calls meanwhile)", self.dependency, gone_s, failures)
+
+
+class RepeatFilter(logging.Filter):
+    """Lets one record of each message template through per ``interval_s`` (per logger); the next
+    one that passes says how many were held back. Client libraries log a line per failed attempt
+    (aiokafka about 40 a second while the broker is down): this keeps their first line of an outage
+    and drops the flood."""
+
+    def __init__(self, interval_s: float = 60.0) -> None:
+        super().__init__()
+        self.interval_s = interval_s
+        self._last: dict[tuple[str, object], float] = {}
+        self._held: dict[tuple[str, object], int] = {}
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.name, record.msg)
+        now = time.monotonic()
+        with self._lock:
+            last = self._last.get(key)
+            if last is not None and now - last < self.interval_s:
+                self._held[key] = self._held.get(key, 0) + 1
+                return False
+            self._last[key] = now
+            held = self._held.pop(key, 0)
+        if held:
+            record.msg = f"{record.msg} ({held} more like this in the last {self.interval_s:.0f} s not shown)"
+        return True
+
+
+def quiet_client_logs(prefixes: tuple[str, ...] = ("aiokafka", "kafka"), interval_s: float = 60.0) -> RepeatFilter:
+    """Install one ``RepeatFilter`` on every logger of the Kafka client libraries imported so far."""
+    repeat = RepeatFilter(interval_s)
+    names = [name for name in logging.root.manager.loggerDict if name.split(".")[0] in prefixes]
+    for name in names:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RepeatFilter) for f in logger.filters):
+            logger.addFilter(repeat)
+    return repeat

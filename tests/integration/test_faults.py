@@ -3,11 +3,18 @@ frame counted from capture to detection by (camera, seq)."""
 
 from __future__ import annotations
 
+import signal
+import time
 from pathlib import Path
 
 import pytest
 
+from deploy.agent_process import AgentProcess
 from deploy.bench import faults
+from deploy.stack import start_tansu
+from detectors.agent import SHUTDOWN_GRACE_S
+from streams.bus import ensure_topics
+from streams.topics import Topics
 
 pytestmark = pytest.mark.integration
 
@@ -29,3 +36,30 @@ def test_bad_input_is_dead_lettered_with_reasons_and_every_good_frame_detected(b
     assert result["dead_lettered"] == len(faults.BAD_INPUTS) and result["lost"] == 0, result
     assert "oversized frame: 30000x20000" in result["fault"] and "unsupported schema_version 99" in result["fault"]
     assert "corrupt JPEG" in result["fault"]
+
+
+def test_an_agent_stops_on_sigterm_within_seconds_while_the_broker_is_down(tmp_path: Path) -> None:
+    broker_proc, bootstrap = start_tansu(tmp_path / "stack")
+    topics = Topics("sigterm")
+    ensure_topics(bootstrap, topics.all())
+    agent = AgentProcess("student", bootstrap, topics, tmp_path, "sigterm-agent").start()
+    try:
+        deadline = time.monotonic() + 60
+        while "serving" not in agent.log() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        time.sleep(3)
+        broker_proc.kill()
+        broker_proc.wait(10)
+        time.sleep(8)  # the agent's clients now fail on every attempt
+        assert agent.process is not None and agent.alive()
+        asked = time.monotonic()
+        agent.process.send_signal(signal.SIGTERM)
+        agent.process.wait(15)
+        took = time.monotonic() - asked
+    finally:
+        agent.stop(signal.SIGKILL)
+        broker_proc.kill()
+    log = agent.log()
+    assert took < SHUTDOWN_GRACE_S + 3, log[-3000:]
+    # one line per kind of client failure per minute, not one per attempt
+    assert log.count("Unable connect to node") <= 2 and log.count("Unable to update metadata") <= 2, log[-3000:]
