@@ -175,7 +175,7 @@ class ClosedLoop:
         cameras: list[SiteCamera],
         models_dir: Path,
         label_cache: Path,
-        replay: ReplaySet | None = None,
+        replay: ReplaySet | list[ReplaySet] | None = None,
         updates: int = 300,
         workers: int = 2,
         every: int = 4,
@@ -189,7 +189,7 @@ class ClosedLoop:
         self.cameras = cameras
         self.models_dir = models_dir
         self.label_cache = label_cache
-        self.replay = replay
+        self.replay = [replay] if isinstance(replay, ReplaySet) else list(replay or [])
         self.updates, self.workers, self.every, self.alert_people = updates, workers, every, alert_people
         self.say = progress or (lambda _m: None)
         self.start_model = start_model  # the model the loop starts from; its NAME.weights.npz beside it
@@ -225,10 +225,11 @@ class ClosedLoop:
         return agent.start()
 
     def _replay_examples(self) -> list[Example]:
-        if self.replay is None:
-            return []
-        self.say(f"replay set: {self.replay.describe()}")
-        return self.replay.examples(self.models_dir, self.label_cache)
+        examples: list[Example] = []
+        for replay in self.replay:
+            self.say(f"replay set: {replay.describe()}")
+            examples += replay.examples(self.models_dir, self.label_cache)
+        return examples
 
     def run(self) -> LoopOutcome:
         started = time.monotonic()

@@ -45,6 +45,10 @@ def run(
 ) -> dict[str, object]:
     cameras = site(sequence_dir, data_dir, drift)
     pets = MotSequence.load(data_dir / "PETS09-S2L1")
+    # first halves of the labelled sequences the bundled student was trained on (the loop scores second halves)
+    replay = [ReplaySet.of(pets)]
+    if (data_dir / "TUD-Campus").is_dir():
+        replay.append(ReplaySet.of(MotSequence.load(data_dir / "TUD-Campus"), every=1))
     loop = ClosedLoop(
         bootstrap,
         redis_url,
@@ -52,7 +56,7 @@ def run(
         cameras,
         models_dir,
         label_cache,
-        ReplaySet.of(pets),
+        replay,
         updates=updates,
         every=every,
         progress=progress,

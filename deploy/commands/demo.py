@@ -103,7 +103,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 cameras,
                 teachers,
                 default_label_cache(),
-                replay=ReplaySet.of(pets),
+                # frames the start model was trained on (first halves: the loop scores the second halves)
+                replay=[ReplaySet.of(pets), ReplaySet.of(cameras[2].sequence, every=1)],
                 updates=args.updates,
                 workers=args.workers,
                 every=args.every,
