@@ -12,6 +12,9 @@ Scenarios (issue 15 lists more; these are built):
 
 * ``detector-killed``: two agents in one group share the cameras; the one serving cameras is killed
   with SIGKILL mid-stream; the other must take its partitions over.
+* ``redis-restart``: the agent follows a registry in its own Redis, which is killed and restarted on
+  the same port with its append-only file: the agent keeps detecting meanwhile, reconnects, and a
+  version published after the restart reaches it (recovery_s: restart to serving it).
 * ``bad-input``: one agent; between the cameras' good frames arrive a corrupt JPEG, a truncated
   record header, a record of an unknown schema version and an oversized frame; each must be
   dead-lettered with its reason, every good frame detected, and the agent still running.
@@ -36,12 +39,17 @@ import numpy as np
 
 from deploy.agent_process import AgentProcess
 from deploy.bench.pipeline import ReplayCameras
+from deploy.stack import free_loopback_port, start_redis
+from detectors.detector import read_model, with_version
 from streams.bus import RecordWatch, ensure_topics, make_producer, read_dead_letters
+from streams.model_channel import ModelKeys, connect_redis
 from streams.records import Detections, Frame
+from streams.signing import PRIVATE_NAME, PUBLIC_NAME, Signer, init_keys
 from streams.topics import Topics
 from streams.wire import META_HEADER, encode
+from trainer.registry import Lineage, Registry
 
-SCENARIOS = ("detector-killed", "bad-input")
+SCENARIOS = ("detector-killed", "redis-restart", "bad-input")
 
 
 @dataclass
@@ -184,6 +192,69 @@ def detector_killed(bootstrap: str, model: str, source: str, home: Path, cameras
         return result
 
 
+def redis_restart(bootstrap: str, model: str, source: str, home: Path, cameras: int, fps: float, seconds: float) -> ScenarioResult:
+    """The agent follows a registry in a Redis of its own (persisted, on its own port) that is killed
+    and restarted mid-stream; a version published once Redis is back must reach the agent."""
+    topics = Topics(f"faults{uuid.uuid4().hex[:6]}")
+    ensure_topics(bootstrap, topics.all())
+    work = home / "redis-restart"
+    redis_proc, redis_url = start_redis(work / "redis-stack")
+    port = int(redis_url.rsplit(":", 1)[1])
+    init_keys(work / "keys")
+    registry = Registry(connect_redis(redis_url), ModelKeys.for_topics(topics.prefix), Signer.load(work / "keys" / PRIVATE_NAME))
+    start_bytes = read_model(model)
+    start_version = registry.publish(start_bytes, Lineage(notes="bench faults: start")).version
+    metrics_port = free_loopback_port()
+    agent = AgentProcess(model, bootstrap, topics, work, "faults-redis", threads=1, backend="ort", group=f"{topics.prefix}-detect",
+                         redis_url=redis_url, public_key=work / "keys" / PUBLIC_NAME, metrics_port=metrics_port).start()  # fmt: skip
+    tally = _Tally()
+    watch = RecordWatch(bootstrap, topics, topics.detections, Detections, on_record=tally.add)
+    new_version = f"{start_version}-after-restart"
+    try:
+        _probe(bootstrap, topics, tally, [agent])
+        stream = ReplayCameras(bootstrap, topics, source, cameras, fps, "cam")
+        stream.start()
+        time.sleep(seconds * 0.3)
+        with tally.lock:
+            tally.fault_ts = time.time()
+        redis_proc.kill()
+        redis_proc.wait(10)
+        down_s = min(5.0, seconds * 0.2)
+        time.sleep(down_s)
+        with tally.lock:
+            detected_while_down = len(tally.first_after)  # cameras detected with Redis gone
+        redis_proc, _ = start_redis(work / "redis-stack", port)
+        back = time.monotonic()
+        registry.publish(with_version(start_bytes, new_version), Lineage(parent=start_version, notes="published after the restart"))
+        arrived_s = None
+        while time.monotonic() - back < 30:
+            try:
+                if agent.served_model().get("version") == new_version:
+                    arrived_s = round(time.monotonic() - back, 2)
+                    break
+            except OSError:
+                pass
+            time.sleep(0.2)
+        time.sleep(max(0.0, seconds * 0.5 - (time.monotonic() - back)))
+        stream.stop()
+        sent = stream.published_frames()
+        _drain(tally, sent, set, 30.0)
+        result = _result("redis-restart", f"Redis killed at {seconds * 0.3:.0f} s, restarted {down_s:.0f} s later (same port, its AOF)",
+                         tally, sent, set(), set(), None)  # fmt: skip
+        result.recovery_s = arrived_s
+        result.checks = {
+            "agent_running": agent.alive(),
+            "detections_while_redis_down": detected_while_down == cameras,
+            "registry_kept": registry.current_version() == new_version and registry.entry(start_version) is not None,
+            "new_version_served_after_restart": arrived_s is not None,
+        }
+        return result
+    finally:
+        watch.close()
+        agent.stop()
+        redis_proc.kill()
+
+
 BAD_INPUTS = ("corrupt-jpeg", "truncated-header", "unknown-schema", "oversized-frame")
 
 
@@ -243,6 +314,7 @@ def bad_input(bootstrap: str, model: str, source: str, home: Path, cameras: int,
 
 RUNNERS: dict[str, Callable[[str, str, str, Path, int, float, float], ScenarioResult]] = {
     "detector-killed": detector_killed,
+    "redis-restart": redis_restart,
     "bad-input": bad_input,
 }
 

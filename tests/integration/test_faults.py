@@ -29,6 +29,13 @@ def test_a_killed_detector_agent_loses_no_frame_and_its_cameras_come_back(broker
     assert result["frames_detected"] + result["frames_shed"] == result["frames_sent"]
 
 
+def test_a_redis_restart_keeps_the_agent_detecting_and_a_later_version_reaches_it(broker: str, vtest: str, tmp_path: Path) -> None:
+    out = faults.run(broker, "student", vtest, tmp_path, ["redis-restart"], cameras=2, fps=5.0, seconds=12.0, progress=lambda _m: None)
+    result = out["scenarios"][0]
+    assert all(result["checks"].values()), result
+    assert result["lost"] == 0 and result["recovery_s"] is not None and result["recovery_s"] < 15, result
+
+
 def test_bad_input_is_dead_lettered_with_reasons_and_every_good_frame_detected(broker: str, vtest: str, tmp_path: Path) -> None:
     out = faults.run(broker, "student", vtest, tmp_path, ["bad-input"], cameras=2, fps=5.0, seconds=10.0, progress=lambda _m: None)
     result = out["scenarios"][0]
