@@ -9,6 +9,9 @@ import os
 import sys
 from collections.abc import Sequence
 
+import redis
+from kafka.errors import KafkaError
+
 from deploy.commands import bench, cameras, dashboard, demo, detection, loop, registry, stack, training
 from deploy.commands.common import Flags
 from streams.errors import PedstreamError
@@ -38,6 +41,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except PedstreamError as exc:
         print(f"pedstream: error: {exc}", file=sys.stderr)
+        return 2
+    except KafkaError as exc:  # a dependency that is down is one line, not a traceback
+        print(
+            f"pedstream: error: the Kafka broker did not answer ({type(exc).__name__}: {exc}); is it up? `pedstream stack status`",
+            file=sys.stderr,
+        )
+        return 2
+    except redis.ConnectionError as exc:
+        print(f"pedstream: error: Redis did not answer ({exc}); is it up? `pedstream stack status`", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -1,0 +1,32 @@
+"""A dependency that is down is one line on stderr and exit code 2, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+import redis
+from kafka.errors import KafkaTimeoutError
+
+from deploy import cli
+from deploy.commands import cameras
+
+
+@pytest.mark.parametrize(
+    ("error", "says"),
+    [
+        (KafkaTimeoutError("Unable to bootstrap from ['127.0.0.1:1']"), "the Kafka broker did not answer"),
+        (redis.ConnectionError("Error 111 connecting to 127.0.0.1:1. Connection refused."), "Redis did not answer"),
+    ],
+)
+def test_an_unreachable_dependency_is_one_line_and_exit_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], error: Exception, says: str
+) -> None:
+    def down(_args: argparse.Namespace) -> int:
+        raise error
+
+    monkeypatch.setattr(cameras, "cmd_dead_letters", down)
+    assert cli.main(["dead-letters", "--bootstrap", "127.0.0.1:1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"pedstream: error: {says}") and "stack status" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
