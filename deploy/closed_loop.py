@@ -12,6 +12,8 @@ before and after on the second half of its sequence, which nothing was trained o
 
 from __future__ import annotations
 
+import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -325,6 +327,12 @@ class ClosedLoop:
             counter.close()
             service.subscriber.close()
             agent.stop()
+            store.close()
+            shutil.rmtree(self.work / "keys", ignore_errors=True)  # never leave a private signing key behind
+            if sys.exc_info()[0] is None:
+                shutil.rmtree(self.work, ignore_errors=True)
+            else:
+                self.say(f"the agent's log and the hard-example store are kept for inspection in {self.work}")
 
     def _resigned_copy(self, registry: Registry, start_bytes: bytes, start_version: str) -> str:
         """A candidate that failed the gate is not served; the swap is still measured, with the start

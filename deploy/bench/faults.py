@@ -15,6 +15,9 @@ Scenarios (issue 15 lists more; these are built):
 * ``redis-restart``: the agent follows a registry in its own Redis, which is killed and restarted on
   the same port with its append-only file: the agent keeps detecting meanwhile, reconnects, and a
   version published after the restart reaches it (recovery_s: restart to serving it).
+* ``bad-models``: the registry announces a version whose bytes were changed after signing and one
+  signed with a key the agent does not trust: both refused with their reasons, the agent still
+  serving the good version, every frame detected.
 * ``bad-input``: one agent; between the cameras' good frames arrive a corrupt JPEG, a truncated
   record header, a record of an unknown schema version and an oversized frame; each must be
   dead-lettered with its reason, every good frame detected, and the agent still running.
@@ -36,6 +39,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from deploy.agent_process import AgentProcess
 from deploy.bench.pipeline import ReplayCameras
@@ -49,7 +53,7 @@ from streams.topics import Topics
 from streams.wire import META_HEADER, encode
 from trainer.registry import Lineage, Registry
 
-SCENARIOS = ("detector-killed", "redis-restart", "bad-input")
+SCENARIOS = ("detector-killed", "redis-restart", "bad-input", "bad-models")
 
 
 @dataclass
@@ -192,49 +196,65 @@ def detector_killed(bootstrap: str, model: str, source: str, home: Path, cameras
         return result
 
 
+@dataclass
+class _FollowingAgent:
+    """An agent that follows a model registry in a Redis of its own (persisted under ``work``)."""
+
+    agent: AgentProcess
+    registry: Registry
+    redis_proc: Any
+    redis_url: str
+    start_bytes: bytes
+    start_version: str
+    work: Path
+
+
+@contextmanager
+def _following_agent(bootstrap: str, topics: Topics, model: str, work: Path) -> Iterator[tuple[_FollowingAgent, _Tally]]:
+    redis_proc, redis_url = start_redis(work / "redis-stack")
+    init_keys(work / "keys")
+    registry = Registry(connect_redis(redis_url), ModelKeys.for_topics(topics.prefix), Signer.load(work / "keys" / PRIVATE_NAME))
+    start_bytes = read_model(model)
+    start_version = registry.publish(start_bytes, Lineage(notes="bench faults: start")).version
+    agent = AgentProcess(
+        model, bootstrap, topics, work, "faults-follower", threads=1, backend="ort", group=f"{topics.prefix}-detect",
+        redis_url=redis_url, public_key=work / "keys" / PUBLIC_NAME, metrics_port=free_loopback_port(),
+    ).start()  # fmt: skip
+    following = _FollowingAgent(agent, registry, redis_proc, redis_url, start_bytes, start_version, work)
+    tally = _Tally()
+    watch = RecordWatch(bootstrap, topics, topics.detections, Detections, on_record=tally.add)
+    try:
+        _probe(bootstrap, topics, tally, [agent])
+        yield following, tally
+    finally:
+        watch.close()
+        agent.stop()
+        following.redis_proc.kill()
+
+
 def redis_restart(bootstrap: str, model: str, source: str, home: Path, cameras: int, fps: float, seconds: float) -> ScenarioResult:
     """The agent follows a registry in a Redis of its own (persisted, on its own port) that is killed
     and restarted mid-stream; a version published once Redis is back must reach the agent."""
     topics = Topics(f"faults{uuid.uuid4().hex[:6]}")
     ensure_topics(bootstrap, topics.all())
-    work = home / "redis-restart"
-    redis_proc, redis_url = start_redis(work / "redis-stack")
-    port = int(redis_url.rsplit(":", 1)[1])
-    init_keys(work / "keys")
-    registry = Registry(connect_redis(redis_url), ModelKeys.for_topics(topics.prefix), Signer.load(work / "keys" / PRIVATE_NAME))
-    start_bytes = read_model(model)
-    start_version = registry.publish(start_bytes, Lineage(notes="bench faults: start")).version
-    metrics_port = free_loopback_port()
-    agent = AgentProcess(model, bootstrap, topics, work, "faults-redis", threads=1, backend="ort", group=f"{topics.prefix}-detect",
-                         redis_url=redis_url, public_key=work / "keys" / PUBLIC_NAME, metrics_port=metrics_port).start()  # fmt: skip
-    tally = _Tally()
-    watch = RecordWatch(bootstrap, topics, topics.detections, Detections, on_record=tally.add)
-    new_version = f"{start_version}-after-restart"
-    try:
-        _probe(bootstrap, topics, tally, [agent])
+    with _following_agent(bootstrap, topics, model, home / "redis-restart") as (f, tally):
+        port = int(f.redis_url.rsplit(":", 1)[1])
+        new_version = f"{f.start_version}-after-restart"
         stream = ReplayCameras(bootstrap, topics, source, cameras, fps, "cam")
         stream.start()
         time.sleep(seconds * 0.3)
         with tally.lock:
             tally.fault_ts = time.time()
-        redis_proc.kill()
-        redis_proc.wait(10)
+        f.redis_proc.kill()
+        f.redis_proc.wait(10)
         down_s = min(5.0, seconds * 0.2)
         time.sleep(down_s)
         with tally.lock:
             detected_while_down = len(tally.first_after)  # cameras detected with Redis gone
-        redis_proc, _ = start_redis(work / "redis-stack", port)
+        f.redis_proc, _ = start_redis(f.work / "redis-stack", port)
         back = time.monotonic()
-        registry.publish(with_version(start_bytes, new_version), Lineage(parent=start_version, notes="published after the restart"))
-        arrived_s = None
-        while time.monotonic() - back < 30:
-            try:
-                if agent.served_model().get("version") == new_version:
-                    arrived_s = round(time.monotonic() - back, 2)
-                    break
-            except OSError:
-                pass
-            time.sleep(0.2)
+        f.registry.publish(with_version(f.start_bytes, new_version), Lineage(parent=f.start_version, notes="published after the restart"))
+        arrived_s = _wait_until_served(f.agent, new_version, 30.0)
         time.sleep(max(0.0, seconds * 0.5 - (time.monotonic() - back)))
         stream.stop()
         sent = stream.published_frames()
@@ -243,16 +263,75 @@ def redis_restart(bootstrap: str, model: str, source: str, home: Path, cameras: 
                          tally, sent, set(), set(), None)  # fmt: skip
         result.recovery_s = arrived_s
         result.checks = {
-            "agent_running": agent.alive(),
+            "agent_running": f.agent.alive(),
             "detections_while_redis_down": detected_while_down == cameras,
-            "registry_kept": registry.current_version() == new_version and registry.entry(start_version) is not None,
+            "registry_kept": f.registry.current_version() == new_version and f.registry.entry(f.start_version) is not None,
             "new_version_served_after_restart": arrived_s is not None,
         }
         return result
-    finally:
-        watch.close()
-        agent.stop()
-        redis_proc.kill()
+
+
+def _wait_until_served(agent: AgentProcess, version: str, timeout_s: float) -> float | None:
+    """Seconds until the agent reports serving ``version`` (its metrics), or None."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        try:
+            if agent.served_model().get("version") == version:
+                return round(time.monotonic() - started, 2)
+        except OSError:
+            pass
+        time.sleep(0.2)
+    return None
+
+
+BAD_MODELS = ("tampered-bytes", "signed-by-another-key")
+
+
+def bad_models(bootstrap: str, model: str, source: str, home: Path, cameras: int, fps: float, seconds: float) -> ScenarioResult:
+    """While the cameras stream, the registry announces two bad versions: bytes changed after
+    signing, and a model signed with a key the agent does not trust. Each must be refused with its
+    reason while the agent goes on serving and detecting."""
+    topics = Topics(f"faults{uuid.uuid4().hex[:6]}")
+    ensure_topics(bootstrap, topics.all())
+    with _following_agent(bootstrap, topics, model, home / "bad-models") as (f, tally):
+        stream = ReplayCameras(bootstrap, topics, source, cameras, fps, "cam")
+        stream.start()
+        rogue = Registry(f.registry.client, f.registry.keys, Signer(Ed25519PrivateKey.generate()))
+        reasons: dict[str, str] = {}
+        for kind in BAD_MODELS:
+            version = f"{f.start_version}-{kind}"
+            if kind == "tampered-bytes":
+                f.registry.store(with_version(f.start_bytes, version))
+                f.registry.client.set(f.registry.keys.onnx(version), with_version(f.start_bytes, version) + b"tampered")
+                f.registry.make_current(version)
+            else:
+                rogue.publish(with_version(f.start_bytes, version))
+            reasons[kind] = _wait_until_refused(f.registry, version, 20.0)
+        time.sleep(seconds * 0.3)
+        stream.stop()
+        sent = stream.published_frames()
+        _drain(tally, sent, set, 30.0)
+        served = f.agent.served_model().get("version")
+        result = _result("bad-models", "registry announced: " + ", ".join(BAD_MODELS), tally, sent, set(), set(), None)
+        result.checks = {
+            "agent_running": f.agent.alive(),
+            "still_serving_the_good_version": served == f.start_version,
+            **{f"refused_{kind}": bool(reasons[kind]) for kind in BAD_MODELS},
+        }
+        result.fault += "; reasons: " + "; ".join(f"{k}: {v or 'NOT REFUSED'}" for k, v in reasons.items())
+        return result
+
+
+def _wait_until_refused(registry: Registry, version: str, timeout_s: float) -> str:
+    """The reason the agent gave for refusing ``version`` (its status in the registry), or ''."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for status in registry.agents().values():
+            refused = status.get("refused") or {}
+            if refused.get("version") == version:
+                return str(refused.get("reason"))
+        time.sleep(0.2)
+    return ""
 
 
 BAD_INPUTS = ("corrupt-jpeg", "truncated-header", "unknown-schema", "oversized-frame")
@@ -315,6 +394,7 @@ def bad_input(bootstrap: str, model: str, source: str, home: Path, cameras: int,
 RUNNERS: dict[str, Callable[[str, str, str, Path, int, float, float], ScenarioResult]] = {
     "detector-killed": detector_killed,
     "redis-restart": redis_restart,
+    "bad-models": bad_models,
     "bad-input": bad_input,
 }
 

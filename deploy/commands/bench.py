@@ -218,7 +218,9 @@ def register(sub: Any, flags: Flags) -> None:
     b = bench_sub.add_parser(
         "faults", parents=[flags.conn], help="live cameras through real agents, one fault per scenario: frames lost, duplicates, recovery"
     )
-    b.add_argument("--scenarios", default="detector-killed,redis-restart,bad-input", help="comma-separated, from the default list")
+    b.add_argument(
+        "--scenarios", default="detector-killed,redis-restart,bad-input,bad-models", help="comma-separated, from the default list"
+    )
     b.add_argument("--model", help="model the agents serve (default: the bundled student)")
     b.add_argument("--cameras", type=int, default=4)
     b.add_argument("--fps", type=float, default=5.0)

@@ -25,8 +25,10 @@ if TYPE_CHECKING:
     from detectors.detector import Detector
 
 
-def model_flags() -> argparse.ArgumentParser:
-    """--model, --format, --backend, --threads: how a command loads a detector."""
+def model_flags(backend_default: str = "ort") -> argparse.ArgumentParser:
+    """--model, --format, --backend, --threads: how a command loads a detector. Each command that
+    wants another default builds its own parent (argparse parents share their option objects, so
+    ``set_defaults`` on one command would change the default of every command built from it)."""
     model = argparse.ArgumentParser(add_help=False)
     group = model.add_argument_group("model")
     group.add_argument("--model", required=True, help="ONNX model file, or 'student' for the bundled student")
@@ -34,9 +36,8 @@ def model_flags() -> argparse.ArgumentParser:
     group.add_argument(
         "--backend",
         choices=BACKEND_CHOICES,
-        default="ort",
-        help="ort, tvm (falls back to ort with the reason), or auto (measure both here, serve the faster); "
-        "default: auto for detect, ort otherwise",
+        default=backend_default,
+        help=f"ort, tvm (falls back to ort with the reason), or auto (measure both here, serve the faster); default: {backend_default}",
     )
     group.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: all cores)")
     return model
@@ -178,8 +179,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 def register(sub: Any, flags: Flags) -> None:
     model = model_flags()
-    p = sub.add_parser("detect", parents=[flags.conn, model, flags.metrics], help="run an edge detector agent (faust)")
-    p.set_defaults(backend="auto")  # an agent measures both backends on its device and serves the faster
+    # an agent measures both backends on its device and serves the faster
+    p = sub.add_parser("detect", parents=[flags.conn, model_flags("auto"), flags.metrics], help="run an edge detector agent (faust)")
     p.add_argument("--cameras", help="cameras.yaml with per-camera alert rules, tiling and mining budget")
     p.add_argument("--group", default="pedstream-detectors", help="agents in one group split the cameras")
     p.add_argument("--agent-id")

@@ -46,6 +46,7 @@ def test_a_cycle_driven_by_mined_hard_examples_changes_the_served_version_withou
             start_model=V0,
         )  # fmt: skip
         out = loop.run()
+    assert not loop.work.exists()  # its temporary folder, private signing key included, is gone
     assert out.frames_published == {"pets-night": pets.length // 2}
     # the cycle trained on every new hard example the drifted camera gave (the held-out ones gate it)
     assert out.cycle.new_examples == out.hard_examples["pets-night"]["new"] > 0

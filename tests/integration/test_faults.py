@@ -70,3 +70,10 @@ def test_an_agent_stops_on_sigterm_within_seconds_while_the_broker_is_down(tmp_p
     assert took < SHUTDOWN_GRACE_S + 3, log[-3000:]
     # one line per kind of client failure per minute, not one per attempt
     assert log.count("Unable connect to node") <= 2 and log.count("Unable to update metadata") <= 2, log[-3000:]
+
+
+def test_bad_models_are_refused_with_reasons_while_the_agent_serves_and_detects(broker: str, vtest: str, tmp_path: Path) -> None:
+    out = faults.run(broker, "student", vtest, tmp_path, ["bad-models"], cameras=2, fps=5.0, seconds=8.0, progress=lambda _m: None)
+    result = out["scenarios"][0]
+    assert all(result["checks"].values()), result
+    assert result["lost"] == 0 and "NOT REFUSED" not in result["fault"], result

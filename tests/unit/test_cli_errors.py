@@ -30,3 +30,11 @@ def test_an_unreachable_dependency_is_one_line_and_exit_2(
     err = capsys.readouterr().err
     assert err.startswith(f"pedstream: error: {says}") and "stack status" in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_each_command_keeps_its_own_backend_default() -> None:
+    """eval and the benches run ONNX Runtime unless asked; only detect measures both (auto)."""
+    parser = cli.build_parser()
+    assert parser.parse_args(["eval", "--model", "student", "--sequence", "PETS09-S2L1"]).backend == "ort"
+    assert parser.parse_args(["detect", "--model", "student"]).backend == "auto"
+    assert parser.parse_args(["eval", "--model", "student", "--sequence", "PETS09-S2L1", "--backend", "tvm"]).backend == "tvm"
