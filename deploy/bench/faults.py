@@ -18,6 +18,8 @@ Scenarios (issue 15 lists more; these are built):
 * ``bad-models``: the registry announces a version whose bytes were changed after signing and one
   signed with a key the agent does not trust: both refused with their reasons, the agent still
   serving the good version, every frame detected.
+* ``trainer-killed``: one of two Ray trainers of a retraining cycle gets SIGKILL; Ray restarts it,
+  the parameter server goes on, and the cycle ends with its verdict (recovery_s: kill to verdict).
 * ``bad-input``: one agent; between the cameras' good frames arrive a corrupt JPEG, a truncated
   record header, a record of an unknown schema version and an oversized frame; each must be
   dead-lettered with its reason, every good frame detected, and the agent still running.
@@ -44,16 +46,33 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from deploy.agent_process import AgentProcess
 from deploy.bench.pipeline import ReplayCameras
 from deploy.stack import free_loopback_port, start_redis
-from detectors.detector import read_model, with_version
+from detectors.detector import read_model, weights_path, with_version
 from streams.bus import RecordWatch, ensure_topics, make_producer, read_dead_letters
 from streams.model_channel import ModelKeys, connect_redis
-from streams.records import Detections, Frame
+from streams.records import Detections, Frame, HardExample
 from streams.signing import PRIVATE_NAME, PUBLIC_NAME, Signer, init_keys
 from streams.topics import Topics
 from streams.wire import META_HEADER, encode
+from trainer.cluster import DEFAULT_BASE_PORT
 from trainer.registry import Lineage, Registry
 
-SCENARIOS = ("detector-killed", "redis-restart", "bad-input", "bad-models")
+SCENARIOS = ("detector-killed", "redis-restart", "bad-input", "bad-models", "trainer-killed")
+
+
+@dataclass(frozen=True)
+class FaultRig:
+    """What every scenario runs on: the broker, the model the agents serve, the camera video, a work
+    folder, the teachers (trainer-killed labels with them), the stream's size, a Ray port base."""
+
+    bootstrap: str
+    model: str
+    source: str
+    home: Path
+    models_dir: Path | None = None
+    cameras: int = 4
+    fps: float = 5.0
+    seconds: float = 20.0
+    ray_port: int = DEFAULT_BASE_PORT
 
 
 @dataclass
@@ -171,7 +190,9 @@ def _result(
         )
 
 
-def detector_killed(bootstrap: str, model: str, source: str, home: Path, cameras: int, fps: float, seconds: float) -> ScenarioResult:
+def detector_killed(rig: FaultRig) -> ScenarioResult:
+    bootstrap, model, source, home = rig.bootstrap, rig.model, rig.source, rig.home
+    cameras, fps, seconds = rig.cameras, rig.fps, rig.seconds
     topics = Topics(f"faults{uuid.uuid4().hex[:6]}")
     ensure_topics(bootstrap, topics.all())
     with _agents(bootstrap, topics, model, home / "detector-killed", 2) as (agents, tally, _watch):
@@ -232,9 +253,11 @@ def _following_agent(bootstrap: str, topics: Topics, model: str, work: Path) -> 
         following.redis_proc.kill()
 
 
-def redis_restart(bootstrap: str, model: str, source: str, home: Path, cameras: int, fps: float, seconds: float) -> ScenarioResult:
+def redis_restart(rig: FaultRig) -> ScenarioResult:
     """The agent follows a registry in a Redis of its own (persisted, on its own port) that is killed
     and restarted mid-stream; a version published once Redis is back must reach the agent."""
+    bootstrap, model, source, home = rig.bootstrap, rig.model, rig.source, rig.home
+    cameras, fps, seconds = rig.cameras, rig.fps, rig.seconds
     topics = Topics(f"faults{uuid.uuid4().hex[:6]}")
     ensure_topics(bootstrap, topics.all())
     with _following_agent(bootstrap, topics, model, home / "redis-restart") as (f, tally):
@@ -287,10 +310,12 @@ def _wait_until_served(agent: AgentProcess, version: str, timeout_s: float) -> f
 BAD_MODELS = ("tampered-bytes", "signed-by-another-key")
 
 
-def bad_models(bootstrap: str, model: str, source: str, home: Path, cameras: int, fps: float, seconds: float) -> ScenarioResult:
+def bad_models(rig: FaultRig) -> ScenarioResult:
     """While the cameras stream, the registry announces two bad versions: bytes changed after
     signing, and a model signed with a key the agent does not trust. Each must be refused with its
     reason while the agent goes on serving and detecting."""
+    bootstrap, model, source, home = rig.bootstrap, rig.model, rig.source, rig.home
+    cameras, fps, seconds = rig.cameras, rig.fps, rig.seconds
     topics = Topics(f"faults{uuid.uuid4().hex[:6]}")
     ensure_topics(bootstrap, topics.all())
     with _following_agent(bootstrap, topics, model, home / "bad-models") as (f, tally):
@@ -355,7 +380,9 @@ def _bad_message(kind: str, good: Frame) -> tuple[bytes, bytes, list[tuple[str, 
     return msg.key or b"", value, headers
 
 
-def bad_input(bootstrap: str, model: str, source: str, home: Path, cameras: int, fps: float, seconds: float) -> ScenarioResult:
+def bad_input(rig: FaultRig) -> ScenarioResult:
+    bootstrap, model, source, home = rig.bootstrap, rig.model, rig.source, rig.home
+    cameras, fps, seconds = rig.cameras, rig.fps, rig.seconds
     topics = Topics(f"faults{uuid.uuid4().hex[:6]}")
     ensure_topics(bootstrap, topics.all())
     with _agents(bootstrap, topics, model, home / "bad-input", 1) as (agents, tally, _watch):
@@ -391,32 +418,105 @@ def bad_input(bootstrap: str, model: str, source: str, home: Path, cameras: int,
         return result
 
 
-RUNNERS: dict[str, Callable[[str, str, str, Path, int, float, float], ScenarioResult]] = {
+def trainer_killed(rig: FaultRig) -> ScenarioResult:
+    """A retraining cycle on a loopback Ray head (PS + 2 trainers) from hard examples of the camera
+    video; one trainer process gets SIGKILL mid-cycle. Ray restarts it, the parameter server goes
+    on, and the cycle must finish with a verdict (shipped or rejected, with its reason)."""
+    import psutil
+
+    from trainer.cluster import RayPorts, ray_session
+    from trainer.data import LabelCache
+    from trainer.labels import TeacherLabeler
+    from trainer.report import read_weights
+    from trainer.retrain import Retrainer, RetrainPolicy, fine_tune_settings
+    from trainer.store import HardExampleStore
+
+    if rig.models_dir is None:
+        raise ValueError("trainer-killed needs the teachers' models folder")
+    work = rig.home / "trainer-killed"
+    topics = Topics(f"faults{uuid.uuid4().hex[:6]}")
+    redis_proc, redis_url = start_redis(work / "redis-stack")
+    killed: list[float] = []
+    try:
+        init_keys(work / "keys")
+        registry = Registry(connect_redis(redis_url), ModelKeys.for_topics(topics.prefix), Signer.load(work / "keys" / PRIVATE_NAME))
+        weights = weights_path(rig.model)
+        if weights is None:
+            raise ValueError(f"{rig.model}: no training weights beside it; trainer-killed fine-tunes it")
+        registry.publish(read_model(rig.model), Lineage(notes="bench faults: start"), weights=read_weights(weights))
+        store = HardExampleStore(work / "store")
+        for example in _hard_examples(rig.source, "cam-0", 60):
+            store.add(example)
+        policy = RetrainPolicy(min_new_examples=10**9, gate_margin=-1.0, max_loss=1.0, job=fine_tune_settings(updates=80, workers=2))
+        retrainer = Retrainer(store, registry, TeacherLabeler(rig.models_dir).label, LabelCache(work / "labels"), policy,
+                              models_dir=rig.models_dir)  # fmt: skip
+
+        def kill_a_trainer() -> None:
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline and not killed:
+                trainers = [p for p in psutil.process_iter(["cmdline"]) if "ray::Trainer" in " ".join(p.info["cmdline"] or [])]
+                if len(trainers) >= 2:
+                    time.sleep(3.0)  # well into the cycle
+                    trainers[0].kill()
+                    killed.append(time.time())
+                    return
+                time.sleep(0.2)
+
+        killer = threading.Thread(target=kill_a_trainer, daemon=True, name="kill-a-trainer")
+        with ray_session(None, RayPorts(rig.ray_port), num_cpus=2):
+            killer.start()
+            cycle = retrainer.run_cycle(["cam-0"], promote=False)
+            finished = time.time()
+        killer.join(5)
+        restarts = int(cycle.train.get("trainer_restarts", 0))
+        result = ScenarioResult(
+            name="trainer-killed", frames_sent=0, frames_detected=0, frames_shed=0, dead_lettered=0, lost=0, duplicates=0,
+            recovery_s=round(finished - killed[0], 2) if killed else None,
+            fault=f"SIGKILL one of 2 Ray trainers 3 s into a cycle of {cycle.train.get('updates')} updates; "
+                  f"cycle {cycle.version}: {'shipped' if cycle.shipped else 'rejected'} ({cycle.reason})",
+        )  # fmt: skip
+        result.checks = {"trainer_killed": bool(killed), "trainer_restarted": restarts >= 1, "cycle_finished": bool(cycle.version)}
+        return result
+    finally:
+        redis_proc.kill()
+
+
+def _hard_examples(source: str, camera: str, count: int) -> list[HardExample]:
+    """Every 4th frame of ``source`` as mined hard examples of ``camera``."""
+    capture = cv2.VideoCapture(source)
+    out: list[HardExample] = []
+    index = 0
+    while len(out) < count:
+        ok, image = capture.read()
+        if not ok:
+            break
+        if index % 4 == 0:
+            jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
+            out.append(HardExample(camera_id=camera, seq=index, capture_ts=1_000_000.0 + index, width=image.shape[1],
+                                   height=image.shape[0], jpeg=jpeg, source_frame_index=index, model_version="start",
+                                   detections=[], reasons=["random"], mined_ts=time.time()))  # fmt: skip
+        index += 1
+    capture.release()
+    return out
+
+
+RUNNERS: dict[str, Callable[[FaultRig], ScenarioResult]] = {
     "detector-killed": detector_killed,
     "redis-restart": redis_restart,
     "bad-models": bad_models,
+    "trainer-killed": trainer_killed,
     "bad-input": bad_input,
 }
 
 
-def run(
-    bootstrap: str,
-    model: str,
-    source: str,
-    home: Path,
-    scenarios: list[str],
-    cameras: int = 4,
-    fps: float = 5.0,
-    seconds: float = 20.0,
-    progress: Callable[[str], None] = print,
-) -> dict[str, Any]:
+def run(rig: FaultRig, scenarios: list[str], progress: Callable[[str], None] = print) -> dict[str, Any]:
     unknown = [s for s in scenarios if s not in RUNNERS]
     if unknown:
         raise ValueError(f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
     out = []
     for name in scenarios:
-        progress(f"{name}: {cameras} cameras x {fps:g} fps for {seconds:.0f} s")
-        result = RUNNERS[name](bootstrap, model, source, home, cameras, fps, seconds)
+        progress(f"{name}: {rig.cameras} cameras x {rig.fps:g} fps for {rig.seconds:.0f} s")
+        result = RUNNERS[name](rig)
         progress(f"{name}: sent {result.frames_sent}, lost {result.lost}, duplicates {result.duplicates}, recovery {result.recovery_s} s")
         out.append(asdict(result))
-    return {"scenarios": out, "cameras": cameras, "fps": fps, "seconds": seconds, "model": model}
+    return {"scenarios": out, "cameras": rig.cameras, "fps": rig.fps, "seconds": rig.seconds, "model": rig.model}

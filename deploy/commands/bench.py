@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -18,6 +19,7 @@ from deploy.commands.common import Flags, data_dir, models_dir, print_json, say_
 from detectors.backends.selection import BACKEND_CHOICES
 from streams.errors import PedstreamError
 from streams.topics import Topics
+from trainer.cluster import DEFAULT_BASE_PORT
 
 
 def bench_model(args: argparse.Namespace) -> Path:
@@ -107,17 +109,19 @@ def cmd_bench_faults(args: argparse.Namespace) -> int:
     if unknown:
         raise PedstreamError(f"--scenarios: unknown {', '.join(unknown)}; choose from {', '.join(faults.SCENARIOS)}")
     with _bench_stack(args) as (bootstrap, _topics, home):
-        result = faults.run(
+        rig = faults.FaultRig(
             bootstrap,
             args.model or "student",
             str(data / "PETS09-S2L1" / "vtest.avi"),
             home,
-            scenarios,
+            models_dir=models_dir(args.data),
             cameras=args.cameras,
             fps=args.fps,
             seconds=args.seconds,
-            progress=say_to_stderr("bench faults"),
+            ray_port=args.ray_port,
         )
+        with contextlib.redirect_stdout(sys.stderr):  # Ray prints "a worker died" to stdout: keep stdout the JSON alone
+            result = faults.run(rig, scenarios, progress=say_to_stderr("bench faults"))
     print_json(result) if args.json else print(json.dumps(result))
     return 0 if all(s["lost"] == 0 and all(s["checks"].values()) for s in result["scenarios"]) else 1
 
@@ -219,8 +223,11 @@ def register(sub: Any, flags: Flags) -> None:
         "faults", parents=[flags.conn], help="live cameras through real agents, one fault per scenario: frames lost, duplicates, recovery"
     )
     b.add_argument(
-        "--scenarios", default="detector-killed,redis-restart,bad-input,bad-models", help="comma-separated, from the default list"
+        "--scenarios",
+        default="detector-killed,redis-restart,bad-input,bad-models,trainer-killed",
+        help="comma-separated, from the default list",
     )
+    b.add_argument("--ray-port", type=int, default=DEFAULT_BASE_PORT, help="trainer-killed: base of the pinned Ray port range")
     b.add_argument("--model", help="model the agents serve (default: the bundled student)")
     b.add_argument("--cameras", type=int, default=4)
     b.add_argument("--fps", type=float, default=5.0)

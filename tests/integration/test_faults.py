@@ -20,7 +20,9 @@ pytestmark = pytest.mark.integration
 
 
 def test_a_killed_detector_agent_loses_no_frame_and_its_cameras_come_back(broker: str, vtest: str, tmp_path: Path) -> None:
-    out = faults.run(broker, "student", vtest, tmp_path, ["detector-killed"], cameras=3, fps=5.0, seconds=12.0, progress=lambda _m: None)
+    out = faults.run(
+        faults.FaultRig(broker, "student", vtest, tmp_path, cameras=3, seconds=12.0), ["detector-killed"], progress=lambda _m: None
+    )
     result = out["scenarios"][0]
     assert result["checks"] == {"survivor_running": True, "victim_had_cameras": True}, result
     assert result["frames_sent"] >= 3 * 5 * 10
@@ -30,14 +32,16 @@ def test_a_killed_detector_agent_loses_no_frame_and_its_cameras_come_back(broker
 
 
 def test_a_redis_restart_keeps_the_agent_detecting_and_a_later_version_reaches_it(broker: str, vtest: str, tmp_path: Path) -> None:
-    out = faults.run(broker, "student", vtest, tmp_path, ["redis-restart"], cameras=2, fps=5.0, seconds=12.0, progress=lambda _m: None)
+    out = faults.run(
+        faults.FaultRig(broker, "student", vtest, tmp_path, cameras=2, seconds=12.0), ["redis-restart"], progress=lambda _m: None
+    )
     result = out["scenarios"][0]
     assert all(result["checks"].values()), result
     assert result["lost"] == 0 and result["recovery_s"] is not None and result["recovery_s"] < 15, result
 
 
 def test_bad_input_is_dead_lettered_with_reasons_and_every_good_frame_detected(broker: str, vtest: str, tmp_path: Path) -> None:
-    out = faults.run(broker, "student", vtest, tmp_path, ["bad-input"], cameras=2, fps=5.0, seconds=10.0, progress=lambda _m: None)
+    out = faults.run(faults.FaultRig(broker, "student", vtest, tmp_path, cameras=2, seconds=10.0), ["bad-input"], progress=lambda _m: None)
     result = out["scenarios"][0]
     assert all(result["checks"].values()), result
     assert result["dead_lettered"] == len(faults.BAD_INPUTS) and result["lost"] == 0, result
@@ -73,7 +77,16 @@ def test_an_agent_stops_on_sigterm_within_seconds_while_the_broker_is_down(tmp_p
 
 
 def test_bad_models_are_refused_with_reasons_while_the_agent_serves_and_detects(broker: str, vtest: str, tmp_path: Path) -> None:
-    out = faults.run(broker, "student", vtest, tmp_path, ["bad-models"], cameras=2, fps=5.0, seconds=8.0, progress=lambda _m: None)
+    out = faults.run(faults.FaultRig(broker, "student", vtest, tmp_path, cameras=2, seconds=8.0), ["bad-models"], progress=lambda _m: None)
     result = out["scenarios"][0]
     assert all(result["checks"].values()), result
     assert result["lost"] == 0 and "NOT REFUSED" not in result["fault"], result
+
+
+def test_a_killed_ray_trainer_is_restarted_and_the_cycle_ends_with_its_verdict(
+    broker: str, vtest: str, shared_models: Path, tmp_path: Path
+) -> None:
+    rig = faults.FaultRig(broker, "student", vtest, tmp_path, models_dir=shared_models, ray_port=28000)
+    result = faults.run(rig, ["trainer-killed"], progress=lambda _m: None)["scenarios"][0]
+    assert result["checks"] == {"trainer_killed": True, "trainer_restarted": True, "cycle_finished": True}, result
+    assert result["recovery_s"] is not None and "cycle student-" in result["fault"], result
