@@ -107,3 +107,24 @@ class Topics:
 def partition_key(camera_id: str) -> bytes:
     """The Kafka key for a camera's records: its id, so its frames stay in order in one partition."""
     return camera_id.encode()
+
+
+def partition_of(camera_id: str, partitions: int) -> int:
+    """The partition Kafka's default partitioner (murmur2 of the key) puts a camera's records in."""
+    from kafka.partitioner.default import murmur2
+
+    return int((murmur2(partition_key(camera_id)) & 0x7FFFFFFF) % partitions)
+
+
+def camera_ids_on_distinct_partitions(count: int, partitions: int, prefix: str = "cam") -> list[str]:
+    """``count`` (at most ``partitions``) camera ids whose records land on distinct partitions, in
+    partition order: with one camera per partition, agents in a group surely split the cameras."""
+    if not 0 < count <= partitions:
+        raise ValueError(f"count must be between 1 and {partitions} partitions, not {count}")
+    ids: dict[int, str] = {}
+    i = 0
+    while len(ids) < partitions:
+        camera_id = f"{prefix}-{i}"
+        ids.setdefault(partition_of(camera_id, partitions), camera_id)
+        i += 1
+    return [ids[p] for p in sorted(ids)][:count]

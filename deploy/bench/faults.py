@@ -51,7 +51,7 @@ from streams.bus import RecordWatch, ensure_topics, make_producer, read_dead_let
 from streams.model_channel import ModelKeys, connect_redis
 from streams.records import Detections, Frame, HardExample
 from streams.signing import PRIVATE_NAME, PUBLIC_NAME, Signer, init_keys
-from streams.topics import Topics
+from streams.topics import Topics, camera_ids_on_distinct_partitions
 from streams.wire import META_HEADER, encode
 from trainer.cluster import DEFAULT_BASE_PORT
 from trainer.registry import Lineage, Registry
@@ -73,6 +73,8 @@ class FaultRig:
     fps: float = 5.0
     seconds: float = 20.0
     ray_port: int = DEFAULT_BASE_PORT
+    cycle_updates: int = 80  # trainer-killed: the retraining cycle's size
+    cycle_examples: int = 60
 
 
 @dataclass
@@ -148,7 +150,8 @@ def _agents(
     watch = RecordWatch(bootstrap, topics, topics.detections, Detections, on_record=tally.add)
     try:
         _probe(bootstrap, topics, tally, agents)
-        time.sleep(6.0)  # let every agent finish joining: the split is then stable before the stream
+        if count > 1:
+            time.sleep(6.0)  # let every agent finish joining: the split is then stable before the stream
         yield agents, tally, watch
     finally:
         watch.close()
@@ -195,8 +198,9 @@ def detector_killed(rig: FaultRig) -> ScenarioResult:
     cameras, fps, seconds = rig.cameras, rig.fps, rig.seconds
     topics = Topics(f"faults{uuid.uuid4().hex[:6]}")
     ensure_topics(bootstrap, topics.all())
+    ids = camera_ids_on_distinct_partitions(min(cameras, topics.frames.partitions), topics.frames.partitions)
     with _agents(bootstrap, topics, model, home / "detector-killed", 2) as (agents, tally, _watch):
-        stream = ReplayCameras(bootstrap, topics, source, cameras, fps, "cam")
+        stream = ReplayCameras(bootstrap, topics, source, len(ids), fps, "cam", ids=ids)
         stream.start()
         time.sleep(seconds * 0.4)
         with tally.lock:
@@ -213,7 +217,12 @@ def detector_killed(rig: FaultRig) -> ScenarioResult:
         _drain(tally, sent, set, 30.0)
         result = _result("detector-killed", fault, tally, sent, set(), hit, tally.fault_ts)
         survivor = next(a for a in agents if a is not victim)
-        result.checks = {"survivor_running": survivor.alive(), "victim_had_cameras": bool(hit)}
+        result.checks = {
+            "survivor_running": survivor.alive(),
+            "victim_had_cameras": bool(hit),
+            "survivor_took_them_over": all(c in tally.by_agent.get(survivor.agent_id, set()) for c in hit),
+        }
+        result.fault += f"; before the fault {sum(1 for served in serving.values() if served)} agent(s) served cameras"
         return result
 
 
@@ -445,9 +454,11 @@ def trainer_killed(rig: FaultRig) -> ScenarioResult:
             raise ValueError(f"{rig.model}: no training weights beside it; trainer-killed fine-tunes it")
         registry.publish(read_model(rig.model), Lineage(notes="bench faults: start"), weights=read_weights(weights))
         store = HardExampleStore(work / "store")
-        for example in _hard_examples(rig.source, "cam-0", 60):
+        for example in _hard_examples(rig.source, "cam-0", rig.cycle_examples):
             store.add(example)
-        policy = RetrainPolicy(min_new_examples=10**9, gate_margin=-1.0, max_loss=1.0, job=fine_tune_settings(updates=80, workers=2))
+        policy = RetrainPolicy(
+            min_new_examples=10**9, gate_margin=-1.0, max_loss=1.0, job=fine_tune_settings(updates=rig.cycle_updates, workers=2)
+        )
         retrainer = Retrainer(store, registry, TeacherLabeler(rig.models_dir).label, LabelCache(work / "labels"), policy,
                               models_dir=rig.models_dir)  # fmt: skip
 

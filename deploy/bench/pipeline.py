@@ -94,7 +94,9 @@ class ReplayCameras:
     ``source`` at ``fps`` each (fresh capture times, the camera period set), from one thread. It
     stands for cameras on other hosts, so the agent gets the cores camera agents would take here."""
 
-    def __init__(self, bootstrap: str, topics: Topics, source: str, cameras: int, fps: float, id_prefix: str) -> None:
+    def __init__(
+        self, bootstrap: str, topics: Topics, source: str, cameras: int, fps: float, id_prefix: str, ids: list[str] | None = None
+    ) -> None:
         capture = cv2.VideoCapture(source)
         self.jpegs: list[tuple[bytes, int, int]] = []
         while len(self.jpegs) < 50:
@@ -105,7 +107,7 @@ class ReplayCameras:
         capture.release()
         if not self.jpegs:
             raise RuntimeError(f"cannot read frames from {source}")
-        self.ids = [f"{id_prefix}-{i}" for i in range(cameras)]
+        self.ids = ids or [f"{id_prefix}-{i}" for i in range(cameras)]
         self.fps = fps
         self.published = dict.fromkeys(self.ids, 0)
         self.publisher = FramePublisher(make_producer(bootstrap), topics.frames)

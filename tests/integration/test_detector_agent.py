@@ -1,5 +1,5 @@
 """`pedstream detect` as real processes on the real tansu broker: detections, alerts, hard examples,
-dead letters, and two agents splitting the cameras with one of them killed."""
+dead letters (two agents splitting the cameras with one killed: tests/integration/test_faults.py)."""
 
 from __future__ import annotations
 
@@ -179,55 +179,6 @@ def test_corrupt_jpeg_goes_to_dead_letters_and_the_agent_goes_on(one_agent_run: 
     assert "corrupt JPEG" in letter.reason and letter.source_topic == one_agent_run["topics"].frames.name
     after = sorted(d.seq for d in one_agent_run["detections"] if d.camera_id == "after")
     assert after == [0, 1, 2, 3, 4]
-
-
-def _one_camera_per_partition(partitions: int) -> list[str]:
-    """Camera ids whose keys land on distinct partitions, so two agents surely split them."""
-    ids: dict[int, str] = {}
-    i = 0
-    while len(ids) < partitions:
-        cid = f"cam-{i}"
-        ids.setdefault((murmur2(cid.encode()) & 0x7FFFFFFF) % partitions, cid)
-        i += 1
-    return [ids[p] for p in sorted(ids)]
-
-
-def test_two_agents_split_the_cameras_and_take_over_a_killed_one(broker: str, shared_models: Path, vtest: str, tmp_path: Path) -> None:
-    topics = Topics(f"t{os.getpid()}split")
-    ensure_topics(broker, topics.all())
-    model = shared_models / "ssdlite_pedestrian.onnx"
-    ids = _one_camera_per_partition(topics.frames.partitions)
-    agents = {name: start_agent(model, broker, topics, tmp_path, name) for name in ("agent-a", "agent-b")}
-    time.sleep(8)  # both joined the group
-    cams = parse_cameras(
-        {
-            "defaults": {"fps": 3, "max_width": 384},
-            "cameras": [{"id": cid, "source": vtest, "start_frame": 50 * i} for i, cid in enumerate(ids)],
-        }
-    )
-    fleet = CameraFleet(cams, broker, topics)
-    fleet.start()
-    try:
-        fleet.wait(12)
-        stop(agents["agent-a"], signal.SIGKILL)
-        killed_at = time.time()
-        fleet.wait(20)
-    finally:
-        fleet.stop()
-        published = {r.config.id: r.stats.published for r in fleet.runners}
-    try:
-        expected = sum(published.values())
-        dets = collect(broker, topics, topics.detections, Detections, lambda got: len({(d.camera_id, d.seq) for d in got}) >= expected, 90)
-    finally:
-        stop(agents["agent-b"])
-    by_agent_before = {d.agent_id for d in dets if d.produced_ts < killed_at}
-    assert by_agent_before == {"agent-a", "agent-b"}, "both agents should have served cameras"
-    cameras_of_a = {d.camera_id for d in dets if d.agent_id == "agent-a"}
-    late = [d for d in dets if d.camera_id in cameras_of_a and d.produced_ts > killed_at + 1]
-    assert late and {d.agent_id for d in late} == {"agent-b"}, "agent-b should have taken over agent-a's cameras"
-    for cid, count in published.items():  # at-least-once: every published frame has detections
-        seqs = {d.seq for d in dets if d.camera_id == cid}
-        assert seqs == set(range(count)), f"{cid}: frames without detections: {sorted(set(range(count)) - seqs)[:10]}"
 
 
 def _camera_whose_tiles_cover_every_partition(tiles: int, partitions: int) -> str:
