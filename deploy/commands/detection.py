@@ -125,6 +125,23 @@ def _tiling(text: str | None, overlap: int, full_frame: bool) -> Tiling | None:
         raise PedstreamError(f"--tiles {text!r}: use ROWSxCOLS, e.g. 2x2 ({exc})") from None
 
 
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from detectors.detector import model_path, read_model
+    from detectors.quantize import quantize_int8
+
+    sequence = MotSequence.load(args.calibration)
+    start, stop = parse_frame_range(args.frames, sequence.length)
+    every = max(1, (stop - start + 1) // args.count)
+    images = [image for _, image in sequence.frames(start, stop, every)][: args.count]
+    print(f"[quantize] calibrating on {len(images)} frames of {sequence.name} {start}-{stop}", file=sys.stderr, flush=True)
+    out = Path(args.out)
+    out.write_bytes(quantize_int8(read_model(args.model), images))
+    print_json(
+        {"model": str(model_path(args.model)), "int8": str(out), "calibration": f"{sequence.name} {start}-{stop}", "frames": len(images)}
+    )
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from detectors.evaluation import evaluate_sequence
     from detectors.tiling import tiled
@@ -226,6 +243,14 @@ def register(sub: Any, flags: Flags) -> None:
     p.add_argument("--every", type=int, default=1)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("quantize", help="an int8 copy of a model for the CPU edge, calibrated on a camera's frames")
+    p.add_argument("--model", required=True, help="ONNX model file, or 'student' for the bundled student")
+    p.add_argument("--calibration", required=True, help="MOT-style sequence folder of the cameras the model will serve")
+    p.add_argument("--frames", help="A:B of the calibration sequence, 1-based inclusive (default: all)")
+    p.add_argument("--count", type=int, default=20, help="calibration frames, spread over the range")
+    p.add_argument("--out", required=True, help="where to write the int8 ONNX model")
+    p.set_defaults(func=cmd_quantize)
 
     p = sub.add_parser("tune", help="tune a model with TVM MetaSchedule for this device type (a job)")
     p.add_argument("--model", required=True)

