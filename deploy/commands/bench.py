@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from deploy.commands import loop, training
-from deploy.commands.common import Flags, data_dir, models_dir, print_json, say_to_stderr
+from deploy.commands.common import Flags, data_dir, find_model, models_dir, print_json, say_to_stderr
 from detectors.backends.selection import BACKEND_CHOICES
 from streams.errors import PedstreamError
 from streams.topics import Topics
@@ -26,7 +26,7 @@ def bench_model(args: argparse.Namespace) -> Path:
     """The model a benchmark uses: --model, else the fast pedestrian SSDLite from the models folder."""
     from detectors.detector import model_path
 
-    path = model_path(args.model) if args.model else models_dir(args.data) / "ssdlite_pedestrian.onnx"
+    path = model_path(find_model(args.model)) if args.model else models_dir(args.data) / "ssdlite_pedestrian.onnx"
     if not path.is_file():
         raise PedstreamError(f"model {path} not found")
     return path

@@ -74,6 +74,26 @@ def data_dir(value: str | None) -> Path:
     return path
 
 
+def find_model(value: str) -> str:
+    """``--model``: the bundled ``student``, a path, or a file name in $PEDSTREAM_MODELS
+    (``--model nanodet.onnx`` works from any folder once the variable is set)."""
+    return _find(value, MODELS_ENV) if value != "student" else value
+
+
+def find_sequence(value: str) -> str:
+    """``--sequence``: a path, or a folder name in $PEDSTREAM_DATA (``--sequence PETS09-S2L1``)."""
+    return _find(value, DATA_ENV)
+
+
+def _find(value: str, env: str) -> str:
+    path = Path(value).expanduser()
+    base = os.environ.get(env)
+    if path.exists() or path.is_absolute() or not base:
+        return str(path)
+    candidate = Path(base).expanduser() / value
+    return str(candidate) if candidate.exists() else str(path)  # not found: the error names what was asked
+
+
 def models_dir(data: str | None) -> Path:
     """$PEDSTREAM_MODELS, else the ``models`` folder beside the data folder."""
     raw = os.environ.get(MODELS_ENV)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError as PydanticValidationError
 
-from deploy.commands.common import Flags, print_json, stop_on_signals
+from deploy.commands.common import Flags, find_model, find_sequence, print_json, stop_on_signals
 from deploy.commands.registry import default_public_key
 from detectors.backends.selection import BACKEND_CHOICES
 from streams.cameras.config import Tiling
@@ -31,7 +31,9 @@ def model_flags(backend_default: str = "ort") -> argparse.ArgumentParser:
     ``set_defaults`` on one command would change the default of every command built from it)."""
     model = argparse.ArgumentParser(add_help=False)
     group = model.add_argument_group("model")
-    group.add_argument("--model", required=True, help="ONNX model file, or 'student' for the bundled student")
+    group.add_argument(
+        "--model", required=True, help="ONNX model file (a bare name is looked up in $PEDSTREAM_MODELS), or 'student' for the bundled one"
+    )
     group.add_argument("--format", help="model family if it cannot be told from the ONNX signature")
     group.add_argument(
         "--backend",
@@ -46,7 +48,7 @@ def model_flags(backend_default: str = "ort") -> argparse.ArgumentParser:
 def _load_detector(args: argparse.Namespace) -> Detector:
     from detectors.detector import Detector, model_path, read_model
 
-    path = model_path(args.model)
+    path = model_path(find_model(args.model))
     return Detector.from_bytes(read_model(path), backend=args.backend, fmt=args.format, name=path.stem, threads=args.threads)
 
 
@@ -129,15 +131,20 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     from detectors.detector import model_path, read_model
     from detectors.quantize import quantize_int8
 
-    sequence = MotSequence.load(args.calibration)
+    sequence = MotSequence.load(find_sequence(args.calibration))
     start, stop = parse_frame_range(args.frames, sequence.length)
     every = max(1, (stop - start + 1) // args.count)
     images = [image for _, image in sequence.frames(start, stop, every)][: args.count]
     print(f"[quantize] calibrating on {len(images)} frames of {sequence.name} {start}-{stop}", file=sys.stderr, flush=True)
     out = Path(args.out)
-    out.write_bytes(quantize_int8(read_model(args.model), images))
+    out.write_bytes(quantize_int8(read_model(find_model(args.model)), images))
     print_json(
-        {"model": str(model_path(args.model)), "int8": str(out), "calibration": f"{sequence.name} {start}-{stop}", "frames": len(images)}
+        {
+            "model": str(model_path(find_model(args.model))),
+            "int8": str(out),
+            "calibration": f"{sequence.name} {start}-{stop}",
+            "frames": len(images),
+        }
     )
     return 0
 
@@ -148,7 +155,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     detector = _load_detector(args)
     tiling = _tiling(args.tiles, args.overlap, args.full_frame)
-    sequence = MotSequence.load(args.sequence)
+    sequence = MotSequence.load(find_sequence(args.sequence))
     start, stop = parse_frame_range(args.frames, sequence.length)
     total = len(range(start, stop + 1, args.every))
 
@@ -184,7 +191,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from detectors.backends import tvm, tvm_tuning
     from detectors.detector import model_path, read_model
 
-    model = model_path(args.model)
+    model = model_path(find_model(args.model))
     work_dir = Path(args.work_dir) if args.work_dir else Path.home() / ".cache" / "pedstream" / "tuning" / model.stem
     print(f"[tune] MetaSchedule, {args.trials} trials, database in {work_dir} (this takes minutes)", file=sys.stderr, flush=True)
     result = tvm_tuning.tune(read_model(model), work_dir, args.trials, args.trials_per_task)
@@ -235,7 +242,7 @@ def register(sub: Any, flags: Flags) -> None:
     a.set_defaults(func=cmd_alerts_tail)
 
     p = sub.add_parser("eval", parents=[model], help="AP50 of a model on a MOT-style sequence")
-    p.add_argument("--sequence", required=True, help="MOT-style sequence folder")
+    p.add_argument("--sequence", required=True, help="MOT-style sequence folder (a bare name is looked up in $PEDSTREAM_DATA)")
     p.add_argument("--tiles", help="run the model on ROWSxCOLS overlapping tiles, e.g. 2x2")
     p.add_argument("--overlap", type=int, default=96, help="tile overlap in pixels (at least the tallest person)")
     p.add_argument("--full-frame", action="store_true", help="with --tiles: also run the whole frame")

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from deploy.commands.common import Flags, ProgressBar, data_dir, models_dir
+from deploy.commands.common import Flags, ProgressBar, data_dir, find_sequence, models_dir
 from streams.errors import PedstreamError
 from streams.mot import MotSequence
 from trainer.cluster import DEFAULT_BASE_PORT
@@ -76,7 +76,7 @@ def load_training_data(args: argparse.Namespace, teachers: Path | None) -> tuple
     from trainer.sources import dataset_examples, default_label_cache, training_split, video_examples
 
     bar = ProgressBar(f"label {args.labels}")
-    sequence = MotSequence.load(args.sequence)
+    sequence = MotSequence.load(find_sequence(args.sequence))
     examples, held_out = training_split(
         sequence,
         args.frames,
@@ -84,7 +84,7 @@ def load_training_data(args: argparse.Namespace, teachers: Path | None) -> tuple
         args.labels,
         teachers,
         default_label_cache(),
-        MotSequence.load(args.holdout_sequence) if args.holdout_sequence else None,
+        MotSequence.load(find_sequence(args.holdout_sequence)) if args.holdout_sequence else None,
         args.holdout_frames,
         args.holdout_every,
         lambda done, total: bar.update(done, total),

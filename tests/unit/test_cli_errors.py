@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import pytest
 import redis
@@ -10,6 +11,7 @@ from kafka.errors import KafkaTimeoutError
 
 from deploy import cli
 from deploy.commands import cameras
+from deploy.commands.common import find_model, find_sequence
 
 
 @pytest.mark.parametrize(
@@ -38,3 +40,20 @@ def test_each_command_keeps_its_own_backend_default() -> None:
     assert parser.parse_args(["eval", "--model", "student", "--sequence", "PETS09-S2L1"]).backend == "ort"
     assert parser.parse_args(["detect", "--model", "student"]).backend == "auto"
     assert parser.parse_args(["eval", "--model", "student", "--sequence", "PETS09-S2L1", "--backend", "tvm"]).backend == "tvm"
+
+
+def test_bare_model_and_sequence_names_are_found_in_the_configured_folders(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """`--model nanodet.onnx --sequence PETS09-S2L1` as the README writes them, from any folder."""
+    models, data = tmp_path / "models", tmp_path / "data"
+    (data / "PETS09-S2L1").mkdir(parents=True)
+    models.mkdir()
+    (models / "nanodet.onnx").write_bytes(b"onnx")
+    monkeypatch.setenv("PEDSTREAM_MODELS", str(models))
+    monkeypatch.setenv("PEDSTREAM_DATA", str(data))
+    monkeypatch.chdir(tmp_path)
+    assert find_model("nanodet.onnx") == str(models / "nanodet.onnx")
+    assert find_sequence("PETS09-S2L1") == str(data / "PETS09-S2L1")
+    assert find_model("student") == "student"  # the bundled one
+    assert find_model("missing.onnx") == "missing.onnx"  # not found anywhere: the error names what was asked
+    (tmp_path / "nanodet.onnx").write_bytes(b"local")
+    assert find_model("nanodet.onnx") == "nanodet.onnx"  # a file where the user is wins
