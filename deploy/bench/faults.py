@@ -40,11 +40,10 @@ from pathlib import Path
 from typing import Any
 
 import cv2
-import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from deploy.agent_process import AgentProcess
-from deploy.bench.pipeline import ReplayCameras
+from deploy.bench.pipeline import ReplayCameras, wait_until_detected
 from deploy.stack import free_loopback_port, start_redis
 from detectors.detector import read_model, weights_path, with_version
 from streams.bus import RecordWatch, ensure_topics, make_producer, read_dead_letters
@@ -114,29 +113,6 @@ class _Tally:
                 self.first_after.setdefault(d.camera_id, d.produced_ts)
 
 
-def _probe(bootstrap: str, topics: Topics, tally: _Tally, agents: list[AgentProcess], timeout_s: float = 120) -> None:
-    """Publish probe frames until one comes back detected: the agents have joined and warmed up."""
-    jpeg = cv2.imencode(".jpg", np.zeros((32, 32, 3), np.uint8))[1].tobytes()
-    producer = make_producer(bootstrap)
-    deadline = time.monotonic() + timeout_s
-    try:
-        for seq in range(10_000):
-            if time.monotonic() > deadline:
-                raise RuntimeError("the detector agents did not answer within the timeout")
-            msg = encode(Frame(camera_id="probe", seq=seq, capture_ts=time.time(), width=32, height=32, jpeg=jpeg, source_frame_index=0))
-            producer.send(topics.frames.name, key=msg.key, value=msg.value, headers=msg.headers)
-            producer.flush()
-            for _ in range(10):
-                if ("probe", seq) in tally.records:
-                    return
-                time.sleep(0.2)
-            for agent in agents:
-                if not agent.alive():
-                    raise RuntimeError(f"detector agent {agent.agent_id} exited:\n{agent.log()[-2000:]}")
-    finally:
-        producer.close()
-
-
 @contextmanager
 def _agents(
     bootstrap: str, topics: Topics, model: str, home: Path, count: int
@@ -149,7 +125,7 @@ def _agents(
     tally = _Tally()
     watch = RecordWatch(bootstrap, topics, topics.detections, Detections, on_record=tally.add)
     try:
-        _probe(bootstrap, topics, tally, agents)
+        wait_until_detected(bootstrap, topics, tally.records.__contains__, agents)
         if count > 1:
             time.sleep(6.0)  # let every agent finish joining: the split is then stable before the stream
         yield agents, tally, watch
@@ -159,12 +135,12 @@ def _agents(
             agent.stop()
 
 
-def _drain(tally: _Tally, sent: set[tuple[str, int]], settled: Callable[[], set[tuple[str, int]]], timeout_s: float) -> None:
+def _drain(tally: _Tally, sent: set[tuple[str, int]], timeout_s: float) -> None:
     """Wait until every sent frame is accounted for, or the timeout."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         with tally.lock:
-            missing = sent - tally.inferred - tally.shed - settled()
+            missing = sent - tally.inferred - tally.shed
         if not missing:
             return
         time.sleep(0.5)
@@ -214,7 +190,7 @@ def detector_killed(rig: FaultRig) -> ScenarioResult:
         time.sleep(seconds * 0.6)
         stream.stop()
         sent = stream.published_frames()
-        _drain(tally, sent, set, 30.0)
+        _drain(tally, sent, 30.0)
         result = _result("detector-killed", fault, tally, sent, set(), hit, tally.fault_ts)
         survivor = next(a for a in agents if a is not victim)
         result.checks = {
@@ -254,7 +230,7 @@ def _following_agent(bootstrap: str, topics: Topics, model: str, work: Path) -> 
     tally = _Tally()
     watch = RecordWatch(bootstrap, topics, topics.detections, Detections, on_record=tally.add)
     try:
-        _probe(bootstrap, topics, tally, [agent])
+        wait_until_detected(bootstrap, topics, tally.records.__contains__, [agent])
         yield following, tally
     finally:
         watch.close()
@@ -290,7 +266,7 @@ def redis_restart(rig: FaultRig) -> ScenarioResult:
         time.sleep(max(0.0, seconds * 0.5 - (time.monotonic() - back)))
         stream.stop()
         sent = stream.published_frames()
-        _drain(tally, sent, set, 30.0)
+        _drain(tally, sent, 30.0)
         result = _result("redis-restart", f"Redis killed at {seconds * 0.3:.0f} s, restarted {down_s:.0f} s later (same port, its AOF)",
                          tally, sent, set(), set(), None)  # fmt: skip
         result.recovery_s = arrived_s
@@ -344,7 +320,7 @@ def bad_models(rig: FaultRig) -> ScenarioResult:
         time.sleep(seconds * 0.3)
         stream.stop()
         sent = stream.published_frames()
-        _drain(tally, sent, set, 30.0)
+        _drain(tally, sent, 30.0)
         served = f.agent.served_model().get("version")
         result = _result("bad-models", "registry announced: " + ", ".join(BAD_MODELS), tally, sent, set(), set(), None)
         result.checks = {
@@ -413,7 +389,7 @@ def bad_input(rig: FaultRig) -> ScenarioResult:
             producer.close()
         stream.stop()
         good_frames = stream.published_frames()
-        _drain(tally, good_frames, set, 30.0)
+        _drain(tally, good_frames, 30.0)
         letters = read_dead_letters(bootstrap, topics, timeout_s=3.0)
         reasons = {(letter.key or b"").decode(errors="replace"): letter.reason for letter in letters}
         dead = {(camera, seq) for camera, seq in injected if camera in reasons}

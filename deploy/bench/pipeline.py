@@ -172,6 +172,34 @@ class _Arrivals:
         self.by_frame.setdefault((record.camera_id, record.seq), (record, now))
 
 
+def wait_until_detected(
+    bootstrap: str, topics: Topics, detected: Callable[[tuple[str, int]], bool], agents: list[AgentProcess], timeout_s: float = 120
+) -> None:
+    """Publish probe frames (camera ``probe``) until ``detected((camera, seq))`` says one came back:
+    the agents have joined their group and warmed up."""
+    jpeg = cv2.imencode(".jpg", np.zeros((32, 32, 3), np.uint8))[1].tobytes()
+    producer = make_producer(bootstrap)
+    deadline = time.monotonic() + timeout_s
+    seq = 0
+    try:
+        while time.monotonic() < deadline:
+            frame = Frame(camera_id="probe", seq=seq, capture_ts=time.time(), width=32, height=32, jpeg=jpeg, source_frame_index=0)
+            msg = encode(frame)
+            producer.send(topics.frames.name, key=msg.key, value=msg.value, headers=msg.headers)
+            producer.flush()
+            for _ in range(10):
+                if detected(("probe", seq)):
+                    return
+                time.sleep(0.2)
+            seq += 1
+            for agent in agents:
+                if not agent.alive():
+                    raise RuntimeError(f"detector agent {agent.agent_id} exited:\n{agent.log()[-2000:]}")
+        raise RuntimeError("the detector agents did not answer within the timeout")
+    finally:
+        producer.close()
+
+
 class PipelineRig:
     """One detector agent process and a consumer of its detections, ready to measure loads."""
 
@@ -205,7 +233,7 @@ class PipelineRig:
         self.agent.start()
         self.watch = RecordWatch(self.bootstrap, self.topics, self.topics.detections, Detections, on_record=self.arrivals.add)
         try:
-            self._wait_for_agent()
+            wait_until_detected(self.bootstrap, self.topics, lambda key: key in self.arrivals.by_frame, [self.agent])
             self.served = self.agent.served_model()
         except BaseException:
             self.__exit__()
@@ -216,29 +244,6 @@ class PipelineRig:
         if self.watch is not None:
             self.watch.close()
         self.agent.stop()
-
-    def _wait_for_agent(self, timeout_s: float = 120) -> None:
-        """Publish probe frames until one comes back detected: the agent has joined and warmed up."""
-        jpeg = cv2.imencode(".jpg", np.zeros((32, 32, 3), np.uint8))[1].tobytes()
-        producer = make_producer(self.bootstrap)
-        deadline = time.monotonic() + timeout_s
-        seq = 0
-        try:
-            while time.monotonic() < deadline:
-                frame = Frame(camera_id="probe", seq=seq, capture_ts=time.time(), width=32, height=32, jpeg=jpeg, source_frame_index=0)
-                msg = encode(frame)
-                producer.send(self.topics.frames.name, key=msg.key, value=msg.value, headers=msg.headers)
-                producer.flush()
-                seq += 1
-                for _ in range(10):
-                    if ("probe", seq - 1) in self.arrivals.by_frame:
-                        return
-                    time.sleep(0.2)
-                if not self.agent.alive():
-                    raise RuntimeError(f"the detector agent exited:\n{self.agent.log()[-2000:]}")
-            raise RuntimeError("the detector agent did not answer within the timeout")
-        finally:
-            producer.close()
 
     def measure(self, cameras: int, fps: float, seconds: float, background_load: bool = False, drain_s: float = 10.0) -> dict[str, Any]:
         """Run ``cameras`` virtual cameras at ``fps`` for ``seconds`` and report what reached the consumer."""
