@@ -30,6 +30,7 @@ from detectors.mining import HardExampleMiner, MiningPolicy
 from detectors.model_updates import ModelUpdater
 from detectors.pipeline import DetectionPipeline, WorkItem
 from detectors.results import BoxArray
+from detectors.serving import ServedModels
 from detectors.tiling import merge_in_frame
 from detectors.tracker import IouTracker
 from streams.bus import dead_letter_headers
@@ -165,7 +166,7 @@ class DetectorAgent:
 
     def __init__(self, settings: AgentSettings, detector: Detector, cameras: list[CameraConfig] | None = None) -> None:
         self.settings = settings
-        self.detector = detector
+        self.models = ServedModels(detector)
         self.camera_settings = {c.id: c.detect for c in cameras or []}
         self.cameras: dict[str, CameraState] = {}
         self.seen: OrderedDict[tuple[str, int, float], None] = OrderedDict()
@@ -221,20 +222,17 @@ class DetectorAgent:
         if settings.redis_url and settings.public_key:
             keys = ModelKeys.for_topics(settings.topics.prefix)
             reader = ModelReader(connect_redis(settings.redis_url), keys, Verifier.load(settings.public_key))
-            self.updater = ModelUpdater(reader, self.swap_detector, settings.agent_id, detector.version, settings.serve_backend)
+            self.updater = ModelUpdater(reader, self.models, settings.agent_id, settings.serve_backend)
             self.watcher = ModelWatcher(settings.redis_url, keys, self.updater.on_announcement)
 
     def _raw_topic(self, name: str) -> faust.TopicT:
         """A topic of raw bytes: pedstream's wire format (streams.wire) is decoded by the agent itself."""
         return self.app.topic(name, key_serializer="raw", value_serializer="raw")
 
-    def swap_detector(self, detector: Detector) -> None:
-        """Serve ``detector`` from the next batch on (called from the model loader thread)."""
-        self.detector = detector
-        if self.pipeline is not None:
-            self.pipeline.swap(detector)
-        metrics.SERVING.serving(detector.version, detector.backend.name)
-        metrics.MODEL_SWAPS.inc()
+    @property
+    def detector(self) -> Detector:
+        """The general model (cameras with a model of their own: ``models.for_camera``)."""
+        return self.models.general
 
     # --- consuming ----------------------------------------------------------------------------
 
@@ -244,7 +242,7 @@ class DetectorAgent:
             self.results = asyncio.Queue()
             results = self.results
             self.pipeline = DetectionPipeline(
-                self.detector,
+                self.models,
                 lambda item: _ignore(loop.call_soon_threadsafe(results.put_nowait, item)),
                 max_batch=self.settings.max_batch,
                 max_wait_ms=self.settings.max_wait_ms,
@@ -614,7 +612,7 @@ class DetectorAgent:
         )
         quiet_client_logs()  # aiokafka logs every failed attempt while the broker is down: one line per kind per minute
         worker = BoundedShutdownWorker(self.app, loglevel=logging.getLevelName(log.getEffectiveLevel()), quiet=True)
-        metrics.SERVING.serving(self.detector.version, self.detector.backend.name)
+        metrics.SERVING.follow(self.models)
         if serve_metrics(self.settings.metrics_port, self.settings.metrics_host):
             log.info("metrics on http://%s:%d/metrics", self.settings.metrics_host, self.settings.metrics_port)
         if self.watcher is not None:

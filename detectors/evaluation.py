@@ -21,37 +21,61 @@ class Score:
     detections: int
 
 
+@dataclass(frozen=True)
+class FrameMatches:
+    """One frame's detections matched to its truths at an IoU threshold: each detection's score and
+    whether it is a hit (tp) or a false positive (fp; neither when it falls on an ignored box)."""
+
+    scores: np.ndarray
+    tp: np.ndarray
+    fp: np.ndarray
+    positives: int
+
+
+def match_frame(found: BoxArray, truth: GroundTruth, iou_threshold: float = 0.5) -> FrameMatches:
+    """Greedy matching by descending score, as VOC does (matching never crosses frames, so a
+    frame's matches are the same whatever frames are scored with it)."""
+    order = np.argsort(-found.scores, kind="stable")
+    ious = box_iou(found.xyxy, truth.xyxy)
+    matched = np.zeros(len(truth.xyxy), bool)
+    tp = np.zeros(len(order))
+    fp = np.zeros(len(order))
+    for k, i in enumerate(order):
+        overlaps = ious[i] if len(truth.xyxy) else np.empty(0)
+        if overlaps.size == 0 or overlaps.max() < iou_threshold:
+            fp[k] = 1
+            continue
+        j = int(overlaps.argmax())
+        if not truth.consider[j]:
+            continue  # ignored region
+        if matched[j]:
+            fp[k] = 1
+        else:
+            matched[j] = True
+            tp[k] = 1
+    return FrameMatches(found.scores[order].astype(float), tp, fp, int(truth.consider.sum()))
+
+
+def score_matches(frames: list[FrameMatches]) -> Score:
+    """VOC all-point AP of these frames' matches together."""
+    positives = sum(f.positives for f in frames)
+    scores = np.concatenate([f.scores for f in frames]) if frames else np.empty(0)
+    if positives == 0:
+        return Score(0.0, 0.0, 0, len(scores))
+    order = np.argsort(-scores, kind="stable")
+    tp_cum = np.cumsum(np.concatenate([f.tp for f in frames])[order])
+    fp_cum = np.cumsum(np.concatenate([f.fp for f in frames])[order])
+    recall = tp_cum / positives
+    precision = tp_cum / np.maximum(tp_cum + fp_cum, np.finfo(float).eps)
+    return Score(_all_point_ap(recall, precision), float(recall.max()) if recall.size else 0.0, positives, len(scores))
+
+
 def average_precision(detections: list[BoxArray], truths: list[GroundTruth], iou_threshold: float = 0.5) -> Score:
     """VOC all-point AP over frames. A detection whose best-overlapping truth is flagged not to be
     considered is neither a hit nor a false positive (as VOC treats 'difficult' boxes)."""
     if len(detections) != len(truths):
         raise ValueError(f"{len(detections)} detection lists for {len(truths)} frames")
-    positives = int(sum(int(t.consider.sum()) for t in truths))
-    entries = [(float(s), f, i) for f, d in enumerate(detections) for i, s in enumerate(d.scores)]
-    entries.sort(key=lambda e: -e[0])
-    matched = [np.zeros(len(t.xyxy), bool) for t in truths]
-    ious = [box_iou(d.xyxy, t.xyxy) for d, t in zip(detections, truths, strict=False)]
-    tp = np.zeros(len(entries))
-    fp = np.zeros(len(entries))
-    for k, (_, f, i) in enumerate(entries):
-        overlaps = ious[f][i] if len(truths[f].xyxy) else np.empty(0)
-        if overlaps.size == 0 or overlaps.max() < iou_threshold:
-            fp[k] = 1
-            continue
-        j = int(overlaps.argmax())
-        if not truths[f].consider[j]:
-            continue  # ignored region
-        if matched[f][j]:
-            fp[k] = 1
-        else:
-            matched[f][j] = True
-            tp[k] = 1
-    if positives == 0:
-        return Score(0.0, 0.0, 0, len(entries))
-    tp_cum, fp_cum = np.cumsum(tp), np.cumsum(fp)
-    recall = tp_cum / positives
-    precision = tp_cum / np.maximum(tp_cum + fp_cum, np.finfo(float).eps)
-    return Score(_all_point_ap(recall, precision), float(recall.max()) if recall.size else 0.0, positives, len(entries))
+    return score_matches([match_frame(d, t, iou_threshold) for d, t in zip(detections, truths, strict=True)])
 
 
 def _all_point_ap(recall: np.ndarray, precision: np.ndarray) -> float:

@@ -8,12 +8,16 @@ counted in ``streams.metrics``.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from streams.metrics import RateMeter
+
+if TYPE_CHECKING:
+    from detectors.serving import ServedModels
 
 STAGE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -42,23 +46,25 @@ MODEL_SWAPS = Counter("pedstream_detector_model_swaps", "Model versions swapped 
 
 
 class ServingCollector(Collector):
-    """What the agent serves (``pedstream_detector_model_info{version, backend} 1``) and fps per
-    camera over the last 5 s, read at scrape time."""
+    """What the agent serves (``pedstream_detector_model_info{scope, version, backend} 1``, scope
+    ``*`` for the general model, else a camera with a model of its own) and fps per camera over the
+    last 5 s, read at scrape time."""
 
     def __init__(self) -> None:
-        self.version = ""
-        self.backend = ""
+        self.models: ServedModels | None = None
         self.fps = RateMeter(5.0)
 
-    def serving(self, version: str, backend: str) -> None:
-        self.version, self.backend = version, backend
+    def follow(self, models: ServedModels) -> None:
+        self.models = models
 
     def collect(self) -> Iterator[Metric]:
         info = GaugeMetricFamily(
-            "pedstream_detector_model_info", "The model version and backend serving (value 1)", labels=["version", "backend"]
+            "pedstream_detector_model_info",
+            "The model version and backend serving each scope (value 1)",
+            labels=["scope", "version", "backend"],
         )
-        if self.version:
-            info.add_metric([self.version, self.backend], 1.0)
+        for scope, served in (self.models.status() if self.models else {}).items():
+            info.add_metric([scope, str(served["version"]), str(served["backend"])], 1.0)
         yield info
         fps = GaugeMetricFamily("pedstream_detector_fps", "Frames per second detected, per camera, over the last 5 s", labels=["camera"])
         for camera, rate in sorted(self.fps.rates().items()):

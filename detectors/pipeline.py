@@ -1,9 +1,11 @@
 """Task-level pipeline parallelism: decode, preprocess, inference and postprocess as threads joined by
-bounded queues, with micro-batching across cameras in front of inference.
+bounded queues, with micro-batching across cameras in front of inference (one run per model when cameras are served
+different models).
 
 Each stage is one thread, so items leave in the order they entered (the agent relies on that to
 acknowledge Kafka messages without gaps). A full queue blocks the stage before it: back-pressure,
-never unbounded buffering. The detector can be swapped between batches (``swap``).
+never unbounded buffering. Models are looked up per camera at each batch (``detectors.serving``),
+so swaps happen between batches.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from detectors.adapters.base import ImageMeta, ModelAdapter
 from detectors.detector import Detector
 from detectors.metrics import BATCH_SIZE
 from detectors.results import BoxArray
+from detectors.serving import ServedModels
 from detectors.tiling import Tile, merge, plan_tiles, split
 from streams.cameras.config import Tiling
 
@@ -69,18 +72,16 @@ class DetectionPipeline:
 
     def __init__(
         self,
-        detector: Detector,
+        models: ServedModels | Detector,
         on_result: Callable[[WorkItem], None],
         max_batch: int = 4,
         max_wait_ms: float = 0.0,
         queue_size: int = 2,
     ) -> None:
-        self.detector = detector
+        self.models = models if isinstance(models, ServedModels) else ServedModels(models)
         self.on_result = on_result
         self.max_batch = max_batch
         self.max_wait_s = max_wait_ms / 1000.0
-        self._pending: Detector | None = None
-        self._swap_lock = threading.Lock()
         self.q_decode: queue.Queue[Any] = queue.Queue(queue_size)
         self.q_pre: queue.Queue[Any] = queue.Queue(queue_size)
         self.q_infer: queue.Queue[Any] = queue.Queue(queue_size)
@@ -105,9 +106,9 @@ class DetectionPipeline:
         self.q_decode.put(item, timeout=timeout)
 
     def swap(self, detector: Detector) -> None:
-        """Serve with ``detector`` from the next batch on; frames already batched finish on the old one."""
-        with self._swap_lock:
-            self._pending = detector
+        """Serve ``detector`` as the general model from the next batch on; frames already batched
+        finish on the old one (per-camera swaps go through ``models``)."""
+        self.models.install(detector, None, [])
 
     def stop(self, timeout: float = 10.0) -> None:
         """Finish what was submitted, then stop the threads."""
@@ -152,7 +153,7 @@ class DetectionPipeline:
 
     def _preprocess(self, item: WorkItem, adapter: ModelAdapter | None = None) -> None:
         assert item.image is not None
-        adapter = adapter or self.detector.adapter
+        adapter = adapter or self.models.for_camera(item.camera_id).adapter
         item.adapter = adapter
         item.tensors, item.metas = [], []
         if item.tiling is not None:
@@ -195,23 +196,29 @@ class DetectionPipeline:
         self.q_post.put(_STOP)
 
     def _run_batch(self, batch: list[WorkItem]) -> None:
-        with self._swap_lock:
-            if self._pending is not None:
-                self.detector, self._pending = self._pending, None
-        detector = self.detector
+        """Infer a batch: items are grouped by the model their camera is served now (one run each)."""
         now = time.time()
         finish = now + self.infer_estimate_s
         for item in batch:
             if item.shed is None and item.expires_ts is not None and finish > item.expires_ts:
                 item.shed = f"stale at inference: would finish {(finish - item.expires_ts) * 1000.0:.0f} ms after its deadline"
-        ready = [item for item in batch if item.error is None and item.shed is None and item.tensors]
+        groups: dict[int, tuple[Detector, list[WorkItem]]] = {}
         for item in batch:
+            detector = self.models.for_camera(item.camera_id)
             item.model_version = detector.version
+            if item.error is None and item.shed is None and item.tensors:
+                groups.setdefault(id(detector), (detector, []))[1].append(item)
+        if not groups:
+            return
+        started = time.perf_counter()
+        for detector, ready in groups.values():
+            self._infer_group(detector, ready, started)
+        self.infer_estimate_s = _ema(self.infer_estimate_s, time.perf_counter() - started)
+
+    def _infer_group(self, detector: Detector, ready: list[WorkItem], batch_started: float) -> None:
         for item in ready:
             if item.adapter is not detector.adapter:  # made for the model before a swap: redo for this one
                 self._preprocess(item, detector.adapter)
-        if not ready:
-            return
         started = time.perf_counter()
         try:
             stacked = np.stack([t for item in ready for t in item.tensors])
@@ -222,7 +229,6 @@ class DetectionPipeline:
                 item.error = f"inference failed: {exc}"
             return
         spent = (time.perf_counter() - started) * 1000.0
-        self.infer_estimate_s = _ema(self.infer_estimate_s, spent / 1000.0)
         self.batches.append(len(stacked))
         BATCH_SIZE.observe(len(stacked))
         offset = 0
@@ -232,14 +238,14 @@ class DetectionPipeline:
             offset += n
             item.batch_size = len(stacked)
             item.timings_ms["infer"] = spent
-            item.timings_ms["queue"] = (started - item.entered) * 1000.0 - sum(
+            item.timings_ms["queue"] = (batch_started - item.entered) * 1000.0 - sum(
                 item.timings_ms.get(k, 0.0) for k in ("decode", "preprocess")
             )
 
     def _postprocess(self, item: WorkItem) -> None:
         if item.tile_jpegs:
             return
-        adapter = item.adapter or self.detector.adapter
+        adapter = item.adapter or self.models.for_camera(item.camera_id).adapter
         parts = [adapter.decode(item.outputs, i, meta) for i, meta in enumerate(item.metas)]
         item.boxes = merge(parts, item.tiles) if item.tiles is not None else parts[0]
         item.tensors, item.outputs, item.image = [], [], None  # free memory early

@@ -2,18 +2,22 @@
 
 Keys (``P`` is the registry prefix, ``pedstream:models`` by default, or ``<topic prefix>:models``):
 
-* ``P:version:<v>``       JSON: ``announcement`` (a ``ModelAnnouncement``), ``lineage``, ``state``, ``reason``
+* ``P:version:<v>``       JSON: ``announcement`` (the version's ``ModelAnnouncement``: signed when
+                          approved, unsigned when rejected), ``lineage``, ``state``, ``reason``, ``gate``
 * ``P:version:<v>:onnx``  the ONNX bytes
 * ``P:versions``          sorted set of every version by publish time
-* ``P:current``           the version every agent should serve
-* ``P:history``           list of versions made current, newest last (rollback pops it)
-* ``P:agents``            hash agent id -> JSON of what it serves and what it last refused
-* channel ``P:announce``  a ``ModelAnnouncement`` JSON each time ``current`` changes
+* ``P:numbers``, ``P:serials``  counters: versions' approval numbers, release orders' serials
+* ``P:orders``            hash scope -> the signed release order in force (``*``: the general model;
+                          a camera id: that camera's own model)
+* ``P:current``           the general model's version (what ``P:orders`` ``*`` names)
+* ``P:history``           list of every release order, oldest first (rollback reads it)
+* ``P:agents``            hash agent id -> JSON of what it serves per camera and what it refused
+* channel ``P:announce``  each release order (a ``ModelAnnouncement`` JSON) as it is signed
 
-Edge agents read only: the current announcement, the bytes (checked against sha256 and the Ed25519
-signature before anything else), and the channel. ``ModelWatcher`` keeps listening across Redis
-restarts and, on every (re)connect, checks ``current`` so an announcement missed while away, or
-published before the agent started, is still served.
+Edge agents read only the orders, the bytes (checked against the signed order before anything
+else) and the channel, and write only their own entry in ``P:agents``. ``ModelWatcher`` keeps
+listening across Redis restarts and, on every (re)connect, reads ``P:orders`` so an order missed
+while away, or signed before the agent started, is still served.
 """
 
 from __future__ import annotations
@@ -50,6 +54,18 @@ class ModelKeys:
     @property
     def versions(self) -> str:
         return f"{self.prefix}:versions"
+
+    @property
+    def orders(self) -> str:
+        return f"{self.prefix}:orders"
+
+    @property
+    def numbers(self) -> str:
+        return f"{self.prefix}:numbers"
+
+    @property
+    def serials(self) -> str:
+        return f"{self.prefix}:serials"
 
     @property
     def current(self) -> str:
@@ -93,6 +109,26 @@ def as_bytes(reply: object) -> bytes | None:
     raise TypeError(f"expected a bytes reply from Redis, got {type(reply).__name__}")
 
 
+GENERAL_SCOPE = "*"
+"""The ``P:orders`` field of the general model's order."""
+
+
+def read_orders(client: redis.Redis, keys: ModelKeys) -> dict[str, ModelAnnouncement]:
+    """The release orders in force, by scope (``*`` first, then cameras); a malformed entry is
+    skipped with a warning (its agents keep what they serve)."""
+    reply = client.hgetall(keys.orders)
+    if not isinstance(reply, dict):
+        raise TypeError(f"expected a hash reply from Redis, got {type(reply).__name__}")
+    out: dict[str, ModelAnnouncement] = {}
+    for field_name, raw in sorted(reply.items(), key=lambda kv: (as_bytes(kv[0]) != GENERAL_SCOPE.encode(), as_bytes(kv[0]))):
+        scope = (as_bytes(field_name) or b"").decode()
+        try:
+            out[scope] = ModelAnnouncement.model_validate_json(as_bytes(raw) or b"")
+        except ValueError as exc:
+            log.warning("ignoring a malformed release order for %s: %s", scope, exc)
+    return out
+
+
 def read_announcement(client: redis.Redis, keys: ModelKeys, version: str | None = None) -> ModelAnnouncement | None:
     """The announcement of ``version``, or of the current version when None (None if there is none)."""
     if version is None:
@@ -120,14 +156,17 @@ class ModelReader:
     def current(self) -> ModelAnnouncement | None:
         return read_announcement(self.client, self.keys)
 
-    def fetch(self, announcement: ModelAnnouncement) -> bytes:
-        """The model's bytes, verified against the announcement's sha256 and signature."""
+    def orders(self) -> dict[str, ModelAnnouncement]:
+        return read_orders(self.client, self.keys)
+
+    def fetch(self, order: ModelAnnouncement) -> bytes:
+        """The model's bytes, verified against the signed release order."""
         from streams.signing import VerificationError
 
-        data = get_bytes(self.client, announcement.registry_key)
+        data = get_bytes(self.client, order.registry_key)
         if data is None:
-            raise VerificationError(f"model {announcement.version}: no bytes at {announcement.registry_key}")
-        self.verifier.verify(data, announcement.sha256, announcement.signature)
+            raise VerificationError(f"model {order.version}: no bytes at {order.registry_key}")
+        self.verifier.verify(data, order)
         return data
 
     def report(self, agent_id: str, status: dict[str, object]) -> None:
@@ -136,7 +175,7 @@ class ModelReader:
 
 
 class ModelWatcher:
-    """Calls ``on_announcement`` for the current version at start and for every announcement after,
+    """Calls ``on_announcement`` for every release order in force at start and for every order after,
     reconnecting with backoff when Redis goes away (the agent keeps serving meanwhile)."""
 
     def __init__(self, url: str, keys: ModelKeys, on_announcement: Callable[[ModelAnnouncement], None], max_backoff_s: float = 5.0) -> None:
@@ -164,11 +203,11 @@ class ModelWatcher:
             pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
             try:
                 pubsub.subscribe(self.keys.channel)
-                current = read_announcement(client, self.keys)  # after subscribing: nothing published in between is missed
+                in_force = read_orders(client, self.keys)  # after subscribing: nothing published in between is missed
                 self.connected.set()
                 backoff = 0.2
-                if current is not None:
-                    self._deliver(current)
+                for order in in_force.values():
+                    self._deliver(order)
                 while not self._stop.is_set():
                     message = pubsub.get_message(timeout=0.5)
                     if message and message.get("type") == "message":

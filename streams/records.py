@@ -7,6 +7,7 @@ and is documented for other languages in ``docs/records.md``.
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
@@ -22,6 +23,8 @@ CameraId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]
 AlertKind = Literal["count", "dwell"]
 HardExampleReason = Literal["uncertain", "flicker", "dark", "random"]
 CameraState = Literal["starting", "running", "retrying", "finished", "stopped"]
+ReleaseOrder = Literal["release", "rollback"]
+VersionState = Literal["approved", "rejected"]
 
 Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 NonNegativeInt = Annotated[int, Field(ge=0)]
@@ -189,18 +192,44 @@ class TileDetections(CameraRecord):
 
 
 class ModelAnnouncement(Record):
-    """A new model version was published to the registry; edge agents fetch, verify and swap."""
+    """A release order from the model registry: serve ``version`` on the cameras in ``scope``.
+
+    ``scope`` empty means the general model, served by every camera that has no model of its own.
+    ``number`` is the version's approval number (versions approved later have higher numbers);
+    ``serial`` numbers the orders themselves. An edge agent serves an order only when its Ed25519
+    signature covers exactly these fields (``release_statement``), its serial is newer than the
+    order the camera serves now, and, unless ``order`` is ``rollback``, its number is not lower.
+    """
 
     record_name: ClassVar[str] = "ModelAnnouncement"
     version: str = Field(min_length=1)
     sha256: Sha256Hex
     size_bytes: PositiveInt
-    signature: str = Field(min_length=1, description="Ed25519 signature of the ONNX bytes, base64")
+    signature: str | None = Field(default=None, description="Ed25519 signature of the release statement, base64; None: unsigned")
     registry_key: str = Field(min_length=1, description="Redis key holding the ONNX bytes")
     parent_version: str | None = None
     model_format: str = Field(min_length=1)
     published_ts: Timestamp
     metrics: dict[str, float] = Field(default_factory=dict)
+    scope: list[CameraId] = Field(default_factory=list, description="cameras this order is for; empty: the general model")
+    number: NonNegativeInt = Field(default=0, description="the version's approval number")
+    serial: NonNegativeInt = Field(default=0, description="the order's number; every order the registry signs gets a higher one")
+    order: ReleaseOrder = "release"
+    state: VersionState = "approved"
+
+    def release_statement(self) -> bytes:
+        """What the signature covers: the bytes' digest and everything that decides where and when
+        they are served (canonical JSON)."""
+        fields = {
+            "version": self.version,
+            "sha256": self.sha256,
+            "scope": sorted(self.scope),
+            "number": self.number,
+            "serial": self.serial,
+            "order": self.order,
+            "state": self.state,
+        }
+        return json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
 
 
 class CameraStatus(CameraRecord):

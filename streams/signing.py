@@ -1,7 +1,11 @@
-"""Ed25519 signatures on model bytes: key pairs on disk, signing (trainer side), verifying (edge side).
+"""Ed25519 signatures on model release orders: key pairs on disk, signing (trainer side), verifying
+(edge side).
 
-The registry holds the private key; edge agents hold only the public key and refuse any model whose
-sha256 or signature does not match. Keys are PEM files; the private one is written mode 0600.
+The registry holds the private key and signs only approved versions' release orders: the statement
+signed (``ModelAnnouncement.release_statement``) covers the bytes' sha256, the version, its approval
+number, the cameras it is for, the order's serial and kind, and the state. Edge agents hold only
+the public key and refuse any model whose bytes, statement or signature do not match. Keys are PEM
+files; the private one is written mode 0600.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from streams.errors import PedstreamError
+from streams.records import ModelAnnouncement
 
 PRIVATE_NAME = "model-signing.key"
 PUBLIC_NAME = "model-signing.pub"
@@ -74,6 +79,10 @@ class Signer:
     def sign(self, data: bytes) -> str:
         return base64.b64encode(self.key.sign(data)).decode()
 
+    def sign_order(self, order: ModelAnnouncement) -> ModelAnnouncement:
+        """The order with its signature over its release statement."""
+        return order.model_copy(update={"signature": self.sign(order.release_statement())})
+
 
 class Verifier:
     def __init__(self, key: Ed25519PublicKey) -> None:
@@ -89,12 +98,15 @@ class Verifier:
             raise PedstreamError(f"{path}: not an Ed25519 public key")
         return cls(key)
 
-    def verify(self, data: bytes, sha256: str, signature: str) -> None:
-        """Raise ``VerificationError`` unless ``data`` has this sha256 and a valid signature."""
-        actual = sha256_hex(data)
-        if actual != sha256:
-            raise VerificationError(f"sha256 mismatch: announced {sha256[:12]}..., bytes have {actual[:12]}...")
+    def verify(self, data: bytes, order: ModelAnnouncement) -> None:
+        """Raise ``VerificationError`` unless the order is an approved, signed one whose signature
+        verifies over its release statement, and ``data`` has the sha256 it names."""
+        if order.state != "approved" or not order.signature:
+            raise VerificationError(f"version {order.version} is {order.state} and unsigned: only approved versions are signed")
         try:
-            self.key.verify(base64.b64decode(signature, validate=True), data)
+            self.key.verify(base64.b64decode(order.signature, validate=True), order.release_statement())
         except (InvalidSignature, ValueError):
-            raise VerificationError("signature does not verify with this agent's public key") from None
+            raise VerificationError("signature does not verify with this agent's public key over this release order") from None
+        actual = sha256_hex(data)
+        if actual != order.sha256:
+            raise VerificationError(f"sha256 mismatch: announced {order.sha256[:12]}..., bytes have {actual[:12]}...")

@@ -1,10 +1,12 @@
-"""The model registry in Redis (trainer side): store signed versions with lineage, make one current,
-announce it, promote, roll back, list. The key layout is ``streams.model_channel``'s.
+"""The model registry in Redis (trainer side): versions with lineage and gate reports, and the
+signed release orders that say which camera serves which version. The key layout is
+``streams.model_channel``'s.
 
-Publishing a version stores it; making it current announces it on the Redis channel (agents swap
-within a second) and, when a Kafka publisher is given, as a ``ModelAnnouncement`` record on the
-models topic for any other subscriber. A rejected candidate is stored too, with its reason, and
-never made current.
+Storing a version approves it (numbered and signed) or records it as rejected (unsigned, with its
+reason: never served). An order (``assign``) serves an approved version as the general model or on
+a camera or group of cameras; it is announced on the Redis channel (agents swap within a second)
+and, when a Kafka publisher is given, as a ``ModelAnnouncement`` record on the models topic.
+Orders only move forward; ``rollback`` signs the order that goes back. Both need the private key.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import io
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,11 +24,11 @@ import redis
 from detectors.adapters.registry import FORMAT_METADATA_KEY
 from detectors.detector import VERSION_METADATA_KEY, onnx_metadata
 from streams.errors import PedstreamError
-from streams.model_channel import ModelKeys, get_bytes, list_bytes, read_announcement
+from streams.model_channel import GENERAL_SCOPE, ModelKeys, get_bytes, list_bytes, read_orders
 from streams.records import ModelAnnouncement
 from streams.signing import Signer, sha256_hex
 
-STATES = ("published", "rejected")
+STATES = ("approved", "rejected")
 
 
 @dataclass(frozen=True)
@@ -38,12 +41,26 @@ class Lineage:
     notes: str | None = None
 
 
+def scope_keys(cameras: Sequence[str]) -> list[str]:
+    """The ``P:orders`` fields an order for ``cameras`` writes (``*`` for the general model)."""
+    return sorted(cameras) or [GENERAL_SCOPE]
+
+
+def describe_scope(cameras: Sequence[str]) -> str:
+    return ", ".join(sorted(cameras)) if cameras else "the general model"
+
+
 class Registry:
     def __init__(self, client: redis.Redis, keys: ModelKeys, signer: Signer | None = None, kafka_publisher: Any | None = None) -> None:
         self.client = client
         self.keys = keys
         self.signer = signer
         self.kafka_publisher = kafka_publisher  # a RecordPublisher[ModelAnnouncement], optional
+
+    def _signer(self) -> Signer:
+        if self.signer is None:
+            raise PedstreamError("signing needs the private signing key (pedstream keys init; --keys FOLDER)")
+        return self.signer
 
     # --- writing ---------------------------------------------------------------------------------
 
@@ -52,34 +69,49 @@ class Registry:
         onnx: bytes,
         lineage: Lineage = Lineage(),
         metrics: dict[str, float] | None = None,
-        state: str = "published",
+        state: str = "approved",
         reason: str | None = None,
         weights: dict[str, np.ndarray] | None = None,
+        scope: Sequence[str] = (),
+        gate: dict[str, Any] | None = None,
     ) -> ModelAnnouncement:
-        """Sign and store a version (its name is the ONNX metadata's ``pedstream_version``); with
-        ``weights`` (the student's training weights) later cycles can fine-tune it."""
-        if self.signer is None:
-            raise PedstreamError("publishing needs the private signing key (pedstream keys init)")
+        """Store a version (its name is the ONNX metadata's ``pedstream_version``) for the cameras in
+        ``scope`` (none: a general model). An approved version gets the next approval number and is
+        signed; a rejected one is stored unsigned, with its reason, and can never be served. With
+        ``weights`` (the student's training weights) later cycles can fine-tune it; ``gate`` is the
+        gate's report."""
         if state not in STATES:
             raise PedstreamError(f"state must be one of {STATES}")
+        signer = self._signer() if state == "approved" else None
         meta = onnx_metadata(onnx)
         version = meta.get(VERSION_METADATA_KEY)
         if not version:
             raise PedstreamError("the model has no pedstream_version in its ONNX metadata")
         if self.client.exists(self.keys.version(version)):
             raise PedstreamError(f"version {version} already exists in the registry: versions are immutable")
+        number = int(self.client.incr(self.keys.numbers)) if state == "approved" else 0
         announcement = ModelAnnouncement(
             version=version,
             sha256=sha256_hex(onnx),
             size_bytes=len(onnx),
-            signature=self.signer.sign(onnx),
             registry_key=self.keys.onnx(version),
             parent_version=lineage.parent,
             model_format=meta.get(FORMAT_METADATA_KEY, "unknown"),
             published_ts=time.time(),
             metrics={k: float(v) for k, v in (metrics or {}).items()},
+            scope=sorted(scope),
+            number=number,
+            state=state,  # type: ignore[arg-type]  # checked against STATES above
         )
-        entry = {"announcement": json.loads(announcement.model_dump_json()), "lineage": lineage.__dict__, "state": state, "reason": reason}
+        if signer is not None:
+            announcement = signer.sign_order(announcement)  # serial 0: no agent serves it until an order names it
+        entry = {
+            "announcement": json.loads(announcement.model_dump_json()),
+            "lineage": lineage.__dict__,
+            "state": state,
+            "reason": reason,
+            "gate": gate,
+        }
         pipe = self.client.pipeline()
         pipe.set(self.keys.onnx(version), onnx)
         pipe.set(self.keys.version(version), json.dumps(entry))
@@ -91,22 +123,45 @@ class Registry:
         pipe.execute()
         return announcement
 
-    def make_current(self, version: str) -> ModelAnnouncement:
-        """Point every agent at ``version`` and announce it."""
+    def assign(self, version: str, cameras: Sequence[str] = (), order: str = "release") -> ModelAnnouncement:
+        """Sign a release order serving ``version`` on ``cameras`` (none: as the general model) and
+        announce it. A release order may only move a scope forward (a version approved no earlier
+        than the one it serves); going back takes ``order="rollback"`` (``rollback``)."""
+        signer = self._signer()
         entry = self.entry(version)
-        if entry["state"] != "published":
+        if entry["state"] != "approved":
             raise PedstreamError(f"version {version} was {entry['state']} ({entry.get('reason')}): it cannot be served")
-        announcement = read_announcement(self.client, self.keys, version)
-        assert announcement is not None
+        approved = ModelAnnouncement.model_validate(entry["announcement"])
+        in_force = read_orders(self.client, self.keys)
+        if order == "release":
+            for key in scope_keys(cameras):
+                serving = in_force.get(key)
+                if serving is not None and serving.number > approved.number:
+                    raise PedstreamError(
+                        f"{version} (approval #{approved.number}) is older than {serving.version} (#{serving.number}) "
+                        f"that {'the general model' if key == GENERAL_SCOPE else key} serves: use `pedstream models rollback`"
+                    )
+        serial = int(self.client.incr(self.keys.serials))
+        signed = signer.sign_order(
+            approved.model_copy(update={"scope": sorted(cameras), "serial": serial, "order": order, "signature": None})
+        )
+        as_json = signed.model_dump_json()
         pipe = self.client.pipeline()
-        pipe.set(self.keys.current, version)
-        pipe.rpush(self.keys.history, version)
-        pipe.publish(self.keys.channel, announcement.model_dump_json())
+        for key in scope_keys(cameras):
+            pipe.hset(self.keys.orders, key, as_json)
+        if not cameras:
+            pipe.set(self.keys.current, version)
+        pipe.rpush(self.keys.history, as_json)
+        pipe.publish(self.keys.channel, as_json)
         pipe.execute()
         if self.kafka_publisher is not None:
-            self.kafka_publisher.publish(announcement)
+            self.kafka_publisher.publish(signed)
             self.kafka_publisher.flush(10)
-        return announcement
+        return signed
+
+    def make_current(self, version: str) -> ModelAnnouncement:
+        """Serve ``version`` as the general model (every camera without a model of its own)."""
+        return self.assign(version)
 
     def publish(
         self,
@@ -115,21 +170,29 @@ class Registry:
         metrics: dict[str, float] | None = None,
         weights: dict[str, np.ndarray] | None = None,
     ) -> ModelAnnouncement:
-        """Store and make current in one step."""
+        """Store (approved) and make the general model in one step."""
         announcement = self.store(onnx, lineage, metrics, weights=weights)
         return self.make_current(announcement.version)
 
-    def rollback(self) -> ModelAnnouncement:
-        """Make the version that was current before this one current again."""
-        history = [v.decode() for v in list_bytes(self.client.lrange(self.keys.history, 0, -1))]
-        if len(history) < 2:
-            raise PedstreamError("nothing to roll back to: fewer than two versions have been current")
-        previous = history[-2]
-        pipe = self.client.pipeline()
-        pipe.rpop(self.keys.history)  # the current one
-        pipe.rpop(self.keys.history)  # the previous one, pushed back by make_current
-        pipe.execute()
-        return self.make_current(previous)
+    def rollback(self, camera: str | None = None, to: str | None = None) -> ModelAnnouncement:
+        """Sign a rollback order: ``camera`` (None: the general model) serves ``to``, by default the
+        version it served before the one it serves now. The only way a scope goes back."""
+        history = self.history(camera)
+        scope = [camera] if camera else []
+        if to is None:
+            if not history:
+                raise PedstreamError(f"nothing to roll back: {describe_scope(scope)} has no release order")
+            served = history[-1].version
+            earlier = [o.version for o in history if o.version != served]
+            if not earlier:
+                if camera is None:
+                    raise PedstreamError("nothing to roll back to: the general model has served only one version")
+                general = self.current_version()
+                if general is None or general == served:
+                    raise PedstreamError(f"nothing to roll back to: {camera} has served only {served}")
+                earlier = [general]  # back to what every camera without a model of its own serves
+            to = earlier[-1]
+        return self.assign(to, scope, order="rollback")
 
     # --- reading ---------------------------------------------------------------------------------
 
@@ -157,8 +220,24 @@ class Registry:
         return entry
 
     def current_version(self) -> str | None:
+        """The general model's version."""
         raw = get_bytes(self.client, self.keys.current)
         return raw.decode() if raw else None
+
+    def orders(self) -> dict[str, ModelAnnouncement]:
+        """The release orders in force by scope (``*``: the general model; else a camera id)."""
+        return read_orders(self.client, self.keys)
+
+    def serving(self, camera: str) -> str | None:
+        """The version ``camera`` is ordered to serve: its own model's, else the general one's."""
+        orders = self.orders()
+        order = orders.get(camera) or orders.get(GENERAL_SCOPE)
+        return order.version if order else None
+
+    def history(self, camera: str | None = None) -> list[ModelAnnouncement]:
+        """Every release order for ``camera`` (None: for the general model), oldest first."""
+        orders = [ModelAnnouncement.model_validate_json(raw) for raw in list_bytes(self.client.lrange(self.keys.history, 0, -1))]
+        return [o for o in orders if (camera in o.scope if camera else not o.scope)]
 
     def versions(self) -> list[dict[str, Any]]:
         current = self.current_version()
@@ -179,6 +258,10 @@ class Registry:
                     "published_ts": a["published_ts"],
                     "metrics": a["metrics"],
                     "reason": entry.get("reason"),
+                    "scope": a.get("scope", []),
+                    "number": a.get("number", 0),
+                    "lineage": entry.get("lineage"),
+                    "gate": entry.get("gate"),
                 }
             )
         return out

@@ -9,6 +9,8 @@ from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 
 from deploy.stack import free_loopback_port
 from detectors import metrics as detector_metrics
+from detectors.detector import Detector, read_model, with_version
+from detectors.serving import ServedModels
 from streams.metrics import CameraCollector, RateMeter, serve_metrics
 from trainer import metrics as trainer_metrics
 
@@ -50,8 +52,9 @@ def test_detector_metrics_count_frames_stages_and_the_model_serving() -> None:
     assert value("pedstream_detector_stage_seconds_count", stage="total") == 0  # the sum of stages is not a stage
     assert value("pedstream_detector_frame_to_detection_seconds_count", camera="m-cam") >= 2
     assert value("pedstream_detector_fps", camera="m-cam") > 0
-    detector_metrics.SERVING.serving("student-v7", "ort")
-    assert value("pedstream_detector_model_info", version="student-v7", backend="ort") == 1
+    models = ServedModels(Detector.from_bytes(with_version(read_model("student"), "student-v7"), name="student-v7", threads=1))
+    detector_metrics.SERVING.follow(models)
+    assert value("pedstream_detector_model_info", scope="*", version="student-v7", backend="ort") == 1
 
 
 def test_trainer_metrics_follow_gradients_and_the_store() -> None:
