@@ -1,9 +1,9 @@
 """Hot swap at the edge: turn a release order into a verified, loaded, canary-tested detector, in
 the background, and serve it on the order's cameras (or as the general model) from the next batch.
 
-Order of checks: the order rules (a newer serial; no older version unless a signed rollback:
-``detectors.serving``), the signature over the release statement and the bytes' sha256
-(``streams.signing``), loading (ONNX Runtime at once), a canary run on a blank frame (outputs must
+Order of checks: the signature over the release statement (``streams.signing``), the order rules
+(a newer serial; no older version unless a signed rollback: ``detectors.serving``), the bytes'
+sha256, loading (ONNX Runtime at once), a canary run on a blank frame (outputs must
 decode). A model failing any check is refused and reported; the cameras keep what they serve.
 With ``backend`` tvm or auto the agent first serves the new version on ONNX Runtime, then swaps to
 TVM when its compile is ready and it is faster.
@@ -75,6 +75,11 @@ class ModelUpdater:
 
     def _load(self, order: ModelAnnouncement) -> None:
         try:
+            try:
+                self.reader.verifier.verify_order(order)  # nothing unsigned is acted on, not even to refuse it as old
+            except Exception as exc:  # noqa: BLE001 - refuse, keep serving
+                self._refuse(order, f"verification failed: {exc}")
+                return
             why_not = self.models.admit(order)
             if why_not == "":
                 self.report()  # already serving it (e.g. read again after a reconnect): say so

@@ -6,11 +6,13 @@ Keys (``P`` is the registry prefix, ``pedstream:models`` by default, or ``<topic
                           approved, unsigned when rejected), ``lineage``, ``state``, ``reason``, ``gate``
 * ``P:version:<v>:onnx``  the ONNX bytes
 * ``P:versions``          sorted set of every version by publish time
-* ``P:numbers``, ``P:serials``  counters: versions' approval numbers, release orders' serials
+* ``P:numbers``, ``P:serials``  the last approval number and order serial given (milliseconds since
+                          1970, or one more than the last: they rise even across a Redis wipe)
 * ``P:orders``            hash scope -> the signed release order in force (``*``: the general model;
                           a camera id: that camera's own model)
 * ``P:current``           the general model's version (what ``P:orders`` ``*`` names)
-* ``P:history``           list of every release order, oldest first (rollback reads it)
+* ``P:history``           list of every release order, oldest first (the audit log)
+* ``P:history:<scope>``   stack of the versions a scope was released to (rollback pops it)
 * ``P:agents``            hash agent id -> JSON of what it serves per camera and what it refused
 * channel ``P:announce``  each release order (a ``ModelAnnouncement`` JSON) as it is signed
 

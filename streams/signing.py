@@ -98,15 +98,19 @@ class Verifier:
             raise PedstreamError(f"{path}: not an Ed25519 public key")
         return cls(key)
 
-    def verify(self, data: bytes, order: ModelAnnouncement) -> None:
+    def verify_order(self, order: ModelAnnouncement) -> None:
         """Raise ``VerificationError`` unless the order is an approved, signed one whose signature
-        verifies over its release statement, and ``data`` has the sha256 it names."""
+        verifies over its release statement (checked before anything in it is acted on)."""
         if order.state != "approved" or not order.signature:
             raise VerificationError(f"version {order.version} is {order.state} and unsigned: only approved versions are signed")
         try:
             self.key.verify(base64.b64decode(order.signature, validate=True), order.release_statement())
         except (InvalidSignature, ValueError):
             raise VerificationError("signature does not verify with this agent's public key over this release order") from None
+
+    def verify(self, data: bytes, order: ModelAnnouncement) -> None:
+        """``verify_order``, and ``data`` must have the sha256 the order names."""
+        self.verify_order(order)
         actual = sha256_hex(data)
         if actual != order.sha256:
             raise VerificationError(f"sha256 mismatch: announced {order.sha256[:12]}..., bytes have {actual[:12]}...")

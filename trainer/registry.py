@@ -89,7 +89,7 @@ class Registry:
             raise PedstreamError("the model has no pedstream_version in its ONNX metadata")
         if self.client.exists(self.keys.version(version)):
             raise PedstreamError(f"version {version} already exists in the registry: versions are immutable")
-        number = int(self.client.incr(self.keys.numbers)) if state == "approved" else 0
+        number = self._next(self.keys.numbers) if state == "approved" else 0
         announcement = ModelAnnouncement(
             version=version,
             sha256=sha256_hex(onnx),
@@ -141,7 +141,7 @@ class Registry:
                         f"{version} (approval #{approved.number}) is older than {serving.version} (#{serving.number}) "
                         f"that {'the general model' if key == GENERAL_SCOPE else key} serves: use `pedstream models rollback`"
                     )
-        serial = int(self.client.incr(self.keys.serials))
+        serial = self._next(self.keys.serials)
         signed = signer.sign_order(
             approved.model_copy(update={"scope": sorted(cameras), "serial": serial, "order": order, "signature": None})
         )
@@ -149,6 +149,8 @@ class Registry:
         pipe = self.client.pipeline()
         for key in scope_keys(cameras):
             pipe.hset(self.keys.orders, key, as_json)
+            if order == "release":
+                pipe.rpush(self._stack_key(None if key == GENERAL_SCOPE else key), version)
         if not cameras:
             pipe.set(self.keys.current, version)
         pipe.rpush(self.keys.history, as_json)
@@ -175,24 +177,36 @@ class Registry:
         return self.make_current(announcement.version)
 
     def rollback(self, camera: str | None = None, to: str | None = None) -> ModelAnnouncement:
-        """Sign a rollback order: ``camera`` (None: the general model) serves ``to``, by default the
-        version it served before the one it serves now. The only way a scope goes back."""
-        history = self.history(camera)
+        """Sign a rollback order: ``camera`` (None: the general model) goes back to ``to``, by default
+        to what it served before its latest release (each scope keeps a stack of its releases; a
+        rollback pops one; a camera with none left gets the general model's version). The only way
+        a scope goes back to an older version."""
         scope = [camera] if camera else []
+        stack = self._stack_key(camera)
         if to is None:
-            if not history:
-                raise PedstreamError(f"nothing to roll back: {describe_scope(scope)} has no release order")
-            served = history[-1].version
-            earlier = [o.version for o in history if o.version != served]
-            if not earlier:
-                if camera is None:
-                    raise PedstreamError("nothing to roll back to: the general model has served only one version")
-                general = self.current_version()
-                if general is None or general == served:
-                    raise PedstreamError(f"nothing to roll back to: {camera} has served only {served}")
-                earlier = [general]  # back to what every camera without a model of its own serves
-            to = earlier[-1]
+            versions = [v.decode() for v in list_bytes(self.client.lrange(stack, 0, -1))]
+            if not versions:
+                raise PedstreamError(f"nothing to roll back: {describe_scope(scope)} has no release")
+            if len(versions) >= 2:
+                to = versions[-2]
+            elif camera is not None and self.current_version() not in (None, versions[-1]):
+                to = self.current_version()
+            else:
+                raise PedstreamError(f"nothing to roll back to: {describe_scope(scope)} has served only {versions[-1]}")
+            self.client.rpop(stack)
+        assert to is not None
         return self.assign(to, scope, order="rollback")
+
+    def _stack_key(self, camera: str | None) -> str:
+        return f"{self.keys.history}:{camera or GENERAL_SCOPE}"
+
+    def _next(self, counter: str) -> int:
+        """The next number of ``counter``: the time in milliseconds, or one past the last number if
+        that is later, so numbers keep rising even when Redis lost its data."""
+        last = int(get_bytes(self.client, counter) or 0)
+        number = max(int(time.time() * 1000), last + 1)
+        self.client.set(counter, number)
+        return number
 
     # --- reading ---------------------------------------------------------------------------------
 

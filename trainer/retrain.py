@@ -1,11 +1,12 @@
-"""One retraining cycle, and when one is due: new hard examples (teacher-labelled) plus replay ->
-fine-tune the current student on the Ray parameter server -> gate per camera -> publish or reject.
+"""One retraining cycle, and when one is due: a camera's new hard examples (teacher-labelled) plus
+replay -> fine-tune the model that camera serves on the Ray parameter server -> gate -> ship to that
+camera only, or reject.
 
 Triggers: a camera has ``min_new_examples`` new examples, or its estimated accuracy (AP50 of the
 edge model's own detections on its mined frames, scored against the teacher's labels) fell below
-``min_agreement``. The gate scores current and candidate on each camera's held-out hard examples
-(teacher labels; they are never trained on): the candidate ships only if it gains at least
-``gate_margin`` on the cameras that triggered and loses at most ``max_loss`` on any camera.
+``min_agreement``. The gate (``trainer.gate``) scores the served model and the candidate on the
+camera's held-out time blocks (teacher labels; never trained on) and ships only on a confident
+gain. A specialised model serves only the cameras it was trained for, so no other camera changes.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from streams.errors import PedstreamError
 from streams.mot import GroundTruth
 from trainer import metrics
 from trainer.data import Example, LabelCache, shrink
+from trainer.gate import GatePolicy, combine, judge
 from trainer.job import JobSettings, TrainingJob
 from trainer.labels import TEACHER_SOURCE, Labels
 from trainer.ps import StalenessPolicy
@@ -47,8 +49,7 @@ class RetrainPolicy:
     min_new_examples: int = 40
     min_agreement: float = 0.5
     agreement_window: int = 30  # the latest mined frames of a camera that estimate its accuracy
-    gate_margin: float = 0.01
-    max_loss: float = 0.02
+    gate: GatePolicy = field(default_factory=GatePolicy)
     replay_per_new: float = 2.0  # replay examples per new example (drawn with repetition from a smaller pool)
     min_replay: int = 64  # ...and at least this many: a few new examples must not carry a whole cycle
     job: JobSettings = field(default_factory=lambda: fine_tune_settings())
@@ -62,9 +63,11 @@ class CycleResult:
     cameras: list[str]
     new_examples: int
     replay_examples: int
-    per_camera: dict[str, dict[str, float]] = field(default_factory=dict)  # camera -> {current, candidate}
+    per_camera: dict[str, dict[str, float]] = field(default_factory=dict)  # camera -> {current, candidate, frames}
     train: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    outcome: str = "shipped"  # shipped, rejected, or waiting (too few gate frames: nothing trained)
+    gate: dict[str, Any] = field(default_factory=dict)  # trainer.gate's report: verdict, reason, per camera
 
 
 def _truth(labels: Labels) -> GroundTruth:
@@ -135,8 +138,7 @@ class Retrainer:
         return average_precision(found, truths).ap50
 
     def ap_on(self, detector: Detector, examples: list[StoredExample]) -> float:
-        found = [detector.detect([_decode(e)])[0] for e in examples]
-        return average_precision(found, [_truth(self.label(e)) for e in examples]).ap50
+        return average_precision(self.detect_all(detector, examples), [_truth(self.label(e)) for e in examples]).ap50
 
     # --- triggers --------------------------------------------------------------------------------
 
@@ -144,6 +146,8 @@ class Retrainer:
         """Cameras that need retraining, with the reason."""
         out = {}
         for camera, counts in self.store.counts().items():
+            if counts["held_out"] < self.policy.gate.min_frames:
+                continue  # the gate could not judge a candidate yet: keep collecting
             if counts["new"] >= self.policy.min_new_examples:
                 out[camera] = f"{counts['new']} new hard examples (>= {self.policy.min_new_examples})"
                 continue
@@ -155,19 +159,37 @@ class Retrainer:
     # --- the cycle -------------------------------------------------------------------------------
 
     def run_cycle(self, cameras: list[str] | None = None, min_examples: int | None = None, promote: bool = True) -> CycleResult:
-        """Train, gate and store a candidate; make it current when it passes and ``promote``."""
+        """Train a model for ``cameras`` (a camera, or a group sharing a scene; None: every camera
+        with new examples, as one group) from the model they serve, gate it on each camera's gate
+        frames against what that camera serves, store it (approved or rejected), and, when it ships
+        and ``promote``, order it served on those cameras only. Too few gate frames: the cycle
+        waits (nothing is trained; the examples stay new)."""
         started = time.perf_counter()
-        current = self.registry.current_version()
-        if current is None:
-            raise PedstreamError("no current model in the registry: publish one first (pedstream models publish)")
-        init = self.registry.weights(current)
-        if init is None:
-            raise PedstreamError(f"the current model {current} has no training weights in the registry: it cannot be fine-tuned")
+        known = self.store.counts()
+        unknown = [c for c in cameras or [] if c not in known]
+        if unknown:
+            raise PedstreamError(
+                f"no hard examples from camera {', '.join(unknown)}: known cameras are {', '.join(sorted(known)) or 'none'}"
+            )
         new = [e for e in self.store.new_examples() if cameras is None or e.camera_id in cameras]
         needed = min_examples if min_examples is not None else 1
         if len(new) < needed:
             raise PedstreamError(f"{len(new)} new hard examples for {cameras or 'any camera'}: fewer than {needed}")
-        targets = sorted({e.camera_id for e in new})
+        targets = sorted(cameras or {e.camera_id for e in new})
+        held = {camera: self.store.held_out(camera) for camera in targets}
+        short = [c for c in targets if len(held[c]) < self.policy.gate.min_frames]
+        if short:
+            reason = ", ".join(f"{c} has {len(held[c])} gate frames" for c in short) + f" (needs {self.policy.gate.min_frames})"
+            self.say(f"not training yet: {reason}")
+            metrics.CYCLES.labels("waiting").inc()
+            return CycleResult("", False, f"waiting for more examples: {reason}", targets, len(new), 0, outcome="waiting")
+        served = {camera: self.registry.serving(camera) for camera in targets}
+        parent = served[targets[0]]
+        if parent is None:
+            raise PedstreamError("no model in the registry: publish one first (pedstream models publish)")
+        init = self.registry.weights(parent)
+        if init is None:
+            raise PedstreamError(f"the served model {parent} has no training weights in the registry: it cannot be fine-tuned")
         self.say(f"labelling {len(new)} new hard examples from {', '.join(targets)} with the teacher")
         fresh = self.to_training(new)
         replay_pool = self.to_training(self.store.replay()) + self.base_examples
@@ -176,62 +198,77 @@ class Retrainer:
         # a replay pool smaller than the share it must hold is drawn with repetition, so new data never outweighs it
         picks: Sequence[int] | np.ndarray = rng.choice(len(replay_pool), size=take, replace=take > len(replay_pool)) if take else []
         replay = [replay_pool[i] for i in picks]
-        version = time.strftime("student-%Y%m%d-%H%M%S")
-        self.say(f"training {version} from {current}: {len(fresh)} new + {len(replay)} replay examples")
+        version = f"{_version_stem(targets)}-{time.strftime('%Y%m%d-%H%M%S')}"
+        self.say(f"training {version} for {', '.join(targets)} from {parent}: {len(fresh)} new + {len(replay)} replay examples")
         settings = replace(self.policy.job, batch_size=min(self.policy.job.batch_size, len(fresh) + len(replay)))
-        current_onnx = self.registry.onnx(current)
-        config = self.config or config_of(current_onnx, self.models_dir or Path("."))
+        parent_onnx = self.registry.onnx(parent)
+        config = self.config or config_of(parent_onnx, self.models_dir or Path("."))
         job = TrainingJob(fresh + replay, settings, config, None, init_weights=init, model_version=version)
         result = job.run()
-        self.say("gating the candidate on every camera's held-out hard examples")
-        current_detector = Detector.from_bytes(current_onnx, name=current)
+        self.say(f"gating the candidate on the gate frames of {', '.join(targets)} (held-out time blocks, teacher labels)")
         candidate = Detector.from_bytes(result.model_onnx, name=version)
-        per_camera: dict[str, dict[str, float]] = {}
-        for camera in self.store.counts():
-            held = self.store.held_out(camera)
-            if held:
-                per_camera[camera] = {
-                    "current": round(self.ap_on(current_detector, held), 4),
-                    "candidate": round(self.ap_on(candidate, held), 4),
-                    "frames": len(held),
-                }
-        shipped, reason = self.gate(per_camera, targets)
-        for camera, scores in per_camera.items():
-            metrics.HELD_OUT_AP50.labels(camera, "current").set(scores["current"])
-            metrics.HELD_OUT_AP50.labels(camera, "candidate").set(scores["candidate"])
+        gates = []
+        for camera in targets:
+            served_version = served[camera] or parent
+            served_detector = Detector.from_bytes(self.registry.onnx(served_version), name=served_version)
+            truths = [_truth(self.label(e)) for e in held[camera]]
+            gates.append(
+                judge(
+                    camera,
+                    served_version,
+                    self.detect_all(served_detector, held[camera]),
+                    self.detect_all(candidate, held[camera]),
+                    truths,
+                    TEACHER_SOURCE,
+                    self.policy.gate,
+                )
+            )
+        verdict, reason = combine(gates)
+        shipped = verdict == "ship"
+        per_camera = {g.camera: {"current": g.served_ap50, "candidate": g.candidate_ap50, "frames": g.frames} for g in gates}
+        for g in gates:
+            metrics.HELD_OUT_AP50.labels(g.camera, "current").set(g.served_ap50)
+            metrics.HELD_OUT_AP50.labels(g.camera, "candidate").set(g.candidate_ap50)
         metrics.CYCLES.labels("shipped" if shipped else "rejected").inc()
-        version_metrics = {f"ap50_{cam}": v["candidate"] for cam, v in per_camera.items()}
         lineage = Lineage(
-            parent=current, data={"new": len(fresh), "replay": len(replay)}, labels=TEACHER_SOURCE, notes=f"cameras {', '.join(targets)}"
+            parent=parent, data={"new": len(fresh), "replay": len(replay)}, labels=TEACHER_SOURCE, notes=f"cameras {', '.join(targets)}"
         )
+        gate_report = {"verdict": verdict, "reason": reason, "cameras": [g.as_dict() for g in gates], "policy": asdict(self.policy.gate)}
         self.registry.store(
             result.model_onnx,
             lineage,
-            version_metrics,
-            state="published" if shipped else "rejected",
+            {f"ap50_{g.camera}": g.candidate_ap50 for g in gates},
+            state="approved" if shipped else "rejected",
             reason=None if shipped else reason,
             weights=result.weights,
+            scope=targets,
+            gate=gate_report,
         )
         if shipped and promote:
-            self.registry.make_current(version)
+            self.registry.assign(version, targets)
         self.store.mark_used(new, version)
         train = {k: v for k, v in result.metrics().items() if k not in ("loss_curve", "ap_curve", "shards", "settings")}
         return CycleResult(
-            version, shipped, reason, targets, len(fresh), len(replay), per_camera, train, round(time.perf_counter() - started, 1)
+            version,
+            shipped,
+            reason,
+            targets,
+            len(fresh),
+            len(replay),
+            per_camera,
+            train,
+            round(time.perf_counter() - started, 1),
+            outcome="shipped" if shipped else "rejected",
+            gate=gate_report,
         )
 
-    def gate(self, per_camera: dict[str, dict[str, float]], targets: list[str]) -> tuple[bool, str]:
-        gains = {cam: v["candidate"] - v["current"] for cam, v in per_camera.items()}
-        scored_targets = [cam for cam in targets if cam in gains]
-        if not scored_targets:
-            return False, "no held-out frames yet for the cameras that triggered retraining"
-        worst = min(gains, key=lambda camera: gains[camera])
-        if gains[worst] < -self.policy.max_loss:
-            return False, f"loses {-gains[worst]:.3f} AP50 on {worst} (allowed {self.policy.max_loss})"
-        short = [cam for cam in scored_targets if gains[cam] < self.policy.gate_margin]
-        if short:
-            return False, f"gains less than {self.policy.gate_margin} AP50 on {', '.join(short)}"
-        return True, "gains " + ", ".join(f"{cam} {gains[cam]:+.3f}" for cam in scored_targets)
+    def detect_all(self, detector: Detector, examples: list[StoredExample]) -> list[BoxArray]:
+        return [detector.detect([_decode(e)])[0] for e in examples]
+
+
+def _version_stem(cameras: list[str]) -> str:
+    """Versions are named for what they serve: ``cam-3-...``, or ``group-<first>-and-2-...``."""
+    return cameras[0] if len(cameras) == 1 else f"group-{cameras[0]}-and-{len(cameras) - 1}"
 
 
 def cycle_as_dict(result: CycleResult) -> dict[str, Any]:

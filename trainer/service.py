@@ -45,9 +45,9 @@ class RetrainKeys:
         return f"{self.keys.prefix}:retrain:result:{request_id}"
 
 
-def request_retrain(client: redis.Redis, keys: RetrainKeys, camera: str | None, min_examples: int | None) -> str:
+def request_retrain(client: redis.Redis, keys: RetrainKeys, cameras: list[str] | None, min_examples: int | None) -> str:
     request_id = uuid.uuid4().hex[:12]
-    client.rpush(keys.requests, json.dumps({"id": request_id, "camera": camera, "min_examples": min_examples, "ts": time.time()}))
+    client.rpush(keys.requests, json.dumps({"id": request_id, "cameras": cameras, "min_examples": min_examples, "ts": time.time()}))
     return request_id
 
 
@@ -151,7 +151,7 @@ class TrainerService:
                 raw = as_bytes(self.client.lpop(self.keys.requests))
                 if raw:
                     request = json.loads(raw)
-                    cameras = [request["camera"]] if request.get("camera") else None
+                    cameras = request.get("cameras") or None
                     self.start_cycle(cameras, request.get("min_examples"), request["id"])
                     continue
                 if time.monotonic() - last_check >= self.check_every_s:
@@ -160,7 +160,7 @@ class TrainerService:
                     self.publish_status(due)
                     if due:
                         log.info("retraining due: %s", due)
-                        self.start_cycle(sorted(due), None, None)
+                        self.start_cycle(sorted(due)[:1], None, None)  # one camera per cycle: each gets its own model
         finally:
             if self.busy and self.worker is not None:
                 log.info("waiting for the running retraining cycle to finish")

@@ -4,8 +4,11 @@
 per distinct JPEG (deduplicated by sha256, and by camera + sequence + capture time), with the edge
 model's detections, why it was mined, and which model version was later trained on it (``used_in``).
 Examples a version was trained on become the replay set of the next retraining, so new training
-does not forget. Every ``split_every``-th example of a camera (by hash) is held out for the gate and
-never trained on.
+does not forget. The gate's frames are whole blocks of the camera's timeline, never frames
+interleaved with training ones: a frame is held out (for the gate, never trained on) when its
+block of ``block_frames`` consecutive source frames is every ``split_every``-th one (default: blocks
+of 20 frames, 2 s at 10 fps, and every 5th block, from the first), so a gate frame's near-duplicate neighbours are
+held out with it.
 """
 
 from __future__ import annotations
@@ -59,9 +62,10 @@ class StoredExample:
 
 
 class HardExampleStore:
-    def __init__(self, root: Path, split_every: int = 5) -> None:
+    def __init__(self, root: Path, split_every: int = 5, block_frames: int = 20) -> None:
         self.root = root
         self.split_every = split_every
+        self.block_frames = block_frames
         (root / "images").mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self.db = sqlite3.connect(root / "index.sqlite", check_same_thread=False)
@@ -72,7 +76,7 @@ class HardExampleStore:
         digest = hashlib.sha256(record.jpeg).hexdigest()
         folder = self.root / "images" / record.camera_id
         path = folder / f"{record.seq:08d}-{digest[:8]}.jpg"
-        held_out = int(int(digest[:8], 16) % self.split_every == 0)
+        held_out = int(self.is_gate_block(record.source_frame_index))
         with self._lock:
             exists = self.db.execute(
                 "SELECT 1 FROM examples WHERE sha256 = ? OR (camera_id = ? AND seq = ? AND capture_ts = ?)",
@@ -102,6 +106,10 @@ class HardExampleStore:
             )
             self.db.commit()
         return True
+
+    def is_gate_block(self, source_frame_index: int) -> bool:
+        """Whether a frame falls in a held-out block of its camera's timeline."""
+        return (source_frame_index // self.block_frames) % self.split_every == 0
 
     def counts(self) -> dict[str, dict[str, int]]:
         """Per camera: ``new`` (never trained on, not held out), ``held_out``, ``used`` (replay), ``total``."""

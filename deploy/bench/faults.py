@@ -411,6 +411,7 @@ def trainer_killed(rig: FaultRig) -> ScenarioResult:
 
     from trainer.cluster import RayPorts, ray_session
     from trainer.data import LabelCache
+    from trainer.gate import GatePolicy
     from trainer.labels import TeacherLabeler
     from trainer.report import read_weights
     from trainer.retrain import Retrainer, RetrainPolicy, fine_tune_settings
@@ -432,8 +433,8 @@ def trainer_killed(rig: FaultRig) -> ScenarioResult:
         store = HardExampleStore(work / "store")
         for example in _hard_examples(rig.source, "cam-0", rig.cycle_examples):
             store.add(example)
-        policy = RetrainPolicy(
-            min_new_examples=10**9, gate_margin=-1.0, max_loss=1.0, job=fine_tune_settings(updates=rig.cycle_updates, workers=2)
+        policy = RetrainPolicy(  # any verdict will do: the scenario asks whether the cycle ends, not what it decides
+            min_new_examples=10**9, gate=GatePolicy(min_frames=1, margin=-1.0), job=fine_tune_settings(updates=rig.cycle_updates, workers=2)
         )
         retrainer = Retrainer(store, registry, TeacherLabeler(rig.models_dir).label, LabelCache(work / "labels"), policy,
                               models_dir=rig.models_dir)  # fmt: skip

@@ -34,6 +34,7 @@ def cmd_trainer(args: argparse.Namespace) -> int:
     from streams.topics import Topics
     from trainer.cluster import RayPorts, ray_session
     from trainer.data import LabelCache
+    from trainer.gate import GatePolicy
     from trainer.labels import TeacherLabeler
     from trainer.retrain import Retrainer, RetrainPolicy, fine_tune_settings
     from trainer.service import TrainerService
@@ -48,8 +49,7 @@ def cmd_trainer(args: argparse.Namespace) -> int:
     policy = RetrainPolicy(
         min_new_examples=args.min_examples,
         min_agreement=args.min_agreement,
-        gate_margin=args.gate_margin,
-        max_loss=args.max_loss,
+        gate=GatePolicy(min_frames=args.gate_frames, margin=args.gate_margin, confidence=args.gate_confidence),
         job=fine_tune_settings(args.updates, args.workers, args.lr),
     )
     say = lambda m: print(f"[trainer] {m}", file=sys.stderr, flush=True)  # noqa: E731
@@ -123,8 +123,8 @@ def cmd_retrain(args: argparse.Namespace) -> int:
                 )
             for cycle in status["cycles"]:
                 print(
-                    f"  cycle {cycle.get('version', '-')}: {'shipped' if cycle.get('shipped') else 'not shipped'} "
-                    f"({cycle.get('reason') or cycle.get('error')})"
+                    f"  cycle {cycle.get('version') or '-'} for {', '.join(cycle.get('cameras') or ['-'])}: "
+                    f"{cycle.get('outcome') or 'failed'} ({cycle.get('reason') or cycle.get('error')})"
                 )
         return 0
     request_id = request_retrain(client, keys, args.camera, args.min_examples)
@@ -139,8 +139,11 @@ def cmd_retrain(args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=2))
     elif "error" in result:
         print(f"retraining failed: {result['error']}")
+    elif result.get("outcome") == "waiting":
+        print(f"not trained: {result['reason']}")
     else:
-        print(f"{result['version']}: {'shipped' if result['shipped'] else 'rejected'} ({result['reason']})")
+        verdict = f"shipped to {', '.join(result['cameras'])}" if result["shipped"] else "rejected"
+        print(f"{result['version']}: {verdict} ({result['reason']})")
     return 0 if result.get("shipped") else 1
 
 
@@ -153,8 +156,14 @@ def register(sub: Any, flags: Flags) -> None:
     p.add_argument("--no-auto", action="store_true", help="retrain only when asked (pedstream retrain)")
     p.add_argument("--min-examples", type=int, default=40, help="trigger: new hard examples of one camera")
     p.add_argument("--min-agreement", type=float, default=0.5, help="trigger: estimated accuracy (edge vs teacher AP50) below this")
-    p.add_argument("--gate-margin", type=float, default=0.01, help="gate: AP50 gain needed on the cameras that triggered")
-    p.add_argument("--max-loss", type=float, default=0.02, help="gate: AP50 any camera may lose")
+    p.add_argument(
+        "--gate-margin",
+        type=float,
+        default=0.0,
+        help="gate: the lower end of the AP50 gain's confidence interval must be above this (0.01 = one point)",
+    )
+    p.add_argument("--gate-confidence", type=float, default=0.9, help="gate: the bootstrap interval's confidence (two-sided)")
+    p.add_argument("--gate-frames", type=int, default=30, help="gate: held-out frames a camera needs before a candidate is judged")
     p.add_argument("--updates", type=int, default=300, help="parameter-server updates per cycle")
     p.add_argument("--workers", type=int, default=2, help="Ray trainers per cycle")
     p.add_argument("--lr", type=float, default=5e-4, help="fine-tuning learning rate (Adam)")
@@ -172,7 +181,12 @@ def register(sub: Any, flags: Flags) -> None:
 
     p = sub.add_parser("retrain", parents=[flags.conn], help="ask the trainer service for a retraining cycle, or show its status")
     p.add_argument("action", nargs="?", choices=["status"], help="status: counts, triggers and recent cycles")
-    p.add_argument("--camera", help="retrain for this camera's new hard examples only")
+    p.add_argument(
+        "--camera",
+        action="append",
+        help="train a model for this camera from its new hard examples (repeat for a group of cameras sharing a scene; "
+        "default: every camera with new examples, as one group)",
+    )
     p.add_argument("--min-examples", type=int, help="refuse to train on fewer new examples than this")
     p.add_argument("--wait", action="store_true", help="wait for the cycle's result (exit 1 if it was not shipped)")
     p.add_argument("--timeout", type=float, default=1800.0)

@@ -1,6 +1,8 @@
 """The signed model registry in the real Redis and hot swap in a real detector agent on the real
-broker: a published version is served with no frame lost, a tampered one is refused, rollback
-restores the previous version, and a Redis restart mid-stream does not stop detection."""
+broker: a published version is served with no frame lost; a camera given its own model is served
+it while the others keep the general one; tampered, unsigned, replayed and older versions are
+refused at the edge; rollback orders restore what was served; a Redis restart mid-stream does not
+stop detection."""
 
 from __future__ import annotations
 
@@ -54,7 +56,20 @@ def test_publish_promote_rollback_and_verification(registry: Registry, keys: Pat
     assert onnx_metadata(reader.fetch(v2))["pedstream_version"] == "s-2"
     listed = registry.versions()
     assert [v["version"] for v in listed] == ["s-1", "s-2"] and listed[1]["parent"] == "s-1" and listed[0]["metrics"] == {"ap50": 0.86}
-    assert registry.rollback().version == "s-1" and registry.current_version() == "s-1"
+    assert v2.serial > v1.serial and v2.number > v1.number
+    with pytest.raises(Exception, match="older than s-2.*rollback"):
+        registry.make_current("s-1")  # a release order never goes back
+    back = registry.rollback()
+    assert back.version == "s-1" and back.order == "rollback" and registry.current_version() == "s-1"
+    with pytest.raises(Exception, match="served only s-1"):
+        registry.rollback()
+    # a camera's own model: only that camera's order changes; rolling the camera back past its first
+    # own model gives it the general model's version
+    own = registry.store(with_version(STUDENT.read_bytes(), "cam-9-1"), scope=["cam-9"])
+    registry.assign(own.version, ["cam-9"])
+    assert registry.serving("cam-9") == "cam-9-1" and registry.serving("cam-1") == "s-1" and registry.current_version() == "s-1"
+    assert registry.rollback("cam-9").version == "s-1" and registry.serving("cam-9") == "s-1"
+    assert [o.version for o in registry.history("cam-9")] == ["cam-9-1", "s-1"]
     with pytest.raises(Exception, match="already exists"):
         registry.store(with_version(STUDENT.read_bytes(), "s-1"))
     # tampered bytes: the sha256 no longer matches
@@ -68,8 +83,15 @@ def test_publish_promote_rollback_and_verification(registry: Registry, keys: Pat
     with pytest.raises(VerificationError, match="signature"):
         reader.fetch(foreign)
     rejected = registry.store(with_version(STUDENT.read_bytes(), "s-bad"), state="rejected", reason="lost 5 AP on cam-2")
+    assert rejected.signature is None  # only approved versions are signed
     with pytest.raises(Exception, match="rejected"):
         registry.make_current(rejected.version)
+    with pytest.raises(VerificationError, match="unsigned"):
+        reader.fetch(rejected)
+    # the signature covers the scope and serial, not just the bytes: an order re-scoped is refused
+    widened = v2.model_copy(update={"scope": ["cam-1", "cam-2"]})
+    with pytest.raises(VerificationError, match="signature"):
+        reader.fetch(widened)
 
 
 def _start_agent(
@@ -85,7 +107,8 @@ def _start_agent(
     home.mkdir(parents=True, exist_ok=True)
     cameras = home / f"{agent_id}-cameras.yaml"
     # these tests are about swaps, not shedding: a deadline no loaded CI machine misses
-    cameras.write_text(yaml.safe_dump({"cameras": [{"id": "cam", "source": "unused.avi", "detect": {"deadline_ms": 10000}}]}))
+    relaxed = {"deadline_ms": 10000}
+    cameras.write_text(yaml.safe_dump({"cameras": [{"id": c, "source": "unused.avi", "detect": relaxed} for c in ("cam", "cam-b")]}))
     agent = AgentProcess(
         model, broker, topics, home, agent_id, threads=1, batch=2, group=group, redis_url=redis_url, public_key=public_key, cameras=cameras
     )
@@ -115,7 +138,7 @@ class DetectionsWatch(RecordWatch[Detections]):
         return {d.model_version for d in self.snapshot()}
 
 
-def test_agent_hot_swaps_refuses_tampered_and_rolls_back_without_losing_frames(
+def test_agent_hot_swaps_per_camera_refuses_bad_orders_and_rolls_back_without_losing_frames(
     broker: str,
     redis_url: str,
     registry: Registry,
@@ -126,20 +149,40 @@ def test_agent_hot_swaps_refuses_tampered_and_rolls_back_without_losing_frames(
 ) -> None:
     topics = Topics(registry.keys.prefix.split(":")[0])
     ensure_topics(broker, topics.all())
-    registry.publish(with_version(STUDENT.read_bytes(), "s-first"))
+    first = registry.publish(with_version(STUDENT.read_bytes(), "s-first"))
     agent = _start_agent(shared_models / "ssdlite_pedestrian.onnx", broker, topics, redis_url, keys / PUBLIC_NAME, tmp_path, "swap-a")
     watch = DetectionsWatch(broker, topics)
     frames = 150
-    camera = threading.Thread(
-        target=publish_frames, args=(broker, topics, {"id": "cam", "source": vtest, "max_frames": frames, "fps": 10, "realtime": True})
-    )
+
+    def stream(camera_id: str, count: int) -> threading.Thread:
+        spec = {"id": camera_id, "source": vtest, "max_frames": count, "fps": 10, "realtime": True}
+        return threading.Thread(target=publish_frames, args=(broker, topics, spec))
+
+    camera = stream("cam", frames)
+    second_camera = stream("cam-b", 100)
+
+    def versions_of(camera_id: str) -> list[str]:
+        return [d.model_version for d in sorted(watch.snapshot(), key=lambda d: d.seq) if d.camera_id == camera_id]
+
+    def refusal(version: str) -> str:
+        refused = registry.agents().get("swap-a", {}).get("refused") or {}
+        return str(refused.get("reason")) if refused.get("version") == version else ""
+
     try:
         _wait_for(lambda: _serving(registry, "swap-a") == "s-first", 60, "the agent to load the current version at start")
         camera.start()
         _wait_for(lambda: "s-first" in watch.versions(), 60, "detections by s-first")
         registry.publish(with_version(STUDENT.read_bytes(), "s-second"), Lineage(parent="s-first"))
         _wait_for(lambda: "s-second" in watch.versions(), 20, "detections by s-second")
-        # a second agent (its own consumer group) started now loads the current version, not its --model
+        # a camera that appears now, with no model of its own, is served the general model from its first frame
+        second_camera.start()
+        _wait_for(lambda: len(versions_of("cam-b")) >= 5, 30, "cam-b's first detections")
+        assert set(versions_of("cam-b")[:5]) == {"s-second"}
+        # cam-b gets a model of its own; cam keeps the general one
+        own = registry.store(with_version(STUDENT.read_bytes(), "cam-b-own"), scope=["cam-b"])
+        registry.assign(own.version, ["cam-b"])
+        _wait_for(lambda: "cam-b-own" in versions_of("cam-b"), 20, "cam-b's own model")
+        # a second agent (its own consumer group) started now loads every order in force, not its --model
         late = _start_agent(
             shared_models / "ssdlite_pedestrian.onnx",
             broker,
@@ -151,32 +194,48 @@ def test_agent_hot_swaps_refuses_tampered_and_rolls_back_without_losing_frames(
             group=f"late-{uuid.uuid4().hex[:6]}",
         )
         _wait_for(lambda: _serving(registry, "swap-b") == "s-second", 60, "the late agent to load the current version")
+        _wait_for(
+            lambda: registry.agents()["swap-b"].get("cameras", {}).get("cam-b", {}).get("version") == "cam-b-own", 30, "its cam-b model"
+        )
+        # orders an agent must refuse: tampered bytes, an unsigned (rejected) version, a replayed old order
         tampered = registry.store(with_version(STUDENT.read_bytes(), "s-tampered"))
         registry.client.set(registry.keys.onnx("s-tampered"), b"not the signed bytes")
         registry.make_current(tampered.version)
-        _wait_for(lambda: "refused" in registry.agents().get("swap-a", {}), 20, "the refusal report")
-        status = registry.agents()["swap-a"]
-        assert status["serving"] == "s-second" and status["refused"]["version"] == "s-tampered"
-        assert "sha256" in status["refused"]["reason"]
+        _wait_for(lambda: "sha256" in refusal("s-tampered"), 20, "the refusal of tampered bytes")
+        rejected = registry.store(with_version(STUDENT.read_bytes(), "s-rejected"), state="rejected", reason="failed the gate")
+        registry.client.publish(registry.keys.channel, rejected.model_copy(update={"serial": 10**15}).model_dump_json())
+        _wait_for(lambda: "unsigned" in refusal("s-rejected"), 20, "the refusal of an unsigned version")
+        registry.client.publish(registry.keys.channel, first.model_dump_json())  # s-first's old, validly signed order
+        _wait_for(lambda: "not newer" in refusal("s-first"), 20, "the refusal of a replayed order")
+        assert _serving(registry, "swap-a") == "s-second"
         registry.rollback()  # s-tampered -> s-second: already serving; once more -> s-first
         registry.rollback()
         _wait_for(
             lambda: _serving(registry, "swap-a") == _serving(registry, "swap-b") == "s-first", 20, "the rollback to s-first on both agents"
         )
+        assert registry.agents()["swap-a"]["cameras"]["cam-b"]["version"] == "cam-b-own"  # its own model is not the general one
         camera.join(60)
-        _wait_for(lambda: len({d.seq for d in watch.records if d.agent_id == "swap-a"}) >= frames, 60, "every frame's detections")
+        second_camera.join(60)
+        _wait_for(lambda: len(_seqs(watch, "swap-a", "cam")) >= frames, 60, "every frame")
     finally:
         stop(agent)
         if "late" in locals():
             stop(late)
         watch.close()
-    ordered = sorted({d.seq: d for d in watch.records if d.agent_id == "swap-a"}.values(), key=lambda d: d.seq)
-    assert [d.seq for d in ordered] == list(range(frames))  # no frame lost across three swaps
+    ordered = sorted({d.seq: d for d in watch.records if d.agent_id == "swap-a" and d.camera_id == "cam"}.values(), key=lambda d: d.seq)
+    assert [d.seq for d in ordered] == list(range(frames))  # no frame lost across the swaps
     assert not [d.seq for d in ordered if d.skipped is not None]  # and none shed
     versions = [d.model_version for d in ordered]
-    assert "s-tampered" not in versions and versions[-1] == "s-first"
+    assert not {"s-tampered", "s-rejected", "cam-b-own"} & set(versions) and versions[-1] == "s-first"
     switch = versions.index("s-second")
     assert set(versions[:switch]) == {"s-first"}  # every frame names the model that made it
+    b_versions = versions_of("cam-b")
+    assert len(_seqs(watch, "swap-a", "cam-b")) == 100
+    assert b_versions[-1] == "cam-b-own" and "s-first" not in b_versions[b_versions.index("cam-b-own") :]
+
+
+def _seqs(watch: DetectionsWatch, agent_id: str, camera_id: str) -> set[int]:
+    return {d.seq for d in watch.records if d.agent_id == agent_id and d.camera_id == camera_id}
 
 
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs the redis-server binary")

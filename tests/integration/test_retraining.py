@@ -1,6 +1,7 @@
 """The trainer service on the real broker, Redis and a loopback Ray cluster: hard examples are
 consumed into the store, a retraining cycle is requested through Redis, the candidate is trained
-from the current version, gated per camera and stored with lineage (published or rejected)."""
+from the model the camera serves, gated on its held-out time blocks and stored with lineage and
+the gate's report (approved and served on that camera only, or rejected and unsigned)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from streams.signing import PRIVATE_NAME, Signer, init_keys
 from streams.topics import Topics
 from trainer.cluster import LocalRayCluster, RayPorts
 from trainer.data import LabelCache
+from trainer.gate import GatePolicy
 from trainer.job import JobSettings
 from trainer.labels import TeacherLabeler
 from trainer.ps import model_weights
@@ -85,7 +87,7 @@ def test_service_stores_hard_examples_ships_a_passing_candidate_and_keeps_a_fail
 
     store = HardExampleStore(tmp_path / "store")
     job = JobSettings(updates=12, workers=2, batch_size=4, eval_every=0, warmup=2)
-    lenient = RetrainPolicy(min_new_examples=1000, gate_margin=-1.0, max_loss=1.0, job=job)
+    lenient = RetrainPolicy(min_new_examples=1000, gate=GatePolicy(min_frames=5, margin=-1.0, resamples=200), job=job)
     retrainer = Retrainer(store, registry, TeacherLabeler(shared_models).label, LabelCache(tmp_path / "labels"), lenient, SMALL)
     service = TrainerService(broker, topics, client, store, retrainer, auto=False, check_every_s=1.0)
     thread = threading.Thread(target=service.run, daemon=True)
@@ -107,32 +109,47 @@ def test_service_stores_hard_examples_ships_a_passing_candidate_and_keeps_a_fail
         deliver(first_batch + first_batch[:5], len(first_batch))  # five duplicates
         counts = store.counts()["pets"]
         assert counts["total"] == len(first_batch) and counts["held_out"] > 0
-        shipped = wait_for_result(client, keys, request_retrain(client, keys, "pets", 5), 300)
+        shipped = wait_for_result(client, keys, request_retrain(client, keys, ["pets"], 5), 300)
         assert shipped is not None and "error" not in shipped, shipped
         current_after_first = registry.current_version()
+        serving_after_first = registry.serving("pets")
         shipped_entry = registry.entry(shipped["version"])
 
-        retrainer.policy = RetrainPolicy(min_new_examples=1000, gate_margin=1.0, max_loss=1.0, job=job)  # a gate nothing passes
         second_batch = hard_examples(pets, "pets", range(200, 320, 3))
         deliver(second_batch, len(first_batch) + len(second_batch))
-        rejected = wait_for_result(client, keys, request_retrain(client, keys, "pets", 5), 300)
+        retrainer.policy = RetrainPolicy(min_new_examples=1000, gate=GatePolicy(min_frames=500), job=job)  # more gate frames than exist
+        waiting = wait_for_result(client, keys, request_retrain(client, keys, ["pets"], 5), 60)
+        unknown = wait_for_result(client, keys, request_retrain(client, keys, ["nosuch"], None), 60)
+        retrainer.policy = RetrainPolicy(  # a gate nothing passes
+            min_new_examples=1000, gate=GatePolicy(min_frames=5, margin=1.0, resamples=200), job=job
+        )
+        rejected = wait_for_result(client, keys, request_retrain(client, keys, ["pets"], 5), 300)
         assert rejected is not None and "error" not in rejected, rejected
         rejected_entry = registry.entry(rejected["version"])
         current_after_second = registry.current_version()
+        serving_after_second = registry.serving("pets")
     finally:
         service.stop()
         thread.join(60)
         client.delete(*client.keys(f"{registry.keys.prefix}:*"))
-    # the first cycle trained on every new example, scored the camera and shipped
+    # the first cycle trained on every new example, gated on the camera's held-out time blocks and
+    # shipped to that camera only: the general model is still the start one
     assert shipped["shipped"] is True and shipped["cameras"] == ["pets"] and shipped["new_examples"] == counts["new"]
     assert set(shipped["per_camera"]["pets"]) == {"current", "candidate", "frames"} and shipped["train"]["updates"] == 12
-    assert current_after_first == shipped["version"] and shipped_entry["state"] == "published"
+    assert shipped["per_camera"]["pets"]["frames"] == counts["held_out"] == 14  # frames 1-19 and 100-118: whole blocks
+    assert serving_after_first == shipped["version"] and current_after_first == "s-0" and shipped_entry["state"] == "approved"
+    assert shipped_entry["announcement"]["scope"] == ["pets"] and shipped_entry["announcement"]["signature"]
+    assert shipped_entry["gate"]["cameras"][0]["labels"] == "teacher" and shipped_entry["gate"]["cameras"][0]["frames"] == 14
     assert shipped_entry["lineage"]["parent"] == "s-0" and shipped_entry["lineage"]["data"]["new"] == counts["new"]
-    # the second was trained from the shipped version, failed the gate, and is stored but never current
-    assert rejected["shipped"] is False and "gains less than 1.0 AP50 on pets" in rejected["reason"]
+    # too few gate frames: nothing trained, nothing stored; an unknown camera is named
+    assert waiting is not None and waiting["outcome"] == "waiting" and "pets has 27 gate frames" in waiting["reason"]
+    assert unknown is not None and "no hard examples from camera nosuch" in unknown["error"]
+    # the third was trained from the model the camera serves, failed the gate, and is stored unsigned, never served
+    assert rejected["shipped"] is False and "the lower end is not above +1.000" in rejected["reason"]
     assert rejected_entry["state"] == "rejected" and rejected_entry["reason"] == rejected["reason"]
+    assert rejected_entry["announcement"]["signature"] is None
     assert rejected_entry["lineage"]["parent"] == shipped["version"]
-    assert current_after_second == shipped["version"]
+    assert serving_after_second == shipped["version"] and current_after_second == "s-0"
     assert store.counts()["pets"]["new"] == 0
 
 
@@ -145,14 +162,17 @@ def test_triggers_fire_on_many_new_examples_or_low_agreement(
         store.add(record)
     teacher = TeacherLabeler(shared_models)
     registry = Registry(connect_redis(redis_url), ModelKeys(f"t{uuid.uuid4().hex[:8]}:models"))
-    many = Retrainer(store, registry, teacher.label, LabelCache(tmp_path / "labels"), RetrainPolicy(min_new_examples=5))
+    gate = GatePolicy(min_frames=5)  # frames 1-19 are gate frames (7 of these 20)
+    waiting = Retrainer(store, registry, teacher.label, LabelCache(tmp_path / "labels"), RetrainPolicy(min_new_examples=5))
+    assert waiting.due() == {}  # 7 gate frames, fewer than the default 30: a candidate could not be judged yet
+    many = Retrainer(store, registry, teacher.label, LabelCache(tmp_path / "labels"), RetrainPolicy(min_new_examples=5, gate=gate))
     assert "new hard examples" in many.due()["pets"]
     # the mined detections are empty, so the edge model's agreement with the teacher is 0
     low = Retrainer(
-        store, registry, teacher.label, LabelCache(tmp_path / "labels"), RetrainPolicy(min_new_examples=1000, min_agreement=0.5)
+        store, registry, teacher.label, LabelCache(tmp_path / "labels"), RetrainPolicy(min_new_examples=1000, min_agreement=0.5, gate=gate)
     )
     assert low.estimated_accuracy("pets") == 0.0 and "estimated accuracy 0.00" in low.due()["pets"]
     strict = Retrainer(
-        store, registry, teacher.label, LabelCache(tmp_path / "labels"), RetrainPolicy(min_new_examples=1000, min_agreement=0.0)
+        store, registry, teacher.label, LabelCache(tmp_path / "labels"), RetrainPolicy(min_new_examples=1000, min_agreement=0.0, gate=gate)
     )
     assert strict.due() == {}

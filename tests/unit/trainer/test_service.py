@@ -75,7 +75,7 @@ def test_the_hard_example_consumer_keeps_polling_while_a_cycle_trains() -> None:
     client, polls, retrainer = FakeRedis(), Polls(), SlowRetrainer()
     service = TrainerService("unused", None, client, Store(), retrainer, auto=False, subscriber=polls)  # type: ignore[arg-type]
     keys = RetrainKeys(retrainer.registry.keys)
-    request_id = request_retrain(client, keys, "cam", 5)  # type: ignore[arg-type]
+    request_id = request_retrain(client, keys, ["cam"], 5)  # type: ignore[arg-type]
     runner = threading.Thread(target=service.run, daemon=True)
     runner.start()
     try:

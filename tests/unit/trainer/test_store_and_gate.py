@@ -1,4 +1,4 @@
-"""The hard-example store (dedupe, counts, held-out split, replay) and the retraining gate."""
+"""The hard-example store (dedupe, counts, held-out time blocks, replay) and the shipping gate."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from detectors.results import BoxArray
+from streams.mot import GroundTruth
 from streams.records import Box, HardExample
-from trainer.retrain import Retrainer, RetrainPolicy
+from trainer.gate import GatePolicy, combine, judge
 from trainer.store import HardExampleStore
 
 
@@ -33,13 +35,15 @@ def example(camera: str, seq: int, shade: int) -> HardExample:
 
 
 def test_store_dedupes_counts_splits_and_replays(tmp_path: Path) -> None:
-    store = HardExampleStore(tmp_path / "store", split_every=5)
+    store = HardExampleStore(tmp_path / "store", split_every=5, block_frames=20)
+    assert [store.is_gate_block(i) for i in (0, 19, 20, 99, 100, 119, 120)] == [True, True, False, False, True, True, False]
     records = [example("a", i, 30 + i) for i in range(40)] + [example("b", i, 200 - i) for i in range(10)]
     assert all(store.add(r) for r in records)
     assert not store.add(records[3])  # same bytes
     counts = store.counts()
     assert counts["a"]["total"] == 40 and counts["b"]["total"] == 10
-    assert counts["a"]["new"] + counts["a"]["held_out"] == 40 and 0 < counts["a"]["held_out"] < 20
+    assert counts["a"]["new"] + counts["a"]["held_out"] == 40 and counts["a"]["held_out"] == 20
+    assert [e.seq for e in store.held_out("a")] == list(range(20))  # a whole block of the timeline, not every 5th frame
     new_a = store.new_examples("a")
     assert len(new_a) == counts["a"]["new"] and all(e.path.is_file() and not e.held_out for e in new_a)
     assert new_a[0].detections[0]["score"] == 0.4 and new_a[0].reasons == ["uncertain"]
@@ -50,18 +54,28 @@ def test_store_dedupes_counts_splits_and_replays(tmp_path: Path) -> None:
     assert reopened.counts()["a"]["used"] == len(new_a)  # the index survives a restart
 
 
-def gate(per_camera: dict[str, dict[str, float]], targets: list[str]) -> tuple[bool, str]:
-    retrainer = Retrainer.__new__(Retrainer)
-    retrainer.policy = RetrainPolicy(gate_margin=0.05, max_loss=0.02)
-    return retrainer.gate(per_camera, targets)
+def frames_with_people(n: int) -> list[GroundTruth]:
+    boxes = np.array([[10, 10, 40, 90], [100, 20, 130, 100]], float)
+    return [GroundTruth(boxes, np.arange(2), np.ones(2, bool)) for _ in range(n)]
 
 
-def test_gate_needs_a_gain_on_the_target_and_no_large_loss_elsewhere() -> None:
-    ok, reason = gate({"night": {"current": 0.40, "candidate": 0.60}, "day": {"current": 0.80, "candidate": 0.79}}, ["night"])
-    assert ok and "night +0.200" in reason
-    ok, reason = gate({"night": {"current": 0.40, "candidate": 0.60}, "day": {"current": 0.80, "candidate": 0.75}}, ["night"])
-    assert not ok and "loses 0.050 AP50 on day" in reason
-    ok, reason = gate({"night": {"current": 0.40, "candidate": 0.42}}, ["night"])
-    assert not ok and "gains less than 0.05" in reason
-    ok, reason = gate({"day": {"current": 0.8, "candidate": 0.9}}, ["night"])
-    assert not ok and "no held-out frames" in reason
+def found(truth: GroundTruth, hits: int, score: float = 0.9) -> BoxArray:
+    return BoxArray.of(truth.xyxy[:hits], np.full(hits, score))
+
+
+def test_gate_ships_a_confident_gain_rejects_noise_and_waits_for_frames() -> None:
+    policy = GatePolicy(min_frames=30, margin=0.0, resamples=300)
+    truths = frames_with_people(40)
+    served = [found(t, 1) for t in truths]  # half the people
+    better = [found(t, 2) for t in truths]  # all of them
+    ship = judge("night", "v-1", served, better, truths, "teacher", policy)
+    assert ship.verdict == "ship" and ship.gain == 0.5 and ship.gain_low > 0 and ship.frames == 40 and ship.labels == "teacher"
+    assert "on 40 teacher-labelled gate frames" in ship.reason
+    # better on a few frames, worse on as many: the interval straddles zero
+    mixed = [found(t, 2) if i % 2 else found(t, 0) for i, t in enumerate(truths)]
+    reject = judge("night", "v-1", served, mixed, truths, "teacher", policy)
+    assert reject.verdict == "reject" and reject.gain_low <= 0 <= reject.gain_high and "not above" in reject.reason
+    wait = judge("night", "v-1", served[:10], better[:10], truths[:10], "teacher", policy)
+    assert wait.verdict == "wait" and "10 gate frames on night, fewer than 30" in wait.reason
+    assert combine([ship, wait])[0] == "wait" and combine([ship, reject])[0] == "reject" and combine([ship])[0] == "ship"
+    assert combine([])[0] == "wait"
