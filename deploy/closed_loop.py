@@ -5,9 +5,10 @@ A detector agent (its own process, following the registry in Redis) serves the b
 Cameras publish the first half of their sequences; the agent detects, raises alerts and mines hard
 examples; the trainer side stores them and runs one retraining cycle driven by them (teacher
 labels, a replay set of the student's original training frames, 2 Ray trainers, the evaluation
-gate). The candidate is made current while a live camera streams, and the run measures how long
-until the agent serves it, whether any live frame went without detections, and every camera's AP50
-before and after on the second half of its sequence, which nothing was trained on.
+gate on the camera's held-out time blocks). The candidate is ordered served on the adapted cameras
+only, while the first of them streams live, and the run measures how long until the agent serves it
+there, whether any live frame went without detections, and every camera's AP50 before and after
+(with the model it serves) on the second half of its sequence, which nothing was trained on.
 """
 
 from __future__ import annotations
@@ -199,8 +200,8 @@ class ClosedLoop:
 
     @property
     def live_source(self) -> SiteCamera:
-        """The camera whose video the live camera replays around the swap: one not being adapted."""
-        return next((c for c in self.cameras if not c.adapt), self.cameras[0])
+        """The camera that streams live around the swap: the (first) one the new model is for."""
+        return self.adapted[0]
 
     @property
     def live_frames(self) -> int:
@@ -265,7 +266,7 @@ class ClosedLoop:
             models_dir=self.models_dir,
         )
         service = TrainerService(self.bootstrap, self.topics, registry.client, store, retrainer, auto=False)
-        counter = _Counter(self.bootstrap, self.topics, "live")  # its consumers join their groups while the agent starts
+        counter = _Counter(self.bootstrap, self.topics, self.live_source.camera_id)  # its consumers join while the agent starts
         try:
             self.say(f"detector agent starting; registry current {start_version}")
             _wait(lambda: registry.agents().get(AGENT_ID, {}).get("serving") == start_version, 180, "the agent to serve the start model")
@@ -301,11 +302,15 @@ class ClosedLoop:
             self.say("scoring the start model on every camera's second half (never trained on by the loop)")
             ap_before = {c.camera_id: _ap(before, c, self.every) for c in self.cameras}
             cycle = retrainer.run_cycle([c.camera_id for c in self.adapted], promote=False)
-            self.say(f"cycle {cycle.version}: {'passes' if cycle.shipped else 'fails'} the gate ({cycle.reason})")
+            self.say(f"cycle {cycle.version or '-'}: {cycle.outcome} ({cycle.reason})")
             swap_version = cycle.version if cycle.shipped else self._resigned_copy(registry, start_bytes, start_version)
             publish_to_serving, live_versions = self._swap_while_streaming(registry, counter, swap_version)
-            after = Detector.from_bytes(registry.onnx(registry.current_version() or swap_version), name="after", threads=1)
-            ap_after = {c.camera_id: _ap(after, c, self.every) for c in self.cameras}
+            ap_after = {}
+            for c in self.cameras:
+                served = registry.serving(c.camera_id) or start_version
+                ap_after[c.camera_id] = (
+                    ap_before[c.camera_id] if served == start_version else _ap(_detector(registry, served), c, self.every)
+                )
             return LoopOutcome(
                 start_version=start_version,
                 cycle=cycle,
@@ -335,41 +340,36 @@ class ClosedLoop:
                 self.say(f"the agent's log and the hard-example store are kept for inspection in {self.work}")
 
     def _resigned_copy(self, registry: Registry, start_bytes: bytes, start_version: str) -> str:
-        """A candidate that failed the gate is not served; the swap is still measured, with the start
-        model stored again under a new version (same weights, so the cameras' AP is unchanged)."""
+        """A candidate that failed the gate (or waits for gate frames) is not served; the swap is still
+        measured, with the start model stored again under a new version (same weights, so the
+        cameras' AP is unchanged)."""
         version = f"{start_version}-again"
         registry.store(
-            with_version(start_bytes, version), Lineage(parent=start_version, notes="swap timing only: the candidate was rejected")
+            with_version(start_bytes, version),
+            Lineage(parent=start_version, notes="swap timing only: the candidate was not shipped"),
+            scope=[c.camera_id for c in self.adapted],
         )
         return version
 
     def _swap_while_streaming(self, registry: Registry, counter: _Counter, version: str) -> tuple[float, list[str]]:
-        """Make ``version`` current while the live camera streams at 10 fps; returns the seconds from
-        publishing to the agent reporting it serves it, and the versions seen on live detections."""
-        sequence = self.live_source.sequence
-        live = CameraFleet(
-            parse_cameras(
-                {
-                    "cameras": [
-                        {
-                            "id": "live",
-                            "source": str(sequence.video or sequence.image_dir),
-                            "max_frames": self.live_frames,
-                            "fps": 10,
-                            "realtime": True,
-                        }
-                    ]
-                }
-            ),
-            self.bootstrap,
-            self.topics,
-        )
+        """Order ``version`` served on the adapted cameras while the first of them streams live at
+        10 fps; returns the seconds from the order to the agent reporting it serves it on that
+        camera, and the versions seen on that camera's live detections."""
+        camera = self.live_source
+        live_config = camera.config(self.alert_people) | {"max_frames": self.live_frames, "fps": 10, "realtime": True}
+        live = CameraFleet(parse_cameras({"cameras": [live_config]}), self.bootstrap, self.topics)
+        counter.live.clear()  # from here on: the live stream's frames only
         live.start()
         time.sleep(3)
-        self.say(f"publishing {version} while camera 'live' streams")
+        self.say(f"ordering {version} on {', '.join(c.camera_id for c in self.adapted)} while {camera.camera_id} streams live")
         published_at = time.time()
-        registry.make_current(version)
-        _wait(lambda: registry.agents().get(AGENT_ID, {}).get("serving") == version, 60, "the agent to serve the new model")
+        registry.assign(version, [c.camera_id for c in self.adapted])
+
+        def serving_on_camera() -> bool:
+            cameras = registry.agents().get(AGENT_ID, {}).get("cameras", {})
+            return bool(cameras.get(camera.camera_id, {}).get("version") == version)
+
+        _wait(serving_on_camera, 60, f"the agent to serve the new model on {camera.camera_id}")
         serving_at = float(registry.agents()[AGENT_ID]["ts"])
         live.wait(60)
         live.stop()
@@ -377,3 +377,7 @@ class ClosedLoop:
         while time.monotonic() < deadline and len(counter.live) < self.live_frames:
             time.sleep(0.2)
         return round(serving_at - published_at, 3), sorted(set(counter.live.values()))
+
+
+def _detector(registry: Registry, version: str) -> Detector:
+    return Detector.from_bytes(registry.onnx(version), name=version, threads=1)

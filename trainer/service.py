@@ -19,6 +19,7 @@ from typing import Any
 import redis
 
 from streams.bus import RecordSubscriber
+from streams.errors import PedstreamError
 from streams.model_channel import ModelKeys, as_bytes, get_bytes
 from streams.records import HardExample
 from streams.topics import Topics
@@ -129,6 +130,10 @@ class TrainerService:
         try:
             result = cycle_as_dict(self.retrainer.run_cycle(cameras, min_examples))
             log.info("cycle %s: %s (%s)", result["version"], "shipped" if result["shipped"] else "rejected", result["reason"])
+        except PedstreamError as exc:  # a request it cannot serve (an unknown camera, too few examples): one line
+            log.error("retraining not possible: %s", exc)
+            metrics.CYCLES.labels("failed").inc()
+            result = {"error": str(exc), "cameras": cameras}
         except Exception as exc:  # noqa: BLE001 - a failed cycle is reported, the service goes on
             log.exception("retraining failed")
             metrics.CYCLES.labels("failed").inc()

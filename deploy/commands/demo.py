@@ -60,17 +60,19 @@ def summary(out: LoopOutcome, cameras: list[SiteCamera]) -> str:
             f"  {c.camera_id:<12} {out.frames_published.get(c.camera_id, 0):>6} "
             f"{hard.get('total', 0):>8} {before:>11.3f} {after:>10.3f} "
             f"{after - before:>+7.3f}"
-            + ("   <- retrained for" if c.adapt else "")
+            + ("   <- its own model" if c.adapt and cycle.shipped else "   <- retrained for (not shipped)" if c.adapt else "")
             + ("   * start model trained on these frames" if c.camera_id in out.start_trained_on_scored else "")
         )
     lines += [
         "",
         f"  detections {out.detections}, alerts {out.alerts}",
         f"  retraining: {cycle.new_examples} hard examples + {cycle.replay_examples} replay, "
-        f"{cycle.train.get('updates', '?')} updates in {float(cycle.train.get('seconds', 0)):.0f} s on Ray -> {cycle.version} "
-        f"{'shipped' if cycle.shipped else 'rejected'} ({cycle.reason})",
-        f"  versions pushed: {1 if cycle.shipped else 0} ({out.start_version} -> {out.served_version}); "
-        f"publish to serving {out.publish_to_serving_s:.2f} s; live frames {out.live_with_detections}/{out.live_frames} "
+        f"{cycle.train.get('updates', '?')} updates in {float(cycle.train.get('seconds', 0)):.0f} s on Ray -> {cycle.version or '-'} "
+        f"{cycle.outcome}",
+        f"  gate: {cycle.reason}",
+        f"  ordered on {', '.join(c.camera_id for c in cameras if c.adapt)} only: {out.start_version} -> {out.served_version}"
+        f"{'' if cycle.shipped else ' (the start model again: timing only)'}; the other cameras keep {out.start_version}; "
+        f"order to serving {out.publish_to_serving_s:.2f} s; live frames {out.live_with_detections}/{out.live_frames} "
         f"with detections ({', '.join(out.live_versions)})",
         "  AP50 is scored on the second half of each sequence, which the loop never trains on"
         + (" (* the start model's own training did)." if out.start_trained_on_scored else "."),

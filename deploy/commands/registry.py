@@ -65,21 +65,53 @@ def _show(obj: Any, as_json: bool, text: str) -> None:
     print(json.dumps(obj, indent=2) if as_json else text)
 
 
+def _cameras_table(registry: Any) -> list[dict[str, Any]]:
+    """Scope -> the order in force, its version's gate result and lineage (for `models list`)."""
+    rows = []
+    for scope, order in registry.orders().items():
+        entry = registry.entry(order.version)
+        gate = entry.get("gate") or {}
+        rows.append(
+            {
+                "camera": scope,
+                "version": order.version,
+                "order": order.order,
+                "serial": order.serial,
+                "gate": gate.get("verdict", "-" if not gate else "?"),
+                "gate_reason": gate.get("reason"),
+                "parent": (entry.get("lineage") or {}).get("parent"),
+                "ordered_ts": order.published_ts,
+            }
+        )
+    return rows
+
+
+def _lines(versions: list[dict[str, Any]], cameras: list[dict[str, Any]]) -> str:
+    out = ["cameras (* = the general model, served by every camera without a model of its own):"]
+    out += [
+        f"  {c['camera']:<20} {c['version']:<32} {c['order']:<8} gate {c['gate']:<6} parent {c['parent'] or '-'}"
+        + (f"  ({c['gate_reason']})" if c["gate_reason"] else "")
+        for c in cameras
+    ] or ["  none: publish a model (pedstream models publish)"]
+    out.append("versions:")
+    out += [
+        f"  {v['version']:<32} {v['state']:<8} for {', '.join(v['scope']) or 'all cameras':<20} parent {v['parent'] or '-':<28} "
+        f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(v['published_ts']))} {json.dumps(v['metrics'])}"
+        + (f" ({v['reason']})" if v["reason"] else "")
+        for v in versions
+    ] or ["  no versions yet"]
+    return "\n".join(out)
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     action = args.models_command
     if action == "list":
         registry = _registry(args)
-        versions = registry.versions()
-        lines = [
-            f"{'*' if v['current'] else ' '} {v['version']:<28} {v['state']:<9} parent={v['parent'] or '-':<24} "
-            f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(v['published_ts']))} {json.dumps(v['metrics'])}"
-            + (f" ({v['reason']})" if v["reason"] else "")
-            for v in versions
-        ]
+        versions, table = registry.versions(), _cameras_table(registry)
         _show(
-            {"current": registry.current_version(), "versions": versions, "agents": registry.agents()},
+            {"current": registry.current_version(), "cameras": table, "versions": versions, "agents": registry.agents()},
             args.json,
-            "\n".join(lines) or "no versions yet",
+            _lines(versions, table),
         )
     elif action == "show":
         registry = _registry(args)
@@ -94,23 +126,31 @@ def cmd_models(args: argparse.Namespace) -> int:
 
         onnx = read_model(args.model)
         metrics = json.loads(args.metrics) if args.metrics else {}
-        lineage = Lineage(parent=args.parent or registry.current_version(), notes=args.notes)
+        cameras = args.camera or []
+        lineage = Lineage(parent=args.parent or (registry.serving(cameras[0]) if cameras else registry.current_version()), notes=args.notes)
         weights_file = Path(args.weights) if args.weights else weights_path(args.model)  # NAME.weights.npz beside NAME.onnx
         weights = read_weights(weights_file) if weights_file else None
-        a = registry.store(onnx, lineage, metrics, weights=weights)
+        a = registry.store(onnx, lineage, metrics, weights=weights, scope=cameras)
         if not args.no_promote:
-            registry.make_current(a.version)
+            registry.assign(a.version, cameras)
+        where = f"on {', '.join(cameras)}" if cameras else "as the general model"
         _show(
             json.loads(a.model_dump_json()),
             args.json,
-            f"published {a.version} (sha256 {a.sha256[:12]}...)" + ("" if args.no_promote else ", now current"),
+            f"published {a.version} (sha256 {a.sha256[:12]}...)" + ("" if args.no_promote else f", now served {where}"),
         )
     elif action == "promote":
-        a = _registry(args, need_signer=True).make_current(args.version)
-        _show(json.loads(a.model_dump_json()), args.json, f"{a.version} is current")
+        cameras = args.camera or []
+        a = _registry(args, need_signer=True).assign(args.version, cameras)
+        _show(
+            json.loads(a.model_dump_json()),
+            args.json,
+            f"{a.version} is served {'on ' + ', '.join(cameras) if cameras else 'as the general model'}",
+        )
     elif action == "rollback":
-        a = _registry(args, need_signer=True).rollback()
-        _show(json.loads(a.model_dump_json()), args.json, f"rolled back: {a.version} is current")
+        a = _registry(args, need_signer=True).rollback(args.camera, args.to)
+        where = f"camera {args.camera}" if args.camera else "the general model"
+        _show(json.loads(a.model_dump_json()), args.json, f"rolled back: {where} serves {a.version} (signed rollback order #{a.serial})")
     return 0
 
 
@@ -125,17 +165,22 @@ def register(sub: Any, flags: Flags) -> None:
     p = sub.add_parser("models", help="the model registry in Redis: list, show, publish, promote, rollback")
     models_sub = p.add_subparsers(dest="models_command", required=True)
     for name, help_text in (
-        ("list", "every version, the current one starred, and what each agent serves"),
+        ("list", "camera -> version served (with its gate result and lineage), every version, and what each agent serves"),
         ("show", "one version's record"),
-        ("publish", "sign, store and make current an ONNX model"),
-        ("promote", "make a stored version current"),
-        ("rollback", "make the previous current version current again"),
+        ("publish", "approve, sign and store an ONNX model, and serve it (as the general model, or on --camera)"),
+        ("promote", "serve a stored, approved version as the general model, or on --camera (never an older one: see rollback)"),
+        ("rollback", "sign a rollback order: the general model (or --camera) goes back to what it served before (or --to)"),
     ):
         m = models_sub.add_parser(name, parents=[flags.conn], help=help_text)
         m.add_argument("--json", action="store_true")
         m.add_argument("--keys", help="key pair folder (default $PEDSTREAM_KEYS or ~/.pedstream/keys)")
         if name in ("show", "promote"):
             m.add_argument("version")
+        if name in ("publish", "promote"):
+            m.add_argument("--camera", action="append", help="serve it on this camera only (repeat for a group); default: every camera")
+        if name == "rollback":
+            m.add_argument("--camera", help="roll back this camera's own model (default: the general model)")
+            m.add_argument("--to", help="the version to go back to (default: the one served before)")
         if name == "publish":
             m.add_argument("model", help="ONNX file with pedstream_version in its metadata")
             m.add_argument("--parent", help="lineage: the version it was trained from (default: the current one)")

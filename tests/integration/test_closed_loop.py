@@ -60,11 +60,12 @@ def test_a_cycle_driven_by_mined_hard_examples_changes_the_served_version_withou
     assert out.frames_dropped == 0 and out.live_frames == 80
     assert out.live_versions == sorted({out.start_version, out.served_version})
     assert 0 < out.publish_to_serving_s < 30
-    # making versions current also announced them on Kafka, for any other subscriber
+    # release orders are also announced on Kafka, for any other subscriber
     subscriber = RecordSubscriber(broker, topics, topics.models, ModelAnnouncement, f"check-{uuid.uuid4().hex[:6]}")
-    announced: list[str] = []
+    orders: list[ModelAnnouncement] = []
     deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and out.served_version not in announced:
-        announced += [d.record.version for d in subscriber.poll(0.5)]
+    while time.monotonic() < deadline and out.served_version not in [o.version for o in orders]:
+        orders += [d.record for d in subscriber.poll(0.5)]
     subscriber.close()
-    assert announced[0] == out.start_version and out.served_version in announced
+    assert orders[0].version == out.start_version and orders[0].scope == []  # the general model
+    assert [o.scope for o in orders if o.version == out.served_version] == [["pets-night"]]  # the camera's own model, for it only
