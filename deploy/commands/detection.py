@@ -58,7 +58,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
     cameras = load_cameras(args.cameras) if args.cameras else []
     detector = _load_detector(args)
-    endpoints = resolve(args.bootstrap, args.redis)
+    endpoints = resolve(args.bootstrap, args.redis, role="edge")
     public_key = None if args.no_registry else default_public_key(args.public_key)
     settings = AgentSettings(
         bootstrap=endpoints.bootstrap,

@@ -19,10 +19,10 @@ import redis
 import yaml
 
 from deploy.agent_process import AgentProcess
-from deploy.stack import free_loopback_port
+from deploy.stack import free_loopback_port, lock_redis, start_redis
 from detectors.detector import BUNDLED_MODELS, onnx_metadata, with_version
 from streams.bus import RecordWatch, ensure_topics
-from streams.model_channel import ModelKeys, ModelReader, connect_redis
+from streams.model_channel import ModelKeys, ModelReader, ModelWatcher, connect_redis
 from streams.records import Detections
 from streams.signing import PRIVATE_NAME, PUBLIC_NAME, Signer, VerificationError, Verifier, init_keys
 from streams.topics import Topics
@@ -291,3 +291,33 @@ def _answers(url: str) -> bool:
         return bool(redis.Redis.from_url(url, socket_connect_timeout=0.5).ping())
     except redis.RedisError:
         return False
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs the redis-server binary")
+def test_an_edge_user_follows_the_registry_and_cannot_change_it(keys: Path, tmp_path: Path) -> None:
+    """On a Redis with the role users (as `pedstream stack` makes them): the trainer user publishes
+    and signs orders; the edge user's watcher receives them, fetches and verifies the bytes, reports
+    its status, and cannot write an order of its own."""
+    proc, url = start_redis(tmp_path)
+    try:
+        roles = lock_redis(tmp_path, url)
+        model_keys = ModelKeys("edgetest:models")
+        registry = Registry(connect_redis(roles["trainer"]), model_keys, Signer.load(keys / PRIVATE_NAME))
+        registry.publish(with_version(STUDENT.read_bytes(), "e-1"))
+        reader = ModelReader(connect_redis(roles["edge"]), model_keys, Verifier.load(keys / PUBLIC_NAME))
+        received: list[str] = []
+        watcher = ModelWatcher(roles["edge"], model_keys, lambda order: received.append(order.version)).start()
+        try:
+            _wait_for(lambda: received == ["e-1"], 10, "the order in force")
+            registry.publish(with_version(STUDENT.read_bytes(), "e-2"))
+            _wait_for(lambda: received == ["e-1", "e-2"], 10, "the announced order")
+        finally:
+            watcher.stop()
+        assert onnx_metadata(reader.fetch(reader.orders()["*"]))["pedstream_version"] == "e-2"
+        reader.report("edge-1", {"serving": "e-2"})
+        assert registry.agents()["edge-1"]["serving"] == "e-2"
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            reader.client.hset(model_keys.orders, "*", registry.orders()["*"].model_dump_json())
+    finally:
+        proc.terminate()
+        proc.wait(10)

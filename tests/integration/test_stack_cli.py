@@ -38,8 +38,10 @@ def test_stack_starts_its_own_redis_when_none_answers(tmp_path: Path) -> None:
     info = json.loads(up.stdout)
     try:
         assert info["up"] and info["started"] and info["redis"]["started_by_stack"]
-        assert info["kafka"]["bootstrap"].startswith("127.0.0.1:") and info["redis"]["url"].startswith("redis://127.0.0.1:")
+        assert info["kafka"]["bootstrap"].startswith("127.0.0.1:") and info["redis"]["url"].startswith("redis://pedstream-trainer:")
+        assert "@127.0.0.1:" in info["redis"]["url"] and "@127.0.0.1:" in info["redis"]["edge_url"]
         assert redis.Redis.from_url(info["redis"]["url"]).ping()
+        _check_roles(info["redis"]["url"], info["redis"]["edge_url"])
         again = json.loads(pedstream("stack", "up", "--json", env=env).stdout)
         assert not again["started"] and again["kafka"]["pid"] == info["kafka"]["pid"]
         status = pedstream("stack", "status", env=env)
@@ -52,11 +54,35 @@ def test_stack_starts_its_own_redis_when_none_answers(tmp_path: Path) -> None:
     assert after.returncode == 1 and json.loads(after.stdout)["up"] is False
 
 
+def _check_roles(trainer_url: str, edge_url: str) -> None:
+    """The stack's own Redis: the trainer user publishes, the edge user reads models and writes only
+    agent status, and nobody gets in without a password."""
+    plain = trainer_url.split("@", 1)[1]
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis.from_url(f"redis://{plain}").ping()
+    trainer, edge = redis.Redis.from_url(trainer_url), redis.Redis.from_url(edge_url)
+    trainer.hset("p:models:orders", "*", "{}")
+    trainer.set("p:models:current", "v-1")
+    trainer.publish("p:models:announce", "{}")
+    assert edge.hgetall("p:models:orders") == {b"*": b"{}"} and edge.get("p:models:current") == b"v-1"
+    edge.hset("p:models:agents", "detector-1", "{}")
+    for forbidden in (
+        lambda: edge.set("p:models:current", "rogue"),
+        lambda: edge.hset("p:models:orders", "*", "rogue"),
+        lambda: edge.publish("p:models:announce", "rogue"),
+        lambda: edge.set("p:models:version:v-9:onnx", b"rogue"),
+        lambda: edge.get("elsewhere"),
+    ):
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            forbidden()
+    trainer.delete("p:models:orders", "p:models:current", "p:models:agents")
+
+
 def test_stack_up_after_down_takes_the_same_ports_and_keeps_the_registry(tmp_path: Path) -> None:
     env = {"PEDSTREAM_HOME": str(tmp_path), "REDIS_URL": f"redis://127.0.0.1:{closed_port()}", "PEDSTREAM_BOOTSTRAP": ""}
     first = json.loads(pedstream("stack", "up", "--json", env=env).stdout)
     try:
-        redis.Redis.from_url(first["redis"]["url"]).set("pedstream:test:registry", "kept")
+        redis.Redis.from_url(first["redis"]["url"]).set("pedstream:models:test-registry", "kept")
     finally:
         assert pedstream("stack", "down", env=env).returncode == 0
     assert not pid_alive(first["redis"]["pid"])
@@ -65,7 +91,8 @@ def test_stack_up_after_down_takes_the_same_ports_and_keeps_the_registry(tmp_pat
         assert second["started"] and second["kafka"]["pid"] != first["kafka"]["pid"]
         # running agents reconnect to the same addresses by themselves
         assert second["kafka"]["bootstrap"] == first["kafka"]["bootstrap"] and second["redis"]["url"] == first["redis"]["url"]
-        assert redis.Redis.from_url(second["redis"]["url"]).get("pedstream:test:registry") == b"kept"  # AOF under the stack home
+        assert redis.Redis.from_url(second["redis"]["url"]).get("pedstream:models:test-registry") == b"kept"  # AOF under the stack home
+        _check_roles(second["redis"]["url"], second["redis"]["edge_url"])  # the same users again, passwords kept
     finally:
         assert pedstream("stack", "down", env=env).returncode == 0
 

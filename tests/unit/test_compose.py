@@ -26,6 +26,7 @@ from streams.kafka_settings import (
     consumer_settings,
     producer_settings,
 )
+from streams.redis_roles import PASSWORD_ENV, redis_server_args
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -53,11 +54,23 @@ def _commands(service: dict[str, Any]) -> list[list[str]]:
 def test_a_real_compose_implementation_accepts_the_file(tmp_path: Path) -> None:
     for folder in ("config", "data", "models"):  # the bind mounts an operator provides
         (tmp_path / folder).mkdir()
+    (tmp_path / ".env").write_text("".join(f"{variable}=secret-{role}\n" for role, variable in PASSWORD_ENV.items()))
     shutil.copy(COMPOSE, tmp_path / "docker-compose.yml")
     shutil.copytree(ROOT / "deploy", tmp_path / "deploy", ignore=shutil.ignore_patterns("*.py", "__pycache__"))
     run = subprocess.run(["docker-compose", "config", "--services"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
     assert {"kafka", "redis", "camera", "detector", "ray-head", "ray-worker", "trainer"} <= set(run.stdout.split())
+
+
+def test_redis_users_by_role_are_the_code_s_and_edge_services_log_in_as_the_edge_role(compose: dict[str, Any]) -> None:
+    placeholders = {role: f"${{{v}:?set {v} in .env (see .env.example)}}" for role, v in PASSWORD_ENV.items()}
+    persistence = ["redis-server", "--appendonly", "yes", "--save", "60", "1000"]
+    assert compose["services"]["redis"]["command"] == [*persistence, *redis_server_args(placeholders)]
+    assert "pedstream-trainer:" in compose["x-pedstream-env"]["REDIS_URL"]
+    for name in ("detector", "dashboard"):
+        assert compose["services"][name]["environment"]["REDIS_URL"].startswith("redis://pedstream-edge:"), name
+    example = (ROOT / ".env.example").read_text()
+    assert all(f"\n{variable}=\n" in example for variable in PASSWORD_ENV.values())
 
 
 def test_every_pedstream_command_exists_in_the_cli(compose: dict[str, Any]) -> None:
@@ -109,7 +122,7 @@ def test_kafka_client_settings_fit_the_apache_kafka_broker(compose: dict[str, An
     assert set(consumer) <= set(KafkaConsumer.DEFAULT_CONFIG)
     assert set(admin_settings("kafka:9092")) <= set(KafkaAdminClient.DEFAULT_CONFIG)
     env = compose["x-pedstream-env"]
-    assert env["PEDSTREAM_BOOTSTRAP"] == "kafka:9092,kafka-2:9092,kafka-3:9092" and env["REDIS_URL"].startswith("redis://redis:6379")
+    assert env["PEDSTREAM_BOOTSTRAP"] == "kafka:9092,kafka-2:9092,kafka-3:9092" and "@redis:6379/0" in env["REDIS_URL"]
 
 
 def test_topics_are_replicated_across_the_three_brokers(compose: dict[str, Any]) -> None:
