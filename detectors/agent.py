@@ -23,8 +23,9 @@ import faust
 import numpy as np
 
 from detectors import metrics
+from detectors.agreement import AgreementMonitor, AgreementPolicy
 from detectors.alerts import AlertEvaluator
-from detectors.detector import Detector
+from detectors.detector import Detector, read_model
 from detectors.faust_transport import broker_url
 from detectors.mining import HardExampleMiner, MiningPolicy
 from detectors.model_updates import ModelUpdater
@@ -70,6 +71,10 @@ class AgentSettings:
     metrics_port: int | None = None  # serve Prometheus metrics on this port (None: off)
     metrics_host: str = "127.0.0.1"
     catch_up_s: float | None = 60.0  # at start, a group whose position is older than this skips to newer frames
+    # automatic rollback (detectors.agreement): with a teacher model, a camera whose agreement with it
+    # falls after a swap goes back to what it served before (needs the registry: redis_url, public_key)
+    teacher_model: Path | None = None
+    agreement: AgreementPolicy = field(default_factory=AgreementPolicy)
 
 
 class CameraState:
@@ -224,6 +229,10 @@ class DetectorAgent:
             reader = ModelReader(connect_redis(settings.redis_url), keys, Verifier.load(settings.public_key))
             self.updater = ModelUpdater(reader, self.models, settings.agent_id, settings.serve_backend)
             self.watcher = ModelWatcher(settings.redis_url, keys, self.updater.on_announcement)
+        self.agreement: AgreementMonitor | None = None
+        if settings.teacher_model is not None and self.updater is not None:
+            teacher = Detector.from_bytes(read_model(settings.teacher_model), name="edge-teacher", threads=1)
+            self.agreement = AgreementMonitor(lambda image: teacher.detect([image])[0], self.updater.revert, settings.agreement)
 
     def _raw_topic(self, name: str) -> faust.TopicT:
         """A topic of raw bytes: pedstream's wire format (streams.wire) is decoded by the agent itself."""
@@ -566,6 +575,8 @@ class DetectorAgent:
             await self._send(self.settings.topics.alerts.name, alert)
             self.counters["alerts"] += 1
             metrics.ALERTS.labels(frame.camera_id, alert.rule).inc()
+        if self.agreement is not None and frame.jpeg is not None:
+            self.agreement.offer(frame.camera_id, model_version, frame.jpeg, found)
         reasons = state.miner.decide(found, state.tracker.just_lost(), frame.capture_ts, brightness)
         if reasons and frame.jpeg is not None:
             example = HardExample(
@@ -625,5 +636,7 @@ class DetectorAgent:
             if self.watcher is not None and self.updater is not None:
                 self.watcher.stop()
                 self.updater.close()
+            if self.agreement is not None:
+                self.agreement.close()
             if self.pipeline is not None:
                 self.pipeline.stop(timeout=5)

@@ -116,12 +116,16 @@ class ServedModels:
 
     def revert(self, camera: str) -> Served | None:
         """Serve ``camera`` what it served before its latest swap (its own rollback, no order
-        needed: it is a model this agent already verified and served); returns what it serves now."""
+        needed: a model this agent already verified and served); returns what it serves now. A
+        camera following the general model goes back to the general model before its latest swap."""
         with self._lock:
-            previous = self._previous.pop(camera, None)
+            if camera in self._cameras:
+                previous = self._previous.pop(camera, None)
+            else:
+                previous = self._previous.get(GENERAL)
             if previous is None:
                 return None
-            if previous is self._general or previous.order is None or not previous.order.scope:
+            if previous is self._general:
                 self._cameras.pop(camera, None)  # back to following the general model
             else:
                 self._cameras[camera] = previous

@@ -70,6 +70,15 @@ def role_url(url: str, role: str, password: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
+def redacted(url: str) -> str:
+    """``url`` with its password replaced by ``***`` (for logs and messages)."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
 def redis_server_args(passwords: dict[str, str]) -> list[str]:
     """The same users as ``redis-server`` command-line arguments (one argument per rule), for a
     Redis started elsewhere: ``docker-compose.yml``'s, with ``${REDIS_..._PASSWORD}`` as passwords."""

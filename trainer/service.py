@@ -88,6 +88,7 @@ class TrainerService:
         # a cycle runs in its own thread: the hard-example consumer keeps polling (and so keeps its
         # place in the consumer group) however long training takes
         self.worker: threading.Thread | None = None
+        self._rollbacks_seen: set[tuple[str, str, str]] = set()
 
     @property
     def busy(self) -> bool:
@@ -120,10 +121,23 @@ class TrainerService:
             "counts": counts,
             "due": due or {},
             "current": self.retrainer.registry.current_version(),
+            "rollbacks": self.edge_rollbacks(),
             "auto": self.auto,
             "cycles": self.cycles[-10:],
         }
         self.client.set(self.keys.status, json.dumps(status))
+
+    def edge_rollbacks(self) -> dict[str, dict[str, str]]:
+        """Cameras an edge agent rolled back on its own (agreement with the teacher fell after a
+        swap), by agent: camera -> why. Logged once each; shown by `pedstream retrain status`."""
+        out = {agent: dict(status.get("reverted") or {}) for agent, status in self.retrainer.registry.agents().items()}
+        out = {agent: cameras for agent, cameras in out.items() if cameras}
+        for agent, cameras in out.items():
+            for camera, why in cameras.items():
+                if (agent, camera, why) not in self._rollbacks_seen:
+                    self._rollbacks_seen.add((agent, camera, why))
+                    log.warning("agent %s rolled camera %s back: %s", agent, camera, why)
+        return out
 
     def _cycle(self, cameras: list[str] | None, min_examples: int | None, request_id: str | None) -> None:
         self.publish_status()

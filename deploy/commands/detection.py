@@ -54,7 +54,9 @@ def _load_detector(args: argparse.Namespace) -> Detector:
 
 def cmd_detect(args: argparse.Namespace) -> int:
     from detectors.agent import AgentSettings, DetectorAgent
+    from detectors.agreement import AgreementPolicy
     from streams.cameras.config import load_cameras
+    from streams.redis_roles import redacted
 
     cameras = load_cameras(args.cameras) if args.cameras else []
     detector = _load_detector(args)
@@ -75,6 +77,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
         serve_backend=args.backend,
         metrics_port=args.metrics_port,
         metrics_host=args.metrics_host,
+        teacher_model=Path(find_model(args.teacher_model)) if args.teacher_model else None,
+        agreement=AgreementPolicy(every_s=args.agreement_every_s, max_drop=args.rollback_drop),
     )
     print(
         f"detector agent {settings.agent_id}: model {detector.version} ({detector.info.format}) on "
@@ -83,7 +87,16 @@ def cmd_detect(args: argparse.Namespace) -> int:
         flush=True,
     )
     if settings.redis_url and public_key:
-        print(f"following the model registry at {endpoints.redis_url} (models signed for {public_key})", file=sys.stderr, flush=True)
+        print(
+            f"following the model registry at {redacted(endpoints.redis_url)} (models signed for {public_key})", file=sys.stderr, flush=True
+        )
+        if settings.teacher_model:
+            print(
+                f"automatic rollback: every {args.agreement_every_s:g} s a frame per camera is checked against "
+                f"{settings.teacher_model.name}; a camera whose agreement falls by more than {args.rollback_drop:g} after a swap goes back",
+                file=sys.stderr,
+                flush=True,
+            )
     elif not args.no_registry:
         print("not following the model registry: no public key (pedstream keys init, or --public-key)", file=sys.stderr, flush=True)
     DetectorAgent(settings, detector, cameras).run()
@@ -230,6 +243,15 @@ def register(sub: Any, flags: Flags) -> None:
         "(default: $PEDSTREAM_KEYS/model-signing.pub when it exists)",
     )
     p.add_argument("--no-registry", action="store_true", help="serve --model only; ignore the model registry")
+    p.add_argument(
+        "--teacher-model",
+        help="automatic rollback: a teacher ONNX model (e.g. nanodet.onnx, looked up in $PEDSTREAM_MODELS) whose agreement with "
+        "the served model is measured on sampled frames; a camera whose agreement falls after a swap goes back to its previous model",
+    )
+    p.add_argument("--agreement-every-s", type=float, default=5.0, help="automatic rollback: seconds between sampled frames per camera")
+    p.add_argument(
+        "--rollback-drop", type=float, default=0.15, help="automatic rollback: the fall in agreement (AP50 vs the teacher) that rolls back"
+    )
     p.set_defaults(func=cmd_detect)
 
     p = sub.add_parser("alerts", help="subscribe to alerts")

@@ -121,6 +121,9 @@ def cmd_retrain(args: argparse.Namespace) -> int:
                     f"  {cam:<20} new {c['new']:>4}  held-out {c['held_out']:>4}  trained-on {c['used']:>4}"
                     + (f"  due: {status['due'][cam]}" if cam in status["due"] else "")
                 )
+            for agent, cameras in (status.get("rollbacks") or {}).items():
+                for camera, why in cameras.items():
+                    print(f"  rolled back by {agent} on {camera}: {why}")
             for cycle in status["cycles"]:
                 print(
                     f"  cycle {cycle.get('version') or '-'} for {', '.join(cycle.get('cameras') or ['-'])}: "

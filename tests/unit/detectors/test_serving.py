@@ -1,5 +1,6 @@
 """Per-camera serving at the edge: which model each camera gets, the order rules (newer serial; no
-older version unless a signed rollback), the agent's own rollback, and a batch split by model."""
+older version unless a signed rollback), the automatic rollback on a fall in agreement with the
+teacher, and a batch split by model."""
 
 from __future__ import annotations
 
@@ -7,10 +8,13 @@ import threading
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
 
+from detectors.agreement import AgreementMonitor, AgreementPolicy
 from detectors.detector import Detector, read_model, with_version
 from detectors.pipeline import DetectionPipeline, WorkItem
+from detectors.results import BoxArray
 from detectors.serving import GENERAL, ServedModels
 from streams.mot import MotSequence
 from streams.records import ModelAnnouncement
@@ -100,3 +104,28 @@ def test_one_batch_runs_each_camera_on_its_own_model(student_bytes: bytes, share
     assert [it.error for it in out] == [None] * 4
     assert [it.model_version for it in out] == ["cam-a-1", "general-1", "cam-a-1", "general-1"]
     assert all(it.boxes is not None for it in out)
+
+
+def test_a_camera_whose_agreement_with_the_teacher_falls_after_a_swap_rolls_back(student_bytes: bytes) -> None:
+    models = ServedModels(detector(student_bytes, "general-1"))
+    models.install(detector(student_bytes, "general-2"), order("general-2", 2, 2), [])
+    dropped: list[tuple[str, str]] = []
+    monitor = AgreementMonitor(
+        lambda image: BoxArray.empty(), lambda camera, why: dropped.append((camera, why)), AgreementPolicy(min_frames=4)
+    )
+    people = BoxArray.of(np.array([[10, 10, 40, 90], [100, 20, 130, 100]], float), np.array([0.9, 0.9]))
+    for _ in range(4):  # general-1 found both people the teacher sees; general-2 finds one of them on door, both on yard
+        monitor.record("door", "general-1", people, people)
+        monitor.record("yard", "general-1", people, people)
+    for _ in range(3):
+        monitor.record("door", "general-2", people[np.array([True, False])], people)
+        monitor.record("yard", "general-2", people, people)
+    assert dropped == []  # three frames: not enough to judge
+    monitor.record("door", "general-2", people[np.array([True, False])], people)
+    monitor.record("yard", "general-2", people, people)
+    assert [camera for camera, _ in dropped] == ["door"] and "fell from 1.00 (general-1, 4 frames) to 0.50" in dropped[0][1]
+    monitor.close()
+    # the agent's own rollback: door goes back to the general model before the swap, yard keeps the new one
+    back = models.revert("door")
+    assert back is not None and back.version == "general-1"
+    assert models.for_camera("door").version == "general-1" and models.for_camera("yard").version == "general-2"

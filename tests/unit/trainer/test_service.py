@@ -53,7 +53,7 @@ class Polls:
 
 class SlowRetrainer:
     def __init__(self) -> None:
-        self.registry = SimpleNamespace(keys=ModelKeys.for_topics("unit"), current_version=lambda: "v1")
+        self.registry = SimpleNamespace(keys=ModelKeys.for_topics("unit"), current_version=lambda: "v1", agents=lambda: {})
         self.release = threading.Event()
         self.started = threading.Event()
 
