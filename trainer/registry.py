@@ -26,7 +26,7 @@ from detectors.detector import VERSION_METADATA_KEY, onnx_metadata
 from streams.errors import PedstreamError
 from streams.model_channel import GENERAL_SCOPE, ModelKeys, get_bytes, list_bytes, read_orders
 from streams.records import ModelAnnouncement
-from streams.signing import Signer, sha256_hex
+from streams.signing import Signer, VerificationError, Verifier, sha256_hex
 
 STATES = ("approved", "rejected")
 
@@ -132,7 +132,7 @@ class Registry:
         if entry["state"] != "approved":
             raise PedstreamError(f"version {version} was {entry['state']} ({entry.get('reason')}): it cannot be served")
         approved = ModelAnnouncement.model_validate(entry["announcement"])
-        in_force = read_orders(self.client, self.keys)
+        in_force = self._own_orders(signer)
         if order == "release":
             for key in scope_keys(cameras):
                 serving = in_force.get(key)
@@ -160,6 +160,19 @@ class Registry:
             self.kafka_publisher.publish(signed)
             self.kafka_publisher.flush(10)
         return signed
+
+    def _own_orders(self, signer: Signer) -> dict[str, ModelAnnouncement]:
+        """The orders in force that this registry's key signed (anything else in Redis was written
+        by someone without the key, and no agent serves it)."""
+        verifier = Verifier(signer.key.public_key())
+        own = {}
+        for scope, order in read_orders(self.client, self.keys).items():
+            try:
+                verifier.verify_order(order)
+            except VerificationError:
+                continue
+            own[scope] = order
+        return own
 
     def make_current(self, version: str) -> ModelAnnouncement:
         """Serve ``version`` as the general model (every camera without a model of its own)."""

@@ -48,7 +48,7 @@ from deploy.stack import free_loopback_port, start_redis
 from detectors.detector import read_model, weights_path, with_version
 from streams.bus import RecordWatch, ensure_topics, make_producer, read_dead_letters
 from streams.model_channel import ModelKeys, connect_redis
-from streams.records import Detections, Frame, HardExample
+from streams.records import Detections, Frame, HardExample, ModelAnnouncement
 from streams.signing import PRIVATE_NAME, PUBLIC_NAME, Signer, init_keys
 from streams.topics import Topics, camera_ids_on_distinct_partitions
 from streams.wire import META_HEADER, encode
@@ -211,8 +211,12 @@ class _FollowingAgent:
     redis_proc: Any
     redis_url: str
     start_bytes: bytes
-    start_version: str
+    start_order: ModelAnnouncement
     work: Path
+
+    @property
+    def start_version(self) -> str:
+        return self.start_order.version
 
 
 @contextmanager
@@ -221,12 +225,12 @@ def _following_agent(bootstrap: str, topics: Topics, model: str, work: Path) -> 
     init_keys(work / "keys")
     registry = Registry(connect_redis(redis_url), ModelKeys.for_topics(topics.prefix), Signer.load(work / "keys" / PRIVATE_NAME))
     start_bytes = read_model(model)
-    start_version = registry.publish(start_bytes, Lineage(notes="bench faults: start")).version
+    start_order = registry.publish(start_bytes, Lineage(notes="bench faults: start"))
     agent = AgentProcess(
         model, bootstrap, topics, work, "faults-follower", threads=1, backend="ort", group=f"{topics.prefix}-detect",
         redis_url=redis_url, public_key=work / "keys" / PUBLIC_NAME, metrics_port=free_loopback_port(),
     ).start()  # fmt: skip
-    following = _FollowingAgent(agent, registry, redis_proc, redis_url, start_bytes, start_version, work)
+    following = _FollowingAgent(agent, registry, redis_proc, redis_url, start_bytes, start_order, work)
     tally = _Tally()
     watch = RecordWatch(bootstrap, topics, topics.detections, Detections, on_record=tally.add)
     try:
@@ -292,13 +296,14 @@ def _wait_until_served(agent: AgentProcess, version: str, timeout_s: float) -> f
     return None
 
 
-BAD_MODELS = ("tampered-bytes", "signed-by-another-key")
+BAD_MODELS = ("tampered-bytes", "signed-by-another-key", "rejected-unsigned", "replayed-old-order")
 
 
 def bad_models(rig: FaultRig) -> ScenarioResult:
-    """While the cameras stream, the registry announces two bad versions: bytes changed after
-    signing, and a model signed with a key the agent does not trust. Each must be refused with its
-    reason while the agent goes on serving and detecting."""
+    """While the cameras stream, the registry announces bad versions: bytes changed after signing, a
+    model signed with a key the agent does not trust, a rejected (unsigned) version pushed on the
+    channel, and the start version's own order replayed after a newer one. Each must be refused
+    with its reason while the agent goes on serving and detecting."""
     bootstrap, model, source, home = rig.bootstrap, rig.model, rig.source, rig.home
     cameras, fps, seconds = rig.cameras, rig.fps, rig.seconds
     topics = Topics(f"faults{uuid.uuid4().hex[:6]}")
@@ -314,8 +319,16 @@ def bad_models(rig: FaultRig) -> ScenarioResult:
                 f.registry.store(with_version(f.start_bytes, version))
                 f.registry.client.set(f.registry.keys.onnx(version), with_version(f.start_bytes, version) + b"tampered")
                 f.registry.make_current(version)
-            else:
+            elif kind == "signed-by-another-key":
                 rogue.publish(with_version(f.start_bytes, version))
+            elif kind == "rejected-unsigned":
+                rejected = f.registry.store(with_version(f.start_bytes, version), state="rejected", reason="failed the gate")
+                f.registry.client.publish(f.registry.keys.channel, rejected.model_copy(update={"serial": 2**62}).model_dump_json())
+            else:  # the start version's first order, validly signed, replayed after a newer order for the same version
+                version = f.start_version
+                newer = f.registry.make_current(version)
+                _wait_for_serial(f.registry, newer.serial, 20.0)
+                f.registry.client.publish(f.registry.keys.channel, f.start_order.model_dump_json())
             reasons[kind] = _wait_until_refused(f.registry, version, 20.0)
         time.sleep(seconds * 0.3)
         stream.stop()
@@ -330,6 +343,15 @@ def bad_models(rig: FaultRig) -> ScenarioResult:
         }
         result.fault += "; reasons: " + "; ".join(f"{k}: {v or 'NOT REFUSED'}" for k, v in reasons.items())
         return result
+
+
+def _wait_for_serial(registry: Registry, serial: int, timeout_s: float) -> None:
+    """Until some agent reports serving the general model under order ``serial``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if any((s.get("cameras") or {}).get("*", {}).get("serial") == serial for s in registry.agents().values()):
+            return
+        time.sleep(0.2)
 
 
 def _wait_until_refused(registry: Registry, version: str, timeout_s: float) -> str:
