@@ -87,6 +87,9 @@ class ModelUpdater:
             if why_not is not None:
                 self._refuse(order, why_not)
                 return
+            if self.models.adopt(order):  # the same bytes already serve there (e.g. the model the agent started with)
+                self.report()
+                return
             try:
                 data = self.reader.fetch(order)
             except Exception as exc:  # noqa: BLE001 - verification or Redis errors: refuse, keep serving

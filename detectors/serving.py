@@ -96,6 +96,23 @@ class ServedModels:
                 self._previous[camera] = self._cameras.get(camera, self._general)
                 self._cameras[camera] = served
 
+    def adopt(self, order: ModelAnnouncement) -> bool:
+        """When every scope of ``order`` already serves exactly its bytes (the same sha256), take the
+        order as theirs without loading anything again (no new session, no warm-up on the frames'
+        path); returns whether it did."""
+        scopes = order.scope or [GENERAL]
+        with self._lock:
+            current = [self._general if scope == GENERAL else self._cameras.get(scope, self._general) for scope in scopes]
+            if any(served.detector.info.sha256 != order.sha256 for served in current):
+                return False
+            for scope, served in zip(scopes, current, strict=True):
+                adopted = Served(served.detector, order)
+                if scope == GENERAL:
+                    self._general = adopted
+                else:
+                    self._cameras[scope] = adopted
+        return True
+
     def replace_backend(self, version: str, detector: Detector) -> list[str]:
         """Swap every scope serving ``version`` to ``detector`` (the same model on a faster backend);
         returns the scopes changed."""

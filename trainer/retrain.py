@@ -219,7 +219,7 @@ class Retrainer:
                     self.detect_all(served_detector, held[camera]),
                     self.detect_all(candidate, held[camera]),
                     truths,
-                    TEACHER_SOURCE,
+                    TEACHER_SOURCE.split(":")[0],  # "teacher": what labelled the gate frames (the lineage names the models)
                     self.policy.gate,
                 )
             )

@@ -168,7 +168,17 @@ def test_bench_pipeline_reports_the_served_backend_steps_and_honest_efficiency(b
 def test_bench_capacity_searches_camera_counts(broker: str, topics: Topics, shared_data: Path) -> None:
     out = _bench("capacity", "--model", "student", "--max-cameras", "4", "--seconds", "5", "--threads", "1", "--backend", "ort",
                  "--load-generator", "replay", "--bootstrap", broker, "--topic-prefix", topics.prefix, data=shared_data)  # fmt: skip
-    assert [t["cameras"] for t in out["trials"]] == [4]
-    trial = out["trials"][0]
-    fits = trial["frames_shed"] == 0 and trial["frames_unanswered"] == 0 and trial["latency_ms"]["p99"] <= 150
-    assert out["capacity_cameras"] == (4 if fits else 0)
+    # the search starts at 4; whether 4 fit depends on how busy the machine was (a benchmark, not a
+    # timed test): if it did that is the answer, else it bisects below 4 and reports the largest count that fit
+    trials = {t["cameras"]: t for t in out["trials"]}
+    assert out["trials"][0]["cameras"] == 4
+
+    def fits(n: int) -> bool:
+        t = trials[n]
+        return bool(t["frames_shed"] == 0 and t["frames_unanswered"] == 0 and t["latency_ms"]["p99"] <= 150)
+
+    if fits(4):
+        assert list(trials) == [4] and out["capacity_cameras"] == 4
+    else:
+        assert set(trials) <= {1, 2, 3, 4} and out["first_over"] is not None
+        assert out["capacity_cameras"] == max([n for n in trials if fits(n)], default=0)
