@@ -15,7 +15,7 @@ from streams.bus import read_dead_letters
 from streams.cameras.agent import CameraFleet
 from streams.cameras.config import CameraConfig, load_cameras, parse_cameras
 from streams.endpoints import resolve
-from streams.errors import PedstreamError
+from streams.errors import ConfigError, PedstreamError
 from streams.metrics import register_cameras, serve_metrics
 from streams.monitor import FlowMonitor, render_table
 from streams.topics import Topics
@@ -47,9 +47,17 @@ def _cameras_from_args(args: argparse.Namespace) -> list[CameraConfig]:
     return parse_cameras({"cameras": [camera]}, base_dir=Path.cwd(), origin="command line")
 
 
+def _missing_file(source: str | int) -> bool:
+    """A file or folder source (not a URL or a device index) that is not there."""
+    return isinstance(source, str) and "://" not in source and not Path(source).exists()
+
+
 def cmd_camera(args: argparse.Namespace) -> int:
     cameras = _cameras_from_args(args)
     if args.validate_config:
+        missing = [f"camera {cam.id}: source {cam.source}: no such file or folder" for cam in cameras if _missing_file(cam.source)]
+        if missing:
+            raise ConfigError("; ".join(missing))
         for cam in cameras:
             print(
                 f"{cam.id}: {cam.source} fps<={cam.option('fps')} max_width={cam.option('max_width')} "

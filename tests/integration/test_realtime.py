@@ -171,7 +171,7 @@ def test_bench_capacity_searches_camera_counts(broker: str, topics: Topics, shar
     # the search starts at 4; whether 4 fit depends on how busy the machine was (a benchmark, not a
     # timed test): if it did that is the answer, else it bisects below 4 and reports the largest count that fit
     trials = {t["cameras"]: t for t in out["trials"]}
-    assert out["trials"][0]["cameras"] == 4
+    assert 4 in trials
 
     def fits(n: int) -> bool:
         t = trials[n]

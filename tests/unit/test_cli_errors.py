@@ -57,3 +57,15 @@ def test_bare_model_and_sequence_names_are_found_in_the_configured_folders(monke
     assert find_model("missing.onnx") == "missing.onnx"  # not found anywhere: the error names what was asked
     (tmp_path / "nanodet.onnx").write_bytes(b"local")
     assert find_model("nanodet.onnx") == "nanodet.onnx"  # a file where the user is wins
+
+
+def test_validate_config_names_a_camera_whose_source_file_is_missing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], vtest: str
+) -> None:
+    cfg = tmp_path / "cameras.yaml"
+    cfg.write_text(
+        f"cameras:\n  - id: door\n    source: {vtest}\n  - id: yard\n    source: gone.mp4\n  - id: street\n    source: rtsp://127.0.0.1:8554/street\n"
+    )
+    assert cli.main(["camera", "--config", str(cfg), "--validate-config"]) == 2
+    err = capsys.readouterr().err
+    assert f"camera yard: source {tmp_path / 'gone.mp4'}: no such file or folder" in err and "door" not in err and "street" not in err
