@@ -127,7 +127,8 @@ def _trained_on_scored(sources: list[dict[str, Any]], camera: SiteCamera) -> boo
     return False
 
 
-def _ap(detector: Detector, camera: SiteCamera, every: int) -> float:
+def score_camera(detector: Detector, camera: SiteCamera, every: int) -> float:
+    """AP50 of ``detector`` on every ``every``-th frame of the camera's scored half, seen through its look."""
     rng = np.random.default_rng(0)
 
     def detect(images: list[np.ndarray]) -> list[Any]:
@@ -300,7 +301,7 @@ class ClosedLoop:
             self.say(f"hard examples stored: {counts}")
             before = Detector.from_bytes(start_bytes, name="before", threads=1)
             self.say("scoring the start model on every camera's second half (never trained on by the loop)")
-            ap_before = {c.camera_id: _ap(before, c, self.every) for c in self.cameras}
+            ap_before = {c.camera_id: score_camera(before, c, self.every) for c in self.cameras}
             cycle = retrainer.run_cycle([c.camera_id for c in self.adapted], promote=False)
             self.say(f"cycle {cycle.version or '-'}: {cycle.outcome} ({cycle.reason})")
             swap_version = cycle.version if cycle.shipped else self._resigned_copy(registry, start_bytes, start_version)
@@ -309,7 +310,7 @@ class ClosedLoop:
             for c in self.cameras:
                 served = registry.serving(c.camera_id) or start_version
                 ap_after[c.camera_id] = (
-                    ap_before[c.camera_id] if served == start_version else _ap(_detector(registry, served), c, self.every)
+                    ap_before[c.camera_id] if served == start_version else score_camera(_detector(registry, served), c, self.every)
                 )
             return LoopOutcome(
                 start_version=start_version,
