@@ -22,7 +22,7 @@ CameraId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]
 
 AlertKind = Literal["count", "dwell"]
 HardExampleReason = Literal["uncertain", "flicker", "dark", "random"]
-CameraState = Literal["starting", "running", "retrying", "finished", "stopped"]
+CameraState = Literal["starting", "running", "retrying", "finished", "stopped", "failed"]
 ReleaseOrder = Literal["release", "rollback"]
 VersionState = Literal["approved", "rejected"]
 

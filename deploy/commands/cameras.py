@@ -12,7 +12,7 @@ from typing import Any
 
 from deploy.commands.common import Flags, live, log, print_json, stop_on_signals
 from streams.bus import read_dead_letters
-from streams.cameras.agent import CameraFleet
+from streams.cameras.agent import CameraFleet, missing_file
 from streams.cameras.config import CameraConfig, load_cameras, parse_cameras
 from streams.endpoints import resolve
 from streams.errors import ConfigError, PedstreamError
@@ -47,17 +47,16 @@ def _cameras_from_args(args: argparse.Namespace) -> list[CameraConfig]:
     return parse_cameras({"cameras": [camera]}, base_dir=Path.cwd(), origin="command line")
 
 
-def _missing_file(source: str | int) -> bool:
-    """A file or folder source (not a URL or a device index) that is not there."""
-    return isinstance(source, str) and "://" not in source and not Path(source).exists()
-
-
 def cmd_camera(args: argparse.Namespace) -> int:
     cameras = _cameras_from_args(args)
+    missing = {cam.id: why for cam in cameras if (why := missing_file(cam.source))}
+    if missing and len(missing) == len(cameras) and not args.validate_config:  # nothing could ever be published: say so now
+        for camera, why in missing.items():
+            print(f"pedstream: error: camera {camera} failed: {why}", file=sys.stderr)
+        return 1
     if args.validate_config:
-        missing = [f"camera {cam.id}: source {cam.source}: no such file or folder" for cam in cameras if _missing_file(cam.source)]
         if missing:
-            raise ConfigError("; ".join(missing))
+            raise ConfigError("; ".join(f"camera {camera}: {why}" for camera, why in missing.items()))
         for cam in cameras:
             print(
                 f"{cam.id}: {cam.source} fps<={cam.option('fps')} max_width={cam.option('max_width')} "
@@ -87,9 +86,13 @@ def cmd_camera(args: argparse.Namespace) -> int:
 
     fleet.wait(args.seconds, on_tick=report, tick_s=args.report_every)
     fleet.stop()
+    stats = fleet.stats()
     if args.json:
-        print_json(fleet.stats())
-    return 0
+        print_json(stats)
+    failed = [s for s in stats if s["state"] == "failed"]
+    for s in failed:
+        print(f"pedstream: error: camera {s['camera_id']} failed: {s['last_error']}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def cmd_frames_watch(args: argparse.Namespace) -> int:

@@ -13,6 +13,7 @@ import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from kafka import KafkaProducer
@@ -96,6 +97,12 @@ class CameraRunner:
         self.thread = threading.Thread(target=self.run, name=f"camera-{config.id}", daemon=True)
 
     def run(self) -> None:
+        missing = missing_file(self.config.source) if self.source_factory is _source_for else None
+        if missing:  # nothing to retry: a file that is not there does not come back by waiting
+            self.stats.last_error = missing
+            log.error("camera %s: %s", self.config.id, missing)
+            self._report("failed", reason=missing)
+            return
         retry = self.config.option("retry")
         attempt = 0
         while not self.stop_event.is_set():
@@ -212,6 +219,14 @@ class CameraRunner:
             self.status.publish(status)
         except Exception as exc:  # the status report must never take the camera down
             self.outage.failed(f"camera {self.config.id} status: {exc}")
+
+
+def missing_file(source: str | int) -> str | None:
+    """Why a file or folder source cannot be read at all (None: it exists, or it is a URL or a
+    device index, which may come up later)."""
+    if isinstance(source, int) or "://" in source or Path(source).exists():
+        return None
+    return f"source {source}: no such file or folder"
 
 
 def _source_for(config: CameraConfig) -> FrameSource:

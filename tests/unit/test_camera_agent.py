@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -116,3 +117,23 @@ def test_frames_the_broker_did_not_take_are_counted_apart_from_drops_with_one_lo
     assert "KafkaTimeoutError" in str(stats["last_error"]) or "metadata" in str(stats["last_error"])
     broker_lines = [r.getMessage() for r in caplog.records if "unreachable" in r.getMessage()]
     assert len(broker_lines) == 1 and not any(r.exc_info for r in caplog.records), [r.getMessage() for r in caplog.records]
+
+
+def test_a_missing_source_file_fails_at_once_and_the_command_exits_non_zero(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from deploy import cli
+
+    # no broker is needed to find out: the camera fails before publishing anything (its status report is best effort)
+    code = cli.main(["camera", "--source", str(tmp_path / "gone.mp4"), "--id", "door", "--bootstrap", "127.0.0.1:1", "--seconds", "20"])
+    err = capsys.readouterr().err
+    assert code == 1 and f"camera door failed: source {tmp_path / 'gone.mp4'}: no such file or folder" in err
+
+
+def test_a_camera_whose_file_is_missing_reports_failed_and_is_not_retried(tmp_path: Path) -> None:
+    [cfg] = parse_cameras({"cameras": [{"id": "yard", "source": str(tmp_path / "gone.mp4")}]})
+    frames, status, stop = FakePublisher(), FakePublisher(), threading.Event()
+    runner = CameraRunner(cfg, frames, status, stop)  # type: ignore[arg-type]
+    runner.thread.start()
+    runner.thread.join(timeout=5)
+    assert not runner.thread.is_alive() and runner.stats.state == "failed" and frames.records == []
+    [report] = status.records
+    assert isinstance(report, CameraStatus) and report.state == "failed" and "no such file or folder" in (report.reason or "")
