@@ -24,7 +24,7 @@ demo: venv
 	$(VENV)/bin/pedstream demo
 
 test: venv
-	$(VENV)/bin/python -m pytest -ra
+	$(VENV)/bin/python -m pytest -ra --durations=15
 
 test-unit: venv
 	$(VENV)/bin/python -m pytest -ra tests/unit
