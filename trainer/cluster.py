@@ -70,6 +70,15 @@ class RayPorts:
     def service_ports(self) -> list[int]:
         return [self.base + i for i in range(8)]
 
+    def check_free(self) -> None:
+        """Raise ``PedstreamError`` naming the busy ports when a head could not start on them (checked
+        by commands before long work, such as labelling, and by every head start)."""
+        busy = [p for p in self.service_ports() if _port_in_use(p)]
+        if busy:
+            raise PedstreamError(
+                f"Ray ports {busy} on {LOOPBACK} are in use: pass another --ray-port base (pinned range {self.base}-{self.worker_range[1]})"
+            )
+
 
 REMOTE_ENV = "PEDSTREAM_RAY_REMOTE"  # "1": the trainer may join a Ray cluster on other machines (docker-compose)
 
@@ -121,12 +130,7 @@ class LocalRayCluster:
         return f"{LOOPBACK}:{self.ports.gcs}"
 
     def start(self) -> LocalRayCluster:
-        busy = [p for p in self.ports.service_ports() if _port_in_use(p)]
-        if busy:
-            raise PedstreamError(
-                f"Ray ports {busy} on {LOOPBACK} are in use: pass another --ray-port base "
-                f"(pinned range {self.ports.base}-{self.ports.worker_range[1]})"
-            )
+        self.ports.check_free()
         pin_loopback_environment()
         self.temp_dir.mkdir(parents=True, exist_ok=True)
         ray_cli = Path(sys.executable).with_name("ray")

@@ -118,6 +118,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     config = student_config(args)
     settings = job_settings(args)
+    if not args.ray_address:
+        RayPorts(args.ray_port).check_free()  # before the labelling work, not after it
     examples, held_out, data_summary = load_training_data(args, teachers)
     init = read_weights(Path(args.init)) if args.init else None
     bar = ProgressBar(f"train {settings.mode} x{settings.workers}")

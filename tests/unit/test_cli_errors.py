@@ -69,3 +69,19 @@ def test_validate_config_names_a_camera_whose_source_file_is_missing(
     assert cli.main(["camera", "--config", str(cfg), "--validate-config"]) == 2
     err = capsys.readouterr().err
     assert f"camera yard: source {tmp_path / 'gone.mp4'}: no such file or folder" in err and "door" not in err and "street" not in err
+
+
+def test_train_checks_its_ray_ports_before_any_labelling(tmp_path: Path, capsys: pytest.CaptureFixture[str], shared_data: Path) -> None:
+    import socket
+    import time
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        base = holder.getsockname()[1]
+        started = time.monotonic()
+        run = ["train", "--labels", "oracle", "--frames", "1:200", "--ray-port", str(base), "--out", str(tmp_path / "run")]
+        code = cli.main([*run, "--data", str(shared_data)])
+    err = capsys.readouterr().err
+    assert code == 2 and f"Ray ports [{base}]" in err and "label" not in err.split("Ray ports")[0]
+    assert time.monotonic() - started < 20 and not (tmp_path / "run").exists()
