@@ -494,7 +494,7 @@ class DetectorAgent:
 
     async def _dead_letter(self, event: Any, reason: str) -> None:
         message = event.message
-        headers = dead_letter_headers(message.headers, reason, message.topic, message.partition, message.offset)
+        headers = dead_letter_headers(message.headers, reason, message.topic, message.partition, message.offset, self.settings.group)
         _collect(await self.out[self.settings.topics.dead_letter.name].send(key=message.key, value=message.value, headers=headers))
         self.counters["dead_letters"] += 1
         DEAD_LETTERS.labels(message.topic).inc()

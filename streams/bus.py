@@ -34,7 +34,8 @@ DLQ_TOPIC = "pedstream-dlq-topic"
 DLQ_PARTITION = "pedstream-dlq-partition"
 DLQ_OFFSET = "pedstream-dlq-offset"
 DLQ_TS = "pedstream-dlq-ts"
-_DLQ_HEADERS = (DLQ_REASON, DLQ_TOPIC, DLQ_PARTITION, DLQ_OFFSET, DLQ_TS)
+DLQ_GROUP = "pedstream-dlq-group"  # the consumer group that refused it (each group refuses a bad record once)
+_DLQ_HEADERS = (DLQ_REASON, DLQ_TOPIC, DLQ_PARTITION, DLQ_OFFSET, DLQ_TS, DLQ_GROUP)
 
 
 def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec], replication: TopicReplication | None = None) -> list[str]:
@@ -116,6 +117,7 @@ class DeadLetter:
     source_partition: int
     source_offset: int
     dead_lettered_ts: float
+    group: str  # the consumer group that refused it ("" when it had none, e.g. a one-off reader)
     key: bytes | None
     value: bytes | None
     headers: Headers
@@ -132,29 +134,35 @@ class DeadLetter:
             source_partition=int(text(DLQ_PARTITION) or -1),
             source_offset=int(text(DLQ_OFFSET) or -1),
             dead_lettered_ts=float(text(DLQ_TS) or 0.0),
+            group=text(DLQ_GROUP),
             key=key,
             value=value,
             headers=[(k, v) for k, v in headers if k not in _DLQ_HEADERS],
         )
 
 
-def dead_letter_headers(headers: Headers | None, reason: str, source_topic: str, partition: int, offset: int) -> Headers:
-    """The original headers plus why and where from: what every dead-letter entry carries."""
+def dead_letter_headers(
+    headers: Headers | None, reason: str, source_topic: str, partition: int, offset: int, group: str | None = None
+) -> Headers:
+    """The original headers plus why, where from and which consumer group refused it: what every
+    dead-letter entry carries."""
     return list(headers or []) + [
         (DLQ_REASON, reason.encode()),
         (DLQ_TOPIC, source_topic.encode()),
         (DLQ_PARTITION, str(partition).encode()),
         (DLQ_OFFSET, str(offset).encode()),
         (DLQ_TS, f"{time.time():.3f}".encode()),
+        (DLQ_GROUP, (group or "").encode()),
     ]
 
 
 class DeadLetterPublisher:
     """Sends a rejected message, unchanged, to the dead-letter topic with why and where it came from."""
 
-    def __init__(self, producer: KafkaProducer, topics: Topics) -> None:
+    def __init__(self, producer: KafkaProducer, topics: Topics, group: str | None = None) -> None:
         self.producer = producer
         self.topic = topics.dead_letter.name
+        self.group = group
 
     def publish(
         self,
@@ -166,10 +174,10 @@ class DeadLetterPublisher:
         value: bytes | None,
         headers: Headers | None,
     ) -> None:
-        dlq_headers = dead_letter_headers(headers, reason, source_topic, partition, offset)
+        dlq_headers = dead_letter_headers(headers, reason, source_topic, partition, offset, self.group)
         self.producer.send(self.topic, key=key, value=value, headers=dlq_headers)
         DEAD_LETTERS.labels(source_topic).inc()
-        log.warning("dead-lettered %s[%d]@%d: %s", source_topic, partition, offset, reason)
+        log.warning("dead-lettered %s[%d]@%d (group %s): %s", source_topic, partition, offset, self.group or "-", reason)
 
 
 @dataclass(frozen=True)
@@ -205,7 +213,7 @@ class RecordSubscriber(Generic[R]):
         self.topic = topic.name
         self.consumer = KafkaConsumer(topic.name, **consumer_settings(bootstrap, group_id, **consumer_overrides))
         self._own_producer = dead_letters is None
-        self.dead_letters = dead_letters or DeadLetterPublisher(make_producer(bootstrap), topics)
+        self.dead_letters = dead_letters or DeadLetterPublisher(make_producer(bootstrap), topics, group_id)
         self.dead_lettered = 0
 
     def poll(self, timeout_s: float = 1.0) -> list[Delivered[R]]:

@@ -131,6 +131,7 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
             "key": d.key.decode(errors="replace") if d.key else None,
             "bytes": len(d.value or b""),
             "at": d.dead_lettered_ts,
+            "group": d.group,
         }
         for d in letters
     ]
@@ -138,8 +139,11 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
         print_json(rows)
     else:
         for r in rows:
-            print(f"{r['topic']}[{r['partition']}]@{r['offset']} key={r['key']} ({r['bytes']} B): {r['reason']}")
-        print(f"{len(rows)} dead letter(s)")
+            where = f"{r['topic']}[{r['partition']}]@{r['offset']} key={r['key']} ({r['bytes']} B)"
+            print(f"{where} refused by {r['group'] or '-'}: {r['reason']}")
+        records = {(r["topic"], r["partition"], r["offset"]) for r in rows}
+        groups = {r["group"] for r in rows}
+        print(f"{len(rows)} dead letter(s): {len(records)} record(s), {len(groups)} consumer group(s), one entry per record per group")
     return 0
 
 

@@ -177,6 +177,7 @@ def test_hard_examples_arrive_within_budget(one_agent_run: dict) -> None:  # typ
 def test_corrupt_jpeg_goes_to_dead_letters_and_the_agent_goes_on(one_agent_run: dict) -> None:  # type: ignore[type-arg]
     [letter] = [d for d in one_agent_run["dead"] if d.key == b"broken"]
     assert "corrupt JPEG" in letter.reason and letter.source_topic == one_agent_run["topics"].frames.name
+    assert letter.group == "pedstream-detectors"  # the header names the consumer group that refused it
     after = sorted(d.seq for d in one_agent_run["detections"] if d.camera_id == "after")
     assert after == [0, 1, 2, 3, 4]
 

@@ -119,7 +119,8 @@ def test_invalid_records_go_to_the_dead_letter_topic_and_the_consumer_goes_on(br
     producer.flush()
     producer.close()
 
-    frames = consume(broker, topics, Frame, f"g-{uuid.uuid4().hex[:6]}", 1)
+    group = f"g-{uuid.uuid4().hex[:6]}"
+    frames = consume(broker, topics, Frame, group, 1)
     assert frames == [good]
     letters = read_dead_letters(broker, topics, timeout_s=3)
     assert len(letters) == 2
@@ -127,5 +128,5 @@ def test_invalid_records_go_to_the_dead_letter_topic_and_the_consumer_goes_on(br
     assert "not JPEG data" in by_value[b"not a jpeg"].reason
     assert f"missing header {META_HEADER!r}" in by_value[jpeg].reason
     for letter in letters:
-        assert letter.source_topic == topics.frames.name and letter.key == b"cam" and letter.source_offset >= 0
+        assert letter.source_topic == topics.frames.name and letter.key == b"cam" and letter.source_offset >= 0 and letter.group == group
         assert (RECORD_HEADER, b"Frame") in letter.headers  # the original headers are kept
