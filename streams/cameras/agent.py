@@ -113,7 +113,10 @@ class CameraRunner:
                 source.open()
                 self._report("running", attempt=attempt)
                 self._stream(source)
-                self._report("stopped" if self.stop_event.is_set() else "finished")
+                if source.end_note:
+                    log.warning("camera %s: %s", self.config.id, source.end_note)
+                    self.stats.last_error = source.end_note
+                self._report("stopped" if self.stop_event.is_set() else "finished", reason=source.end_note)
                 return
             except SourceError as exc:
                 if self.stats.published > published_before:

@@ -26,6 +26,7 @@ class FrameSource(ABC):
 
     live: bool = False
     native_fps: float | None = None
+    end_note: str | None = None  # set when the source ended early in a way a user should hear of (a truncated file)
 
     def __init__(self, description: str) -> None:
         self.description = description
@@ -59,6 +60,7 @@ class CaptureSource(FrameSource):
         self._capture: cv2.VideoCapture | None = None
         self._index = 0
         self._decoded_since_open = 0
+        self._declared_frames = 0  # what the file's container says it holds (0: unknown, or a stream)
 
     def open(self) -> None:
         if isinstance(self.target, str) and not self.live and not Path(self.target).is_file():
@@ -66,6 +68,8 @@ class CaptureSource(FrameSource):
         self._open_capture()
         fps = self._capture.get(cv2.CAP_PROP_FPS) if self._capture is not None else 0.0
         self.native_fps = self.fps_override or (fps if 0 < fps < 1000 else None)
+        if not self.live and self._capture is not None:
+            self._declared_frames = max(0, int(self._capture.get(cv2.CAP_PROP_FRAME_COUNT)))
         if not self.live and self.start_frame:
             skipped = 0
             while skipped < self.start_frame and self._capture is not None and self._capture.grab():
@@ -99,6 +103,11 @@ class CaptureSource(FrameSource):
             raise SourceError(f"{self.description}: stream stopped delivering frames")
         if self._decoded_since_open == 0:
             raise SourceError(f"{self.description}: opened but no frame could be decoded (corrupt or empty file)")
+        if self._declared_frames and self._index < self._declared_frames - max(2, self._declared_frames // 50):
+            self.end_note = (
+                f"{self.description} ended at frame {self._index} of the {self._declared_frames} its container declares: "
+                "the file looks truncated or damaged"
+            )
         if not self.loop:
             return None
         self._open_capture()  # loop: rewind by reopening (seeking is unreliable for some codecs)

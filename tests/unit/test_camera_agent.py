@@ -137,3 +137,27 @@ def test_a_camera_whose_file_is_missing_reports_failed_and_is_not_retried(tmp_pa
     assert not runner.thread.is_alive() and runner.stats.state == "failed" and frames.records == []
     [report] = status.records
     assert isinstance(report, CameraStatus) and report.state == "failed" and "no such file or folder" in (report.reason or "")
+
+
+def test_a_truncated_video_ends_with_a_warning_naming_where_it_stopped(tmp_path: Path) -> None:
+    import cv2
+
+    from streams.cameras.sources import CaptureSource
+
+    whole, cut = tmp_path / "whole.avi", tmp_path / "cut.avi"
+    writer = cv2.VideoWriter(str(whole), cv2.VideoWriter_fourcc(*"MJPG"), 10, (160, 120))
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        writer.write(rng.integers(0, 255, (120, 160, 3), np.uint8))
+    writer.release()
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    notes = {}
+    for path in (whole, cut):
+        source = CaptureSource(str(path), live=False, loop=False)
+        source.open()
+        while source.read() is not None:
+            pass
+        source.close()
+        notes[path.name] = source.end_note
+    assert notes["whole.avi"] is None
+    assert notes["cut.avi"] is not None and "ended at frame 30 of the 60 its container declares" in notes["cut.avi"]
