@@ -302,7 +302,7 @@ class DetectorAgent:
             declared_size=(frame.width, frame.height),
         )
         # shed now what would finish after its deadline anyway: decoding it would only delay the frames behind it
-        expected_s = self.pipeline.total_estimate_s if self.pipeline is not None else 0.0
+        expected_s = self.pipeline.expected_latency_s() if self.pipeline is not None else 0.0
         if deadline is not None and now - frame.capture_ts + expected_s > deadline:
             item.jpeg = b""
             item.shed = (

@@ -105,6 +105,14 @@ class DetectionPipeline:
     def submit(self, item: WorkItem, timeout: float | None = None) -> None:
         self.q_decode.put(item, timeout=timeout)
 
+    def expected_latency_s(self) -> float:
+        """How long a frame submitted now should take: the batches queued ahead of it and its own, at
+        the current inference time. It follows the queues as they are now, so a burst that is over no
+        longer counts (an average of past frames' whole way through stays high after a burst, when
+        every new frame is shed and none updates it: nothing would ever be detected again)."""
+        queued = sum(q.qsize() for q in (self.q_decode, self.q_pre, self.q_infer, self.q_post))
+        return (queued // max(1, self.max_batch) + 1) * self.infer_estimate_s
+
     def swap(self, detector: Detector) -> None:
         """Serve ``detector`` as the general model from the next batch on; frames already batched
         finish on the old one (per-camera swaps go through ``models``)."""

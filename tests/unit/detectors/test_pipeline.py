@@ -106,6 +106,8 @@ def test_expired_frames_are_shed_before_inference_and_keep_their_place(ssd: Dete
     assert out[8].shed == "stale on arrival: set by the caller" and "decode" not in out[8].timings_ms  # never decoded
     assert sum(pipe.batches) == 4  # only the four fresh frames were inferred
     assert pipe.infer_estimate_s > 0 and pipe.total_estimate_s > 0
+    # with nothing queued a new frame expects one batch, whatever the frames before it waited
+    assert pipe.expected_latency_s() == pytest.approx(pipe.infer_estimate_s)
 
 
 def test_greedy_batching_adds_no_wait(ssd: Detector, frames: list[bytes]) -> None:
