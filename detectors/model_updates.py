@@ -22,7 +22,7 @@ from detectors.detector import Detector
 from detectors.metrics import MODEL_SWAPS
 from detectors.serving import ServedModels
 from streams.model_channel import ModelReader
-from streams.records import ModelAnnouncement
+from streams.records import ModelAnnouncement, describe_scope
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ class ModelUpdater:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     def _refuse(self, order: ModelAnnouncement, reason: str) -> None:
-        where = describe(order.scope)
+        where = describe_scope(order.scope)
         log.error("agent %s refused model %s for %s: %s; still serving what it served", self.agent_id, order.version, where, reason)
         self.refused[order.version] = reason
         self.report(refused={"version": order.version, "scope": order.scope, "serial": order.serial, "reason": reason})
@@ -116,7 +116,7 @@ class ModelUpdater:
             MODEL_SWAPS.inc()
             for camera in order.scope:
                 self.reverted.pop(camera, None)
-        log.info("agent %s now serves %s on %s for %s", self.agent_id, order.version, detector.backend.name, describe(order.scope))
+        log.info("agent %s now serves %s on %s for %s", self.agent_id, order.version, detector.backend.name, describe_scope(order.scope))
         self.report(backend=detector.backend.name)
 
     def revert(self, camera: str, reason: str) -> str | None:
@@ -142,7 +142,3 @@ class ModelUpdater:
         if changed:
             log.info("model %s now runs on %s for %s", version, detector.backend.name, ", ".join(changed))
             self.report(backend=detector.backend.name)
-
-
-def describe(scope: list[str]) -> str:
-    return f"camera{'s' if len(scope) > 1 else ''} {', '.join(scope)}" if scope else "the general model"

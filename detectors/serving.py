@@ -14,9 +14,7 @@ import threading
 from dataclasses import dataclass
 
 from detectors.detector import Detector
-from streams.records import ModelAnnouncement
-
-GENERAL = "*"
+from streams.records import GENERAL_SCOPE, ModelAnnouncement, describe_scope
 
 
 @dataclass(frozen=True)
@@ -60,24 +58,24 @@ class ServedModels:
     def served(self, scope: str) -> Served:
         """What ``scope`` (a camera id, or ``*``) serves now."""
         with self._lock:
-            return self._general if scope == GENERAL else self._cameras.get(scope, self._general)
+            return self._general if scope == GENERAL_SCOPE else self._cameras.get(scope, self._general)
 
     def admit(self, order: ModelAnnouncement) -> str | None:
         """Why this order must be refused (None: it may be served). Orders already in force, such as
         those read again after a reconnect, are refused with reason ``""`` (nothing to do)."""
-        scopes = order.scope or [GENERAL]
+        scopes = order.scope or [GENERAL_SCOPE]
         for scope in scopes:
-            served = self.served(scope) if scope == GENERAL else self._own(scope)
+            served = self.served(scope) if scope == GENERAL_SCOPE else self._own(scope)
             if served is None:
                 continue  # a camera with no model of its own yet: any signed order may give it one
             if order.serial == served.serial and order.version == served.version:
                 return ""
             if order.serial <= served.serial:
-                return f"order #{order.serial} is not newer than order #{served.serial} that {_name(scope)} serves"
+                return f"order #{order.serial} is not newer than order #{served.serial} that {describe_scope([scope])} serves"
             if order.order != "rollback" and order.number < served.number:
                 return (
                     f"version {order.version} (approval #{order.number}) is older than {served.version} (#{served.number}) "
-                    f"that {_name(scope)} serves, and the order is not a signed rollback"
+                    f"that {describe_scope([scope])} serves, and the order is not a signed rollback"
                 )
         return None
 
@@ -90,7 +88,7 @@ class ServedModels:
         served = Served(detector, order)
         with self._lock:
             if not scope:
-                self._previous[GENERAL] = self._general
+                self._previous[GENERAL_SCOPE] = self._general
                 self._general = served
             for camera in scope:
                 self._previous[camera] = self._cameras.get(camera, self._general)
@@ -100,14 +98,14 @@ class ServedModels:
         """When every scope of ``order`` already serves exactly its bytes (the same sha256), take the
         order as theirs without loading anything again (no new session, no warm-up on the frames'
         path); returns whether it did."""
-        scopes = order.scope or [GENERAL]
+        scopes = order.scope or [GENERAL_SCOPE]
         with self._lock:
-            current = [self._general if scope == GENERAL else self._cameras.get(scope, self._general) for scope in scopes]
+            current = [self._general if scope == GENERAL_SCOPE else self._cameras.get(scope, self._general) for scope in scopes]
             if any(served.detector.info.sha256 != order.sha256 for served in current):
                 return False
             for scope, served in zip(scopes, current, strict=True):
                 adopted = Served(served.detector, order)
-                if scope == GENERAL:
+                if scope == GENERAL_SCOPE:
                     self._general = adopted
                 else:
                     self._cameras[scope] = adopted
@@ -120,7 +118,7 @@ class ServedModels:
         with self._lock:
             if self._general.version == version:
                 self._general = Served(detector, self._general.order)
-                changed.append(GENERAL)
+                changed.append(GENERAL_SCOPE)
             for camera, served in self._cameras.items():
                 if served.version == version:
                     self._cameras[camera] = Served(detector, served.order)
@@ -139,7 +137,7 @@ class ServedModels:
             if camera in self._cameras:
                 previous = self._previous.pop(camera, None)
             else:
-                previous = self._previous.get(GENERAL)
+                previous = self._previous.get(GENERAL_SCOPE)
             if previous is None:
                 return None
             if previous is self._general:
@@ -151,11 +149,7 @@ class ServedModels:
     def status(self) -> dict[str, dict[str, object]]:
         """Scope -> version, backend, order serial and approval number (for reports and metrics)."""
         with self._lock:
-            items = [(GENERAL, self._general), *sorted(self._cameras.items())]
+            items = [(GENERAL_SCOPE, self._general), *sorted(self._cameras.items())]
         return {
             scope: {"version": s.version, "backend": s.detector.backend.name, "serial": s.serial, "number": s.number} for scope, s in items
         }
-
-
-def _name(scope: str) -> str:
-    return "the general model" if scope == GENERAL else f"camera {scope}"

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import redis
 
-from streams.records import ModelAnnouncement
+from streams.records import GENERAL_SCOPE, ModelAnnouncement
 from streams.signing import Verifier
 
 log = logging.getLogger(__name__)
@@ -111,19 +111,16 @@ def as_bytes(reply: object) -> bytes | None:
     raise TypeError(f"expected a bytes reply from Redis, got {type(reply).__name__}")
 
 
-GENERAL_SCOPE = "*"
-"""The ``P:orders`` field of the general model's order."""
-
-
 def read_orders(client: redis.Redis, keys: ModelKeys) -> dict[str, ModelAnnouncement]:
     """The release orders in force, by scope (``*`` first, then cameras); a malformed entry is
     skipped with a warning (its agents keep what they serve)."""
     reply = client.hgetall(keys.orders)
     if not isinstance(reply, dict):
         raise TypeError(f"expected a hash reply from Redis, got {type(reply).__name__}")
+    by_scope = {(as_bytes(field_name) or b"").decode(): raw for field_name, raw in reply.items()}
     out: dict[str, ModelAnnouncement] = {}
-    for field_name, raw in sorted(reply.items(), key=lambda kv: (as_bytes(kv[0]) != GENERAL_SCOPE.encode(), as_bytes(kv[0]))):
-        scope = (as_bytes(field_name) or b"").decode()
+    for scope in sorted(by_scope, key=lambda s: (s != GENERAL_SCOPE, s)):
+        raw = by_scope[scope]
         try:
             out[scope] = ModelAnnouncement.model_validate_json(as_bytes(raw) or b"")
         except ValueError as exc:

@@ -191,6 +191,18 @@ class TileDetections(CameraRecord):
     produced_ts: Timestamp
 
 
+GENERAL_SCOPE = "*"
+"""Where an order's scope is kept (``P:orders`` field, agents' status): the general model."""
+
+
+def describe_scope(cameras: list[str] | tuple[str, ...]) -> str:
+    """How messages name what an order is for: ``the general model``, ``camera a`` or ``cameras a, b``."""
+    named = sorted(c for c in cameras if c != GENERAL_SCOPE)
+    if not named:
+        return "the general model"
+    return f"camera{'s' if len(named) > 1 else ''} {', '.join(named)}"
+
+
 class ModelAnnouncement(Record):
     """A release order from the model registry: serve ``version`` on the cameras in ``scope``.
 

@@ -24,8 +24,8 @@ import redis
 from detectors.adapters.registry import FORMAT_METADATA_KEY
 from detectors.detector import VERSION_METADATA_KEY, onnx_metadata
 from streams.errors import PedstreamError
-from streams.model_channel import GENERAL_SCOPE, ModelKeys, get_bytes, list_bytes, read_orders
-from streams.records import ModelAnnouncement
+from streams.model_channel import ModelKeys, get_bytes, list_bytes, read_orders
+from streams.records import GENERAL_SCOPE, ModelAnnouncement, describe_scope
 from streams.signing import Signer, VerificationError, Verifier, sha256_hex
 
 STATES = ("approved", "rejected")
@@ -44,10 +44,6 @@ class Lineage:
 def scope_keys(cameras: Sequence[str]) -> list[str]:
     """The ``P:orders`` fields an order for ``cameras`` writes (``*`` for the general model)."""
     return sorted(cameras) or [GENERAL_SCOPE]
-
-
-def describe_scope(cameras: Sequence[str]) -> str:
-    return ", ".join(sorted(cameras)) if cameras else "the general model"
 
 
 class Registry:
@@ -139,7 +135,7 @@ class Registry:
                 if serving is not None and serving.number > approved.number:
                     raise PedstreamError(
                         f"{version} (approval #{approved.number}) is older than {serving.version} (#{serving.number}) "
-                        f"that {'the general model' if key == GENERAL_SCOPE else key} serves: use `pedstream models rollback`"
+                        f"that {describe_scope([key])} serves: use `pedstream models rollback`"
                     )
         serial = self._next(self.keys.serials)
         signed = signer.sign_order(
@@ -150,7 +146,7 @@ class Registry:
         for key in scope_keys(cameras):
             pipe.hset(self.keys.orders, key, as_json)
             if order == "release":
-                pipe.rpush(self._stack_key(None if key == GENERAL_SCOPE else key), version)
+                pipe.rpush(self._stack_key(key), version)
         if not cameras:
             pipe.set(self.keys.current, version)
         pipe.rpush(self.keys.history, as_json)
@@ -195,7 +191,7 @@ class Registry:
         rollback pops one; a camera with none left gets the general model's version). The only way
         a scope goes back to an older version."""
         scope = [camera] if camera else []
-        stack = self._stack_key(camera)
+        stack = self._stack_key(camera or GENERAL_SCOPE)
         if to is None:
             versions = [v.decode() for v in list_bytes(self.client.lrange(stack, 0, -1))]
             if not versions:
@@ -210,8 +206,9 @@ class Registry:
         assert to is not None
         return self.assign(to, scope, order="rollback")
 
-    def _stack_key(self, camera: str | None) -> str:
-        return f"{self.keys.history}:{camera or GENERAL_SCOPE}"
+    def _stack_key(self, scope: str) -> str:
+        """The stack of versions ``scope`` (a camera, or ``*``) was released to."""
+        return f"{self.keys.history}:{scope}"
 
     def _next(self, counter: str) -> int:
         """The next number of ``counter``: the time in milliseconds, or one past the last number if

@@ -137,9 +137,6 @@ class Retrainer:
         truths = [_truth(self.label(e)) for e in recent]
         return average_precision(found, truths).ap50
 
-    def ap_on(self, detector: Detector, examples: list[StoredExample]) -> float:
-        return average_precision(self.detect_all(detector, examples), [_truth(self.label(e)) for e in examples]).ap50
-
     # --- triggers --------------------------------------------------------------------------------
 
     def due(self) -> dict[str, str]:
@@ -207,10 +204,11 @@ class Retrainer:
         result = job.run()
         self.say(f"gating the candidate on the gate frames of {', '.join(targets)} (held-out time blocks, teacher labels)")
         candidate = Detector.from_bytes(result.model_onnx, name=version)
+        served_detectors = {v: Detector.from_bytes(self.registry.onnx(v), name=v) for v in {served[c] or parent for c in targets}}
         gates = []
         for camera in targets:
             served_version = served[camera] or parent
-            served_detector = Detector.from_bytes(self.registry.onnx(served_version), name=served_version)
+            served_detector = served_detectors[served_version]
             truths = [_truth(self.label(e)) for e in held[camera]]
             gates.append(
                 judge(

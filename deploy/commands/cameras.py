@@ -12,8 +12,9 @@ from typing import Any
 
 from deploy.commands.common import Flags, live, log, print_json, stop_on_signals
 from streams.bus import read_dead_letters
-from streams.cameras.agent import CameraFleet, missing_file
+from streams.cameras.agent import CameraFleet
 from streams.cameras.config import CameraConfig, load_cameras, parse_cameras
+from streams.cameras.sources import missing_file
 from streams.endpoints import resolve
 from streams.errors import ConfigError, PedstreamError
 from streams.metrics import register_cameras, serve_metrics

@@ -13,7 +13,6 @@ import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 from kafka import KafkaProducer
@@ -22,7 +21,7 @@ from kafka.errors import KafkaError
 from streams.bus import CameraStatusPublisher, FramePublisher, ensure_topics, make_producer
 from streams.cameras.config import CameraConfig
 from streams.cameras.looks import encode_jpeg, render
-from streams.cameras.sources import FrameSource, build_source
+from streams.cameras.sources import FrameSource, build_source, missing_file
 from streams.errors import SourceError
 from streams.outage import OutageLog
 from streams.records import CameraState, CameraStatus, Frame
@@ -97,7 +96,7 @@ class CameraRunner:
         self.thread = threading.Thread(target=self.run, name=f"camera-{config.id}", daemon=True)
 
     def run(self) -> None:
-        missing = missing_file(self.config.source) if self.source_factory is _source_for else None
+        missing = missing_file(self.config.source)
         if missing:  # nothing to retry: a file that is not there does not come back by waiting
             self.stats.last_error = missing
             log.error("camera %s: %s", self.config.id, missing)
@@ -222,14 +221,6 @@ class CameraRunner:
             self.status.publish(status)
         except Exception as exc:  # the status report must never take the camera down
             self.outage.failed(f"camera {self.config.id} status: {exc}")
-
-
-def missing_file(source: str | int) -> str | None:
-    """Why a file or folder source cannot be read at all (None: it exists, or it is a URL or a
-    device index, which may come up later)."""
-    if isinstance(source, int) or "://" in source or Path(source).exists():
-        return None
-    return f"source {source}: no such file or folder"
 
 
 def _source_for(config: CameraConfig) -> FrameSource:

@@ -175,6 +175,14 @@ def seqinfo_fps(video: Path) -> float | None:
         return None
 
 
+def missing_file(source: str | int) -> str | None:
+    """Why a file or folder source cannot be read at all (None: it exists, or it is a URL or a
+    device index, which may come up later)."""
+    if isinstance(source, int) or "://" in source or Path(source).exists():
+        return None
+    return f"source {source}: no such file or folder"
+
+
 def build_source(
     source: str | int, loop: bool, start_s: float = 0.0, start_frame: int = 0, fps_override: float | None = None
 ) -> FrameSource:

@@ -15,9 +15,9 @@ from detectors.agreement import AgreementMonitor, AgreementPolicy
 from detectors.detector import Detector, read_model, with_version
 from detectors.pipeline import DetectionPipeline, WorkItem
 from detectors.results import BoxArray
-from detectors.serving import GENERAL, ServedModels
+from detectors.serving import ServedModels
 from streams.mot import MotSequence
-from streams.records import ModelAnnouncement
+from streams.records import GENERAL_SCOPE, ModelAnnouncement
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,7 @@ def test_cameras_without_a_model_of_their_own_get_the_general_one(student_bytes:
     models.install(detector(student_bytes, "general-2"), order("general-2", 3, 3), [])
     assert models.for_camera("cam-new").version == "general-2"
     assert models.for_camera("cam-a").version == "cam-a-1"  # its own model outranks the general one
-    assert models.status()[GENERAL]["version"] == "general-2" and models.status()["cam-a"]["serial"] == 2
+    assert models.status()[GENERAL_SCOPE]["version"] == "general-2" and models.status()["cam-a"]["serial"] == 2
 
 
 def test_orders_move_forward_only_unless_a_rollback_names_the_older_version(student_bytes: bytes) -> None:
