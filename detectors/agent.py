@@ -624,7 +624,7 @@ class DetectorAgent:
         quiet_client_logs()  # aiokafka logs every failed attempt while the broker is down: one line per kind per minute
         worker = BoundedShutdownWorker(self.app, loglevel=logging.getLevelName(log.getEffectiveLevel()), quiet=True)
         metrics.SERVING.follow(self.models)
-        if serve_metrics(self.settings.metrics_port, self.settings.metrics_host):
+        if serve_metrics(self.settings.metrics_port, metrics.DETECTOR_METRICS, self.settings.metrics_host):
             log.info("metrics on http://%s:%d/metrics", self.settings.metrics_host, self.settings.metrics_port)
         if self.watcher is not None:
             self.watcher.start()

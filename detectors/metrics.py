@@ -1,8 +1,8 @@
 """Prometheus metrics of a detector agent: fps and latency per camera, latency per pipeline stage,
 batch sizes, the model and backend serving, hard examples, alerts and model swaps.
 
-Served by ``streams.metrics.serve_metrics`` (``pedstream detect --metrics-port``); dead letters are
-counted in ``streams.metrics``.
+All in ``DETECTOR_METRICS``, the detector role's registry (with the dead letters of
+``streams.metrics``), served by ``streams.metrics.serve_metrics`` (``pedstream detect --metrics-port``).
 """
 
 from __future__ import annotations
@@ -10,39 +10,58 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from streams.metrics import RateMeter
+from streams.metrics import DEAD_LETTERS, RateMeter, role_registry
 
 if TYPE_CHECKING:
     from detectors.serving import ServedModels
 
 STAGE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+DETECTOR_METRICS = role_registry(DEAD_LETTERS)
 
-FRAMES = Counter("pedstream_detector_frames", "Frames detected and published as Detections", ["camera"])
+FRAMES = Counter("pedstream_detector_frames", "Frames detected and published as Detections", ["camera"], registry=DETECTOR_METRICS)
 FRAMES_SHED = Counter(
-    "pedstream_frames_shed", "Frames not inferred because they were older than their camera's deadline", ["camera", "where"]
+    "pedstream_frames_shed",
+    "Frames not inferred because they were older than their camera's deadline",
+    ["camera", "where"],
+    registry=DETECTOR_METRICS,
 )
-PEOPLE = Counter("pedstream_detector_people", "Boxes published", ["camera"])
-STAGE_SECONDS = Histogram("pedstream_detector_stage_seconds", "Time a frame spent in each pipeline stage", ["stage"], buckets=STAGE_BUCKETS)
+PEOPLE = Counter("pedstream_detector_people", "Boxes published", ["camera"], registry=DETECTOR_METRICS)
+STAGE_SECONDS = Histogram(
+    "pedstream_detector_stage_seconds",
+    "Time a frame spent in each pipeline stage",
+    ["stage"],
+    buckets=STAGE_BUCKETS,
+    registry=DETECTOR_METRICS,
+)
 FRAME_TO_DETECTION = Histogram(
-    "pedstream_detector_frame_to_detection_seconds", "Capture to Detections published", ["camera"], buckets=LATENCY_BUCKETS
+    "pedstream_detector_frame_to_detection_seconds",
+    "Capture to Detections published",
+    ["camera"],
+    buckets=LATENCY_BUCKETS,
+    registry=DETECTOR_METRICS,
 )
-BATCH_SIZE = Histogram("pedstream_detector_batch_size", "Frames per inference batch", buckets=(1, 2, 4, 8, 16, 32, 64))
-HARD_EXAMPLES = Counter("pedstream_detector_hard_examples", "Hard examples published", ["camera", "reason"])
-ALERTS = Counter("pedstream_detector_alerts", "Alerts published", ["camera", "rule"])
+BATCH_SIZE = Histogram(
+    "pedstream_detector_batch_size", "Frames per inference batch", buckets=(1, 2, 4, 8, 16, 32, 64), registry=DETECTOR_METRICS
+)
+HARD_EXAMPLES = Counter("pedstream_detector_hard_examples", "Hard examples published", ["camera", "reason"], registry=DETECTOR_METRICS)
+ALERTS = Counter("pedstream_detector_alerts", "Alerts published", ["camera", "rule"], registry=DETECTOR_METRICS)
 CLOCK_SKEW = Gauge(
     "pedstream_detector_clock_skew_seconds",
     "How far the camera's capture clock is ahead of the broker's and this host's (last seen)",
     ["camera"],
+    registry=DETECTOR_METRICS,
 )
 PUBLISH_FAILURES = Counter(
-    "pedstream_detector_publish_failures", "Frames whose results the broker did not take (left unacknowledged, detected again later)"
+    "pedstream_detector_publish_failures",
+    "Frames whose results the broker did not take (left unacknowledged, detected again later)",
+    registry=DETECTOR_METRICS,
 )
-MODEL_SWAPS = Counter("pedstream_detector_model_swaps", "Model versions swapped in (hot swap)")
+MODEL_SWAPS = Counter("pedstream_detector_model_swaps", "Model versions swapped in (hot swap)", registry=DETECTOR_METRICS)
 
 
 class ServingCollector(Collector):
@@ -73,7 +92,7 @@ class ServingCollector(Collector):
 
 
 SERVING = ServingCollector()
-REGISTRY.register(SERVING)
+DETECTOR_METRICS.register(SERVING)
 
 
 def observe_frame(camera: str, boxes: int, timings_ms: dict[str, float]) -> None:

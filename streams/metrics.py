@@ -1,9 +1,13 @@
-"""Prometheus metrics: the HTTP endpoint every pedstream process can serve, the metrics shared by all
-of them (dead letters), and the camera agents' metrics (read from the fleet's counters when scraped).
+"""Prometheus metrics: the HTTP endpoint every pedstream process can serve, one registry per role,
+the dead-letter counter the consuming roles share, and the camera agents' metrics (read from the
+fleet's counters when scraped).
 
-Each process serves its own ``/metrics`` (``--metrics-port``); by default on 127.0.0.1 only
-(``--metrics-host 0.0.0.0`` where Prometheus scrapes from another machine, as in docker-compose).
-Metric names: ``pedstream_<part>_<what>``; counters end in ``_total`` as Prometheus expects.
+Each role registers its families in its own registry (``role_registry``: the camera's here, the
+detector's in ``detectors.metrics``, the trainer's in ``trainer.metrics``, the dashboard's in
+``deploy.dashboard``), so a process exports only what it measures. Each process serves its own
+``/metrics`` (``--metrics-port``); by default on 127.0.0.1 only (``--metrics-host 0.0.0.0`` where
+Prometheus scrapes from another machine, as in docker-compose). Metric names:
+``pedstream_<part>_<what>``; counters end in ``_total`` as Prometheus expects.
 """
 
 from __future__ import annotations
@@ -13,18 +17,31 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 
-from prometheus_client import REGISTRY, Counter, start_http_server
+from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR, CollectorRegistry, Counter, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-DEAD_LETTERS = Counter("pedstream_dead_letters", "Messages sent to the dead-letter topic, by the topic they came from", ["topic"])
+
+def role_registry(*shared: Collector) -> CollectorRegistry:
+    """A role's own registry: the process, platform and GC collectors, plus ``shared`` ones."""
+    registry = CollectorRegistry(auto_describe=True)
+    for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR, *shared):
+        registry.register(collector)
+    return registry
 
 
-def serve_metrics(port: int | None, host: str = "127.0.0.1") -> int | None:
-    """Serve ``/metrics`` on ``host:port`` from a background thread; returns the port (None: off)."""
+# Counted by every consuming role (detector, trainer, dashboard); each registers it in its registry.
+DEAD_LETTERS = Counter(
+    "pedstream_dead_letters", "Messages sent to the dead-letter topic, by the topic they came from", ["topic"], registry=None
+)
+CAMERA_METRICS = role_registry()
+
+
+def serve_metrics(port: int | None, registry: CollectorRegistry, host: str = "127.0.0.1") -> int | None:
+    """Serve ``registry`` as ``/metrics`` on ``host:port`` from a background thread; returns the port (None: off)."""
     if port is None:
         return None
-    start_http_server(port, addr=host)
+    start_http_server(port, addr=host, registry=registry)
     return port
 
 
@@ -84,6 +101,7 @@ class CameraCollector(Collector):
 
 
 def register_cameras(stats: Callable[[], Iterable[dict[str, object]]]) -> CameraCollector:
+    """The camera role's metrics (``CAMERA_METRICS``) read ``stats`` at scrape time."""
     collector = CameraCollector(stats)
-    REGISTRY.register(collector)
+    CAMERA_METRICS.register(collector)
     return collector

@@ -17,7 +17,7 @@ from streams.cameras.config import CameraConfig, load_cameras, parse_cameras
 from streams.cameras.sources import missing_file
 from streams.endpoints import resolve
 from streams.errors import ConfigError, PedstreamError
-from streams.metrics import register_cameras, serve_metrics
+from streams.metrics import CAMERA_METRICS, register_cameras, serve_metrics
 from streams.monitor import FlowMonitor, render_table
 from streams.topics import Topics
 
@@ -70,7 +70,7 @@ def cmd_camera(args: argparse.Namespace) -> int:
     stop_on_signals(fleet.stop_event.set)
     if args.metrics_port is not None:
         register_cameras(fleet.stats)
-        serve_metrics(args.metrics_port, args.metrics_host)
+        serve_metrics(args.metrics_port, CAMERA_METRICS, args.metrics_host)
         print(f"[camera] metrics on http://{args.metrics_host}:{args.metrics_port}/metrics", file=sys.stderr, flush=True)
     log.info("publishing %d camera(s) to %s", len(cameras), endpoints.bootstrap)
     fleet.start()

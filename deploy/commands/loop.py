@@ -36,6 +36,7 @@ def cmd_trainer(args: argparse.Namespace) -> int:
     from trainer.data import LabelCache
     from trainer.gate import GatePolicy
     from trainer.labels import TeacherLabeler
+    from trainer.metrics import TRAINER_METRICS
     from trainer.retrain import Retrainer, RetrainPolicy, fine_tune_settings
     from trainer.service import TrainerService
     from trainer.sources import default_label_cache
@@ -76,7 +77,7 @@ def cmd_trainer(args: argparse.Namespace) -> int:
 
         signal.signal(signal.SIGTERM, lambda *_: service.stop())
         signal.signal(signal.SIGINT, lambda *_: service.stop())
-        if serve_metrics(args.metrics_port, args.metrics_host):
+        if serve_metrics(args.metrics_port, TRAINER_METRICS, args.metrics_host):
             print(f"[trainer] metrics on http://{args.metrics_host}:{args.metrics_port}/metrics", file=sys.stderr, flush=True)
         print(
             f"[trainer] store {store_dir}; registry current {registry.current_version()}; "

@@ -239,3 +239,5 @@ def test_the_agent_serves_prometheus_metrics_that_match_what_it_published(one_ag
     assert total("pedstream_detector_batch_size_count") >= 1
     version = one_agent_run["detections"][0].model_version
     assert total("pedstream_detector_model_info", version=version, backend="ort") == 1
+    # the detector role exports its own families only (no camera or trainer metric reading 0)
+    assert not [n for n, _ in m if n.startswith(("pedstream_trainer_", "pedstream_camera_"))]

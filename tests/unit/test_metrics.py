@@ -1,22 +1,27 @@
-"""Prometheus metrics: rates, the camera collector, the detector and trainer metrics, and the
-endpoint served on loopback."""
+"""Prometheus metrics: rates, the camera collector, the detector and trainer metrics, one registry
+per role (a process exports only its own families), and the endpoint served on loopback."""
 
 from __future__ import annotations
 
 import urllib.request
 
-from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 
 from deploy.stack import free_loopback_port
 from detectors import metrics as detector_metrics
 from detectors.detector import Detector, read_model, with_version
 from detectors.serving import ServedModels
-from streams.metrics import CameraCollector, RateMeter, serve_metrics
+from streams.metrics import CAMERA_METRICS, DEAD_LETTERS, CameraCollector, RateMeter, register_cameras, serve_metrics
 from trainer import metrics as trainer_metrics
 
 
 def value(name: str, **labels: str) -> float:
-    return REGISTRY.get_sample_value(name, labels) or 0.0
+    registry = trainer_metrics.TRAINER_METRICS if name.startswith("pedstream_trainer") else detector_metrics.DETECTOR_METRICS
+    return registry.get_sample_value(name, labels) or 0.0
+
+
+def families(registry: CollectorRegistry) -> set[str]:
+    return {metric.name for metric in registry.collect() if metric.name.startswith("pedstream_")}
 
 
 def test_rate_meter_counts_events_in_its_window() -> None:
@@ -69,10 +74,26 @@ def test_trainer_metrics_follow_gradients_and_the_store() -> None:
     assert value("pedstream_trainer_hard_examples", camera="door", state="used") == 7
 
 
-def test_the_endpoint_serves_on_loopback() -> None:
+def test_each_role_exports_only_its_own_families() -> None:
+    register_cameras(lambda: [])  # as `pedstream camera --metrics-port` does
+    camera, detector, trainer = (families(r) for r in (CAMERA_METRICS, detector_metrics.DETECTOR_METRICS, trainer_metrics.TRAINER_METRICS))
+    assert camera and all(name.startswith("pedstream_camera_") for name in camera), camera
+    assert {"pedstream_detector_frames", "pedstream_detector_model_info", "pedstream_dead_letters"} <= detector
+    assert not any(name.startswith(("pedstream_trainer_", "pedstream_camera_")) for name in detector), detector
+    assert {"pedstream_trainer_loss", "pedstream_trainer_updates", "pedstream_dead_letters"} <= trainer
+    assert not any(name.startswith(("pedstream_detector_", "pedstream_camera_")) for name in trainer), trainer
+    # the dead letters are one counter, shared by the consuming roles
+    before = detector_metrics.DETECTOR_METRICS.get_sample_value("pedstream_dead_letters_total", {"topic": "m-topic"}) or 0.0
+    DEAD_LETTERS.labels("m-topic").inc()
+    assert trainer_metrics.TRAINER_METRICS.get_sample_value("pedstream_dead_letters_total", {"topic": "m-topic"}) == before + 1
+
+
+def test_the_endpoint_serves_a_roles_registry_on_loopback() -> None:
     port = free_loopback_port()
-    assert serve_metrics(port) == port and serve_metrics(None) is None
+    registry = detector_metrics.DETECTOR_METRICS
+    assert serve_metrics(port, registry) == port and serve_metrics(None, registry) is None
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         text = response.read().decode()
-    assert "pedstream_dead_letters" in text and "pedstream_detector_model_info" in text
-    assert generate_latest(REGISTRY).decode().count("pedstream_") > 10
+    assert "pedstream_dead_letters" in text and "pedstream_detector_model_info" in text and "process_cpu_seconds_total" in text
+    assert "pedstream_trainer_" not in text and "pedstream_camera_" not in text
+    assert generate_latest(registry).decode().count("pedstream_") > 10
