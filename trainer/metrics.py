@@ -31,6 +31,7 @@ HELD_OUT_AP50 = Gauge(
     "AP50 on held-out frames at the latest evaluation, per camera and model "
     "(model: current or candidate in a retraining gate, job for a training job's own held-out set)",
     ["camera", "model"],
+    registry=TRAINER_METRICS,
 )
 CYCLES = Counter("pedstream_trainer_cycles", "Retraining cycles by outcome", ["outcome"], registry=TRAINER_METRICS)
 STORED = Gauge(

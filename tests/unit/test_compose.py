@@ -1,9 +1,11 @@
 """docker-compose.yml, checked without a Docker engine: a real Compose implementation parses it,
 every pedstream command in it exists in the CLI, every pedstream setting it sets is read by the
-code, and the Kafka client settings fit the Apache Kafka broker it configures."""
+code, the Kafka client settings fit the Apache Kafka broker it configures, Prometheus scrapes every
+process that serves metrics, and the Grafana dashboard queries only metrics that some role exports."""
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import shutil
@@ -159,4 +161,37 @@ def test_prometheus_scrapes_every_service_that_serves_metrics(compose: dict[str,
             if "--metrics-port" in argv:
                 assert argv[argv.index("--metrics-host") + 1] == "0.0.0.0", f"{name}: Prometheus scrapes from another container"
                 serving.add((name, int(argv[argv.index("--metrics-port") + 1])))
+            if argv[:2] == ["pedstream", "dashboard"]:  # /metrics beside its page
+                assert argv[argv.index("--host") + 1] == "0.0.0.0"
+                serving.add((name, int(argv[argv.index("--port") + 1])))
     assert serving and serving == targets
+
+
+def test_the_grafana_dashboard_is_provisioned_and_queries_only_exported_metrics(compose: dict[str, Any]) -> None:
+    from deploy.site_view import SiteCollector, SiteView
+    from detectors.metrics import DETECTOR_METRICS
+    from streams.metrics import CAMERA_METRICS, CameraCollector, role_registry
+    from trainer.metrics import TRAINER_METRICS
+
+    mounts = " ".join(compose["services"]["grafana"]["volumes"])
+    assert "deploy/grafana-dashboard.json:/var/lib/grafana/dashboards/pedstream/" in mounts
+    provider = yaml.safe_load((ROOT / "deploy" / "grafana-dashboards.yml").read_text())
+    assert provider["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards/pedstream"
+    exported: set[str] = set()
+    camera = role_registry(
+        CameraCollector(
+            lambda: [{"camera_id": "c", "state": "running", **dict.fromkeys(("published", "dropped", "failed", "bytes", "attempts"), 0)}]
+        )
+    )
+    for registry in (camera, DETECTOR_METRICS, TRAINER_METRICS, role_registry(SiteCollector(SiteView()))):
+        for family in registry.collect():
+            exported |= {sample.name for sample in family.samples} | {family.name}
+    assert CAMERA_METRICS is not camera  # a registry of its own for the check; the camera role's stays untouched
+    board = json.loads((ROOT / "deploy" / "grafana-dashboard.json").read_text())
+    queried = {name for panel in board["panels"] for target in panel["targets"] for name in re.findall(r"pedstream_\w+", target["expr"])}
+    # labelled families have no samples until a child is used: match the family (counters lose _total)
+    missing = {name for name in queried if name not in exported and re.sub(r"_(bucket|count|sum|total)$", "", name) not in exported}
+    assert queried and not missing, missing
+    titles = " ".join(panel["title"].lower() for panel in board["panels"])
+    for subject in ("frames", "latency", "shed", "alerts", "hard examples", "model version", "loss", "ap50"):
+        assert subject in titles, subject

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import urllib.request
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 
 from deploy.stack import free_loopback_port
 from detectors import metrics as detector_metrics
@@ -82,6 +82,7 @@ def test_each_role_exports_only_its_own_families() -> None:
     assert not any(name.startswith(("pedstream_trainer_", "pedstream_camera_")) for name in detector), detector
     assert {"pedstream_trainer_loss", "pedstream_trainer_updates", "pedstream_dead_letters"} <= trainer
     assert not any(name.startswith(("pedstream_detector_", "pedstream_camera_")) for name in trainer), trainer
+    assert not families(REGISTRY)  # nothing left in prometheus_client's global registry, which every process would export
     # the dead letters are one counter, shared by the consuming roles
     before = detector_metrics.DETECTOR_METRICS.get_sample_value("pedstream_dead_letters_total", {"topic": "m-topic"}) or 0.0
     DEAD_LETTERS.labels("m-topic").inc()
