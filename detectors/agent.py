@@ -15,6 +15,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,7 @@ class CameraState:
         self.alerts = AlertEvaluator(camera_id, settings.alerts)
         self.miner = HardExampleMiner(MiningPolicy(threshold=track_threshold, per_minute=settings.hard_examples_per_minute))
         self.settings = settings
+        self.frames = 0  # frames detected and published
 
 
 @dataclass
@@ -569,6 +571,7 @@ class DetectorAgent:
         detections = self._detections(frame, model_version, boxes, latency, now)
         await self._send(self.settings.topics.detections.name, detections)
         self.counters["frames"] += 1
+        state.frames += 1
         self.counters["detections"] += len(boxes)
         metrics.observe_frame(frame.camera_id, len(boxes), latency)
         for alert in state.alerts.evaluate(state.tracker.tracks, frame.seq, frame.capture_ts, model_version):
@@ -610,10 +613,21 @@ class DetectorAgent:
     async def _report(self) -> None:
         log.info("agent %s (%s, %s): %s", self.settings.agent_id, self.detector.version, self.detector.backend.name, self.counters)
 
+    def summary(self) -> dict[str, Any]:
+        """What this agent did (``pedstream detect --json`` prints it when the agent stops): its counters,
+        frames per camera and the model each scope served at the end."""
+        return {
+            "agent": self.settings.agent_id,
+            "counters": dict(self.counters),
+            "cameras": {camera: state.frames for camera, state in sorted(self.cameras.items())},
+            "models": self.models.status(),
+        }
+
     # --- running ------------------------------------------------------------------------------
 
-    def run(self) -> None:
-        """Run until SIGINT/SIGTERM (faust's worker owns the event loop and the signals)."""
+    def run(self, on_stop: Callable[[dict[str, Any]], None] | None = None) -> None:
+        """Run until SIGINT/SIGTERM (faust's worker owns the event loop and the signals, and ends the
+        process when it stops: ``on_stop`` is given the agent's ``summary()`` first)."""
         log.info(
             "agent %s serving %s on %s (%s)",
             self.settings.agent_id,
@@ -640,3 +654,5 @@ class DetectorAgent:
                 self.agreement.close()
             if self.pipeline is not None:
                 self.pipeline.stop(timeout=5)
+            if on_stop is not None:
+                on_stop(self.summary())

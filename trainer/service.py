@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,6 +75,7 @@ class TrainerService:
         auto: bool = True,
         check_every_s: float = 10.0,
         subscriber: RecordSubscriber[HardExample] | None = None,
+        on_cycle: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.client = client
         self.keys = RetrainKeys(retrainer.registry.keys)
@@ -89,6 +91,7 @@ class TrainerService:
         # place in the consumer group) however long training takes
         self.worker: threading.Thread | None = None
         self._rollbacks_seen: set[tuple[str, str, str]] = set()
+        self.on_cycle = on_cycle  # told each cycle's result (`pedstream trainer --json` prints them)
 
     @property
     def busy(self) -> bool:
@@ -154,6 +157,8 @@ class TrainerService:
             result = {"error": str(exc), "cameras": cameras}
         result["request_id"] = request_id
         self.cycles.append(result)
+        if self.on_cycle is not None:
+            self.on_cycle(result)
         if request_id:
             self.client.set(self.keys.result(request_id), json.dumps(result), ex=24 * 3600)
         self.state = "collecting"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import threading
 from typing import Any
@@ -18,7 +19,12 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     endpoints = resolve(args.bootstrap, args.redis)
     dashboard = Dashboard(endpoints.bootstrap, Topics.from_env(args.topic_prefix), args.host, args.port, args.from_start, args.stale_after)
     stop_on_signals(lambda: threading.Thread(target=dashboard.server.shutdown, daemon=True).start())
-    print(f"pedstream dashboard on {dashboard.address} (kafka {endpoints.bootstrap})", file=sys.stderr, flush=True)
+    if args.json:
+        print(
+            json.dumps({"url": dashboard.address, "metrics": dashboard.address + "metrics", "bootstrap": endpoints.bootstrap}), flush=True
+        )
+    else:
+        print(f"pedstream dashboard on {dashboard.address} (kafka {endpoints.bootstrap})", file=sys.stderr, flush=True)
     dashboard.run()
     return 0
 
@@ -39,4 +45,5 @@ def register(sub: Any, flags: Flags) -> None:
         metavar="SECONDS",
         help="a camera with no frame captured in this long shows as stale (default 10)",
     )
+    p.add_argument("--json", action="store_true", help="print where it serves as one JSON line when ready (for scripts)")
     p.set_defaults(func=cmd_dashboard)

@@ -4,6 +4,7 @@ MOT-style sequence) and ``tune`` (TVM MetaSchedule)."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -99,7 +100,15 @@ def cmd_detect(args: argparse.Namespace) -> int:
             )
     elif not args.no_registry:
         print("not following the model registry: no public key (pedstream keys init, or --public-key)", file=sys.stderr, flush=True)
-    DetectorAgent(settings, detector, cameras).run()
+
+    def report(summary: dict[str, Any]) -> None:
+        if args.json:
+            print(json.dumps(summary), flush=True)  # one line: easy to pick out of a log
+        else:
+            frames = ", ".join(f"{camera} {n}" for camera, n in summary["cameras"].items()) or "none"
+            print(f"detector agent {settings.agent_id} stopped: frames detected per camera: {frames}", file=sys.stderr, flush=True)
+
+    DetectorAgent(settings, detector, cameras).run(on_stop=report)
     return 0
 
 
@@ -210,7 +219,13 @@ def cmd_tune(args: argparse.Namespace) -> int:
     result = tvm_tuning.tune(read_model(model), work_dir, args.trials, args.trials_per_task)
     backend = tvm.TvmBackend(read_model(model), tuning_dir=work_dir)
     result["compiled"] = backend.describe()
-    print_json(result)
+    if args.json:
+        print_json(result)
+    else:
+        print(
+            f"tuned {model.name}: {args.trials} trials in {result['seconds']} s for {result['target']}; database {result['database']} "
+            f"in {work_dir}; `pedstream detect --backend tvm` compiles with it"
+        )
     return 0
 
 
@@ -243,6 +258,7 @@ def register(sub: Any, flags: Flags) -> None:
         "(default: $PEDSTREAM_KEYS/model-signing.pub when it exists)",
     )
     p.add_argument("--no-registry", action="store_true", help="serve --model only; ignore the model registry")
+    p.add_argument("--json", action="store_true", help="when stopped, print a JSON summary (counters, frames per camera, model per scope)")
     p.add_argument(
         "--teacher-model",
         help="automatic rollback: a teacher ONNX model (e.g. nanodet.onnx, looked up in $PEDSTREAM_MODELS) whose agreement with "
@@ -286,4 +302,5 @@ def register(sub: Any, flags: Flags) -> None:
     p.add_argument("--trials", type=int, default=256, help="measurements in all (more: faster code, longer job)")
     p.add_argument("--trials-per-task", type=int)
     p.add_argument("--work-dir", help="tuning database folder (default ~/.cache/pedstream/tuning/<model>)")
+    p.add_argument("--json", action="store_true", help="print the tuning report as JSON")
     p.set_defaults(func=cmd_tune)

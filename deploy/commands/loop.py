@@ -72,6 +72,7 @@ def cmd_trainer(args: argparse.Namespace) -> int:
             store,
             retrainer,
             auto=not args.no_auto,
+            on_cycle=(lambda result: print(json.dumps(result), flush=True)) if args.json else None,
         )
         import signal
 
@@ -180,6 +181,7 @@ def register(sub: Any, flags: Flags) -> None:
     p.add_argument("--replay-every", type=int, default=2, help="every K-th of those frames")
     p.add_argument("--ray-address")
     p.add_argument("--ray-port", type=int, default=DEFAULT_BASE_PORT)
+    p.add_argument("--json", action="store_true", help="print each cycle's result as one JSON line on stdout (logs stay on stderr)")
     flags.data(p)
     p.set_defaults(func=cmd_trainer)
 

@@ -3,6 +3,7 @@ dead letters (two agents splitting the cameras with one killed: tests/integratio
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -39,9 +40,18 @@ BUDGET_PER_MINUTE = 30.0
 
 
 def start_agent(
-    model: Path, broker: str, topics: Topics, home: Path, agent_id: str, cameras: Path | None = None, metrics_port: int | None = None
+    model: Path,
+    broker: str,
+    topics: Topics,
+    home: Path,
+    agent_id: str,
+    cameras: Path | None = None,
+    metrics_port: int | None = None,
+    extra: list[str] | None = None,
 ) -> AgentProcess:
-    return AgentProcess(model, broker, topics, home, agent_id, threads=1, batch=4, cameras=cameras, metrics_port=metrics_port).start()
+    return AgentProcess(
+        model, broker, topics, home, agent_id, threads=1, batch=4, cameras=cameras, metrics_port=metrics_port, extra=extra or []
+    ).start()
 
 
 def stop(agent: AgentProcess, sig: int = signal.SIGTERM) -> None:
@@ -101,7 +111,7 @@ def one_agent_run(broker: str, shared_models: Path, vtest: str, tmp_path_factory
     )
     model = shared_models / "ssdlite_pedestrian.onnx"
     metrics_port = free_loopback_port()
-    agent = start_agent(model, broker, topics, home, "agent-a", cameras, metrics_port)
+    agent = start_agent(model, broker, topics, home, "agent-a", cameras, metrics_port, extra=["--json"])
     try:
         publish_frames(broker, topics, {"id": "pets", "source": vtest, "max_frames": FRAMES, "max_width": 768, "jpeg_quality": 90})
         jpeg = cv2.imencode(".jpg", np.zeros((64, 64, 3), np.uint8))[1].tobytes()
@@ -129,6 +139,9 @@ def one_agent_run(broker: str, shared_models: Path, vtest: str, tmp_path_factory
                 for family in text_string_to_metric_families(response.read().decode())
                 for s in family.samples
             }
+        assert agent.stop() == 0
+        summaries = [line for line in agent.log().splitlines() if line.startswith('{"agent": "agent-a"')]
+        run["summary"] = json.loads(summaries[-1]) if summaries else agent.log()[-3000:]
         yield run
     finally:
         stop(agent)
@@ -239,5 +252,10 @@ def test_the_agent_serves_prometheus_metrics_that_match_what_it_published(one_ag
     assert total("pedstream_detector_batch_size_count") >= 1
     version = one_agent_run["detections"][0].model_version
     assert total("pedstream_detector_model_info", version=version, backend="ort") == 1
+    # `detect --json` printed what it did when stopped, and it agrees with what it published
+    summary = one_agent_run["summary"]
+    assert isinstance(summary, dict), summary
+    assert summary["cameras"] == {"pets": FRAMES, "after": 5, "broken": 0} and summary["counters"]["frames"] == len(one_agent_run["detections"])
+    assert summary["counters"]["dead_letters"] == len(one_agent_run["dead"]) and summary["models"]["*"]["version"] == version
     # the detector role exports its own families only (no camera or trainer metric reading 0)
     assert not [n for n, _ in m if n.startswith(("pedstream_trainer_", "pedstream_camera_"))]

@@ -73,7 +73,8 @@ class Store:
 
 def test_the_hard_example_consumer_keeps_polling_while_a_cycle_trains() -> None:
     client, polls, retrainer = FakeRedis(), Polls(), SlowRetrainer()
-    service = TrainerService("unused", None, client, Store(), retrainer, auto=False, subscriber=polls)  # type: ignore[arg-type]
+    told: list[dict] = []  # type: ignore[type-arg]
+    service = TrainerService("unused", None, client, Store(), retrainer, auto=False, subscriber=polls, on_cycle=told.append)  # type: ignore[arg-type]
     keys = RetrainKeys(retrainer.registry.keys)
     request_id = request_retrain(client, keys, ["cam"], 5)  # type: ignore[arg-type]
     runner = threading.Thread(target=service.run, daemon=True)
@@ -92,4 +93,5 @@ def test_the_hard_example_consumer_keeps_polling_while_a_cycle_trains() -> None:
         service.stop()
         runner.join(5)
     assert json.loads(client.values[keys.result(request_id)])["version"] == "v2"
+    assert [(r["version"], r["request_id"]) for r in told] == [("v2", request_id)]  # what `pedstream trainer --json` prints
     assert not runner.is_alive() and not service.busy
