@@ -255,7 +255,8 @@ def test_the_agent_serves_prometheus_metrics_that_match_what_it_published(one_ag
     # `detect --json` printed what it did when stopped, and it agrees with what it published
     summary = one_agent_run["summary"]
     assert isinstance(summary, dict), summary
-    assert summary["cameras"] == {"pets": FRAMES, "after": 5, "broken": 0} and summary["counters"]["frames"] == len(one_agent_run["detections"])
+    assert summary["cameras"] == {"pets": FRAMES, "after": 5, "broken": 0}
+    assert summary["counters"]["frames"] == len(one_agent_run["detections"])
     assert summary["counters"]["dead_letters"] == len(one_agent_run["dead"]) and summary["models"]["*"]["version"] == version
     # the detector role exports its own families only (no camera or trainer metric reading 0)
     assert not [n for n, _ in m if n.startswith(("pedstream_trainer_", "pedstream_camera_"))]
