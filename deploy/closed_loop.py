@@ -56,16 +56,19 @@ AGENT_ID = "loop-agent"
 @dataclass(frozen=True)
 class SiteCamera:
     """A camera of the site: a MOT-style sequence seen through a look. Its first half streams (and
-    may be trained on); its second half is only ever scored."""
+    may be trained on; ``stream_frames`` streams only the first N frames of it); its second half is
+    only ever scored."""
 
     camera_id: str
     sequence: MotSequence
     look: Look = field(default_factory=Look)
     adapt: bool = False  # a camera the retraining cycle is for (drifted, or never seen)
+    stream_frames: int | None = None
 
     @property
     def streamed(self) -> tuple[int, int]:
-        return 1, self.sequence.length // 2
+        half = self.sequence.length // 2
+        return 1, min(half, self.stream_frames or half)
 
     @property
     def scored(self) -> tuple[int, int]:
