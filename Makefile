@@ -13,6 +13,8 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -e ".[edge,tune,trainer,dev]"
+	# KafkaJS for the interop test (skipped where Node.js/npm are missing)
+	if command -v npm >/dev/null 2>&1; then npm ci --prefix tests/interop --silent --no-audit --no-fund; fi
 	touch $@
 
 lint: venv
