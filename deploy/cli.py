@@ -51,7 +51,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except redis.ConnectionError as exc:
         print(f"pedstream: error: Redis did not answer ({exc}); is it up? `pedstream stack status`", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C before a service installed its own handlers (which stop it cleanly, exit 0)
+        print("pedstream: interrupted", file=sys.stderr)
         return 130
 
 

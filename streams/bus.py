@@ -21,6 +21,7 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError
 from streams.errors import RecordError
 from streams.kafka_settings import TopicReplication, admin_settings, consumer_settings, producer_settings
 from streams.metrics import DEAD_LETTERS
+from streams.outage import closing_quietly
 from streams.records import CameraStatus, Frame, HardExample, ModelAnnouncement, Record
 from streams.topics import Topics, TopicSpec
 from streams.wire import Headers, decode, encode, header_value
@@ -239,7 +240,8 @@ class RecordSubscriber(Generic[R]):
 
     def close(self) -> None:
         self.dead_letters.producer.flush(timeout=10)
-        self.consumer.close()
+        with closing_quietly():
+            self.consumer.close()
         if self._own_producer:
             self.dead_letters.producer.close(timeout=5)
 

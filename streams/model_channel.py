@@ -35,6 +35,7 @@ import redis
 
 from streams.records import GENERAL_SCOPE, ModelAnnouncement
 from streams.signing import Verifier
+from streams.topics import Topics
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,9 @@ class ModelKeys:
 
     @classmethod
     def for_topics(cls, topic_prefix: str | None) -> ModelKeys:
-        return cls(f"{topic_prefix or 'pedstream'}:models")
+        """The registry beside the topics: ``--topic-prefix``, else ``$PEDSTREAM_TOPIC_PREFIX``, else ``pedstream``
+        (as ``Topics.from_env``, so agents and commands agree)."""
+        return cls(f"{Topics.from_env(topic_prefix).prefix}:models")
 
     def version(self, v: str) -> str:
         return f"{self.prefix}:version:{v}"

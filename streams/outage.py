@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +73,21 @@ class RepeatFilter(logging.Filter):
         if held:
             record.msg = f"{record.msg} ({held} more like this in the last {self.interval_s:.0f} s not shown)"
         return True
+
+
+@contextmanager
+def closing_quietly(prefixes: tuple[str, ...] = ("kafka", "aiokafka")) -> Iterator[None]:
+    """Silence the Kafka client libraries while a client closes: kafka-python logs an error with a
+    traceback for the socket it is itself closing mid-read (seen on Ctrl-C of `alerts tail`)."""
+    loggers = [logging.getLogger(p) for p in prefixes]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def quiet_client_logs(prefixes: tuple[str, ...] = ("aiokafka", "kafka"), interval_s: float = 60.0) -> RepeatFilter:

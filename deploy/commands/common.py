@@ -57,7 +57,10 @@ def metrics_flags() -> argparse.ArgumentParser:
 def connection_flags() -> argparse.ArgumentParser:
     parent = argparse.ArgumentParser(add_help=False)
     group = parent.add_argument_group("connections")
-    group.add_argument("--bootstrap", help="Kafka bootstrap servers host:port[,...] (default: embedded stack, then $PEDSTREAM_BOOTSTRAP)")
+    group.add_argument(
+        "--bootstrap",
+        help="Kafka bootstrap servers host:port[,...] (default: $PEDSTREAM_BOOTSTRAP, then the embedded stack, then 127.0.0.1:9092)",
+    )
     group.add_argument("--redis", help="Redis URL (default: $REDIS_URL, then the embedded stack, then redis://127.0.0.1:6379)")
     group.add_argument("--topic-prefix", help="prefix of every topic name (default: $PEDSTREAM_TOPIC_PREFIX or 'pedstream')")
     return parent

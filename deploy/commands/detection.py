@@ -122,6 +122,8 @@ def cmd_alerts_tail(args: argparse.Namespace) -> int:
     since = 0.0 if args.from_beginning else time.time() - 1.0
     stopping = {"now": False}
     stop_on_signals(lambda: stopping.update(now=True))
+    which = f"camera {args.camera}" if args.camera else "every camera"
+    print(f"alerts of {which} on {endpoints.bootstrap} (topic {topics.alerts.name}); Ctrl-C stops", file=sys.stderr, flush=True)
     deadline = None if args.seconds is None else time.monotonic() + args.seconds
     try:
         while not stopping["now"] and (deadline is None or time.monotonic() < deadline):

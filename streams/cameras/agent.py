@@ -256,13 +256,16 @@ class CameraFleet:
     def wait(self, seconds: float | None = None, on_tick: Callable[[], None] | None = None, tick_s: float = 1.0) -> None:
         """Block until every camera has finished, ``seconds`` have passed, or ``stop()`` is called."""
         deadline = None if seconds is None else time.monotonic() + seconds
+        next_tick = time.monotonic() + tick_s
         while not self.stop_event.is_set() and any(r.thread.is_alive() for r in self.runners):
-            remaining = tick_s if deadline is None else min(tick_s, deadline - time.monotonic())
+            # wake often enough to return as soon as the cameras finish; tick every tick_s
+            remaining = 0.2 if deadline is None else min(0.2, deadline - time.monotonic())
             if remaining <= 0:
                 break
             self.stop_event.wait(remaining)
-            if on_tick is not None:
+            if on_tick is not None and time.monotonic() >= next_tick:
                 on_tick()
+                next_tick += tick_s
 
     def stop(self, timeout_s: float = 10.0) -> None:
         self.stop_event.set()
