@@ -20,6 +20,15 @@ from trainer.ps import GradientWorker, ParameterServer, PushResult, StalenessPol
 from trainer.student import StudentConfig
 
 
+def save_weights(weights: Weights, path: Path) -> None:
+    path.write_bytes(pickle.dumps(dict(weights), protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def load_weights_file(path: Path) -> Weights:
+    weights: Weights = pickle.loads(path.read_bytes())
+    return weights
+
+
 def save_examples(examples: list[Example], path: Path) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_bytes(pickle.dumps(examples, protocol=pickle.HIGHEST_PROTOCOL))
@@ -46,16 +55,18 @@ def split_into_shards(weights: Weights, shards: int) -> list[list[str]]:
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
 class ParameterShard:
-    """One shard of the parameter server."""
+    """One shard of the parameter server. Its starting weights come from a file (``save_weights``),
+    as the trainers' examples do: Ray keeps an actor's constructor arguments to restart it, and
+    large ones live in the object store, where a restart cannot count on them."""
 
-    def __init__(self, index: int, weights: Weights, policy: StalenessPolicy, checkpoint_dir: str | None) -> None:
+    def __init__(self, index: int, weights_path: str, policy: StalenessPolicy, checkpoint_dir: str | None) -> None:
         self.index = index
         self.path = Path(checkpoint_dir) / f"ps-shard-{index}.ckpt" if checkpoint_dir else None
         if self.path is not None and self.path.is_file():
             self.server = ParameterServer.restore(self.path, policy)
             self.restored_from: int | None = self.server.version
         else:
-            self.server = ParameterServer(dict(weights), policy)
+            self.server = ParameterServer(load_weights_file(Path(weights_path)), policy)
             self.restored_from = None
 
     def push(self, grads: Weights, based_on: int, grad_norm: float, buffers: Weights, lr_scale: float) -> tuple[PushResult, int, Weights]:

@@ -27,7 +27,7 @@ from detectors.evaluation import average_precision
 from streams.errors import PedstreamError
 from streams.mot import GroundTruth
 from trainer import metrics
-from trainer.actors import ParameterShard, Trainer, save_examples, split_into_shards
+from trainer.actors import ParameterShard, Trainer, save_examples, save_weights, split_into_shards
 from trainer.data import Augment, Example
 from trainer.ps import StalenessPolicy, Weights, load_weights, model_weights
 from trainer.student import Student, StudentConfig, export_onnx
@@ -168,12 +168,13 @@ class TrainingJob:
         ckpt = str(self.checkpoint_dir) if self.checkpoint_dir else None
         if self.checkpoint_dir:
             self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        self.shards = [
-            ParameterShard.remote(  # type: ignore[attr-defined]  # ray.remote adds .remote
-                i, {n: self.initial[n] for n in names}, self.settings.policy, ckpt
+        self.shards = []
+        for i, names in enumerate(self.shard_names):
+            initial = self.work_dir / f"ps-shard-{i}-initial.pkl"
+            save_weights({n: self.initial[n] for n in names}, initial)
+            self.shards.append(
+                ParameterShard.remote(i, str(initial), self.settings.policy, ckpt)  # type: ignore[attr-defined]  # ray.remote adds .remote
             )
-            for i, names in enumerate(self.shard_names)
-        ]
 
     def _data_shard(self, index: int, of: int) -> list[Example]:
         shard = self.examples[index::of]

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError as PydanticValidationError
 
-from deploy.commands.common import Flags, find_model, find_sequence, print_json, stop_on_signals
+from deploy.commands.common import MODELS_ENV, Flags, find_model, find_sequence, print_json, stop_on_signals
 from deploy.commands.registry import default_public_key
 from detectors.backends.selection import BACKEND_CHOICES
 from streams.cameras.config import Tiling
@@ -47,10 +47,18 @@ def model_flags(backend_default: str = "ort") -> argparse.ArgumentParser:
 
 
 def _load_detector(args: argparse.Namespace) -> Detector:
+    """The --model detector; an error names the file (and where a bare name was looked for)."""
+    from detectors.backends.base import BackendError
     from detectors.detector import Detector, model_path, read_model
 
     path = model_path(find_model(args.model))
-    return Detector.from_bytes(read_model(path), backend=args.backend, fmt=args.format, name=path.stem, threads=args.threads)
+    try:
+        return Detector.from_bytes(read_model(path), backend=args.backend, fmt=args.format, name=path.stem, threads=args.threads)
+    except BackendError as exc:
+        message = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
+        if not path.exists() and not Path(args.model).is_absolute() and os.sep not in args.model:
+            message += f" (a bare name is looked for here and in ${MODELS_ENV}={os.environ.get(MODELS_ENV) or 'unset'})"
+        raise BackendError(message) from None
 
 
 def cmd_detect(args: argparse.Namespace) -> int:

@@ -7,10 +7,16 @@ the camera agent can report it and retry with backoff.
 from __future__ import annotations
 
 import configparser
+import os
 from abc import ABC, abstractmethod
 from pathlib import Path
 
-import cv2
+# FFmpeg (inside OpenCV) writes its decoder complaints straight to stderr ("error while decoding
+# block..."), many per damaged file; keep only fatal ones. A source that ends early says so itself
+# (``end_note``). Read when the first capture opens; set OPENCV_FFMPEG_LOGLEVEL yourself to see them.
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "8")
+
+import cv2  # noqa: E402 - after the FFmpeg log level
 import numpy as np
 
 from streams.errors import SourceError

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -161,3 +164,24 @@ def test_a_truncated_video_ends_with_a_warning_naming_where_it_stopped(tmp_path:
         notes[path.name] = source.end_note
     assert notes["whole.avi"] is None
     assert notes["cut.avi"] is not None and "ended at frame 30 of the 60 its container declares" in notes["cut.avi"]
+
+
+def test_a_truncated_video_ends_with_one_warning_and_no_ffmpeg_noise(tmp_path: Path, vtest: str) -> None:
+    """FFmpeg's per-block decoder errors stay out of the output; the source says the file ended early."""
+    truncated = tmp_path / "truncated.avi"
+    truncated.write_bytes(Path(vtest).read_bytes()[:2_000_000])
+    script = (
+        "from streams.cameras.sources import build_source\n"
+        f"source = build_source({str(truncated)!r}, loop=False)\n"
+        "source.open()\n"
+        "frames = 0\n"
+        "while source.read() is not None:\n"
+        "    frames += 1\n"
+        "print(frames, source.end_note)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OPENCV_FFMPEG_LOGLEVEL"}
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=env, cwd=Path(__file__).parents[2])
+    assert run.returncode == 0, run.stderr
+    frames, note = run.stdout.strip().split(" ", 1)
+    assert 0 < int(frames) < 795 and "looks truncated" in note
+    assert "error while decoding" not in run.stderr and "msmpeg4" not in run.stderr, run.stderr[-1000:]

@@ -85,3 +85,22 @@ def test_train_checks_its_ray_ports_before_any_labelling(tmp_path: Path, capsys:
     err = capsys.readouterr().err
     assert code == 2 and f"Ray ports [{base}]" in err and "label" not in err.split("Ray ports")[0]
     assert time.monotonic() - started < 20 and not (tmp_path / "run").exists()
+
+
+def test_a_model_that_cannot_be_loaded_is_named_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    monkeypatch.setenv("PEDSTREAM_MODELS", str(tmp_path / "models"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "broken.onnx").write_bytes(b"not a protobuf")
+    where = f"$PEDSTREAM_MODELS={tmp_path / 'models'}"
+    for model, says in (
+        (
+            "missing.onnx",
+            f"missing.onnx: cannot read model (No such file or directory) (a bare name is looked for here and in {where})",
+        ),
+        (str(tmp_path / "broken.onnx"), f"{tmp_path / 'broken.onnx'}: not an ONNX model"),
+    ):
+        assert cli.main(["eval", "--model", model, "--sequence", str(tmp_path)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"pedstream: error: {says}") and len(err.strip().splitlines()) == 1, err
