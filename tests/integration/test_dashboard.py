@@ -120,6 +120,7 @@ def test_the_dashboard_page_shows_every_camera_in_a_real_browser(broker: str, vt
                 "--from-start",
                 "--stale-after",
                 "60",
+                "--json",
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -147,6 +148,8 @@ def test_the_dashboard_page_shows_every_camera_in_a_real_browser(broker: str, vt
                 break
             time.sleep(0.5)
         assert sorted(by_name) == ["attic", "door", "gate", "plaza", "yard"], (tmp_path / "dashboard.log").read_text()[-2000:]
+        ready = json.loads(next(line for line in (tmp_path / "dashboard.log").read_text().splitlines() if line.startswith("{")))
+        assert ready == {"url": url, "metrics": url + "metrics", "bootstrap": broker}  # `--json`: where it serves, for scripts
         gate = by_name["gate"]
         assert gate["frames"] == 6 and gate["people"] == 2 and gate["model_version"] == "student-test-v3" and gate["alerts"] == 1
         assert gate["latency"]["count"] == 6 and gate["latency"]["p50_ms"] == 42.0

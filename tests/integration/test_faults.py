@@ -87,7 +87,7 @@ def test_bad_models_are_refused_with_reasons_while_the_agent_serves_and_detects(
 def test_a_killed_ray_trainer_is_restarted_and_the_cycle_ends_with_its_verdict(
     broker: str, vtest: str, shared_models: Path, tmp_path: Path
 ) -> None:
-    rig = faults.FaultRig(broker, "student", vtest, tmp_path, models_dir=shared_models, ray_port=28000, cycle_updates=40, cycle_examples=30)
+    rig = faults.FaultRig(broker, "student", vtest, tmp_path, models_dir=shared_models, ray_port=28000, cycle_updates=40, cycle_examples=16)
     result = faults.run(rig, ["trainer-killed"], progress=lambda _m: None)["scenarios"][0]
     assert result["checks"] == {"trainer_killed": True, "trainer_restarted": True, "cycle_finished": True}, result
     assert result["recovery_s"] is not None and "cycle cam-0-" in result["fault"], result

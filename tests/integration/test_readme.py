@@ -171,7 +171,7 @@ def _serve_then_interrupt(command: str, argv: list[str], cwd: Path, env: dict[st
         deadline = time.monotonic() + 120
         while marker not in log.read_text(errors="replace") and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.3)
-        time.sleep(2.0)
+        time.sleep(0.5)
         assert proc.poll() is None, f"`{command}` ended by itself ({proc.returncode}): {log.read_text()[-2000:]}"
         assert marker in log.read_text(errors="replace"), f"`{command}` never said {marker!r}: {log.read_text()[-2000:]}"
         proc.send_signal(signal.SIGINT)

@@ -177,6 +177,9 @@ def test_pedstream_train_writes_model_metrics_and_curves(shared_data: Path, tmp_
     ]
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
+    # Ray's own error lines stay out of the user's output (the PS shards start from a file, so Ray has no
+    # object-store constructor arguments to warn about)
+    assert "core_worker.cc" not in done.stderr and "max_restarts > 0" not in done.stderr, done.stderr[-3000:]
     summary = json.loads(done.stdout)
     assert summary["updates"] == 12 and summary["version"] == "student-test" and summary["labels"] == "oracle"
     # what it trained on, and who labelled it

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import pytest
@@ -104,3 +105,21 @@ def test_a_model_that_cannot_be_loaded_is_named_in_one_line(
         assert cli.main(["eval", "--model", model, "--sequence", str(tmp_path)]) == 2
         err = capsys.readouterr().err
         assert err.startswith(f"pedstream: error: {says}") and len(err.strip().splitlines()) == 1, err
+
+
+def test_tune_prints_its_report_as_json_only_when_asked(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """`pedstream tune --json` (the tuning itself is tested in test_tvm_tuning.py; here a stand-in)."""
+    from detectors.backends import tvm, tvm_tuning
+
+    report = {"trials": 4, "seconds": 1.5, "target": "llvm", "database": "abc123"}
+    monkeypatch.setattr(tvm_tuning, "tune", lambda *_a, **_k: dict(report))
+    monkeypatch.setattr(tvm, "TvmBackend", lambda *_a, **_k: type("B", (), {"describe": lambda self: {"schedule": "ms-abc123"}})())
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"x")
+    assert cli.main(["tune", "--model", str(model), "--trials", "4", "--work-dir", str(tmp_path / "db"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {**report, "compiled": {"schedule": "ms-abc123"}}
+    assert cli.main(["tune", "--model", str(model), "--trials", "4", "--work-dir", str(tmp_path / "db")]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("tuned m.onnx: 4 trials in 1.5 s for llvm; database abc123") and "{" not in out
