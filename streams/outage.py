@@ -91,7 +91,10 @@ def closing_quietly(prefixes: tuple[str, ...] = ("kafka", "aiokafka")) -> Iterat
 
 
 def quiet_client_logs(prefixes: tuple[str, ...] = ("aiokafka", "kafka"), interval_s: float = 60.0) -> RepeatFilter:
-    """Install one ``RepeatFilter`` on every logger of the Kafka client libraries imported so far."""
+    """Install one ``RepeatFilter`` on every logger of the Kafka client libraries imported so far, and
+    drop kafka-python's "Task ... ran for 0.27s (>0.100s threshold)" warnings: it reports its own
+    event loop being slow, which any busy 2-core machine makes it, and the user can do nothing about."""
+    logging.getLogger("kafka.net.selector").setLevel(logging.ERROR)
     repeat = RepeatFilter(interval_s)
     names = [name for name in logging.root.manager.loggerDict if name.split(".")[0] in prefixes]
     for name in names:

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from streams.outage import OutageLog
+from streams.outage import OutageLog, quiet_client_logs
 
 
 def test_an_outage_is_logged_once_when_it_starts_and_once_when_it_ends(caplog: pytest.LogCaptureFixture) -> None:
@@ -25,3 +25,12 @@ def test_an_outage_is_logged_once_when_it_starts_and_once_when_it_ends(caplog: p
     assert lines[1].startswith("the Kafka broker back after") and "(50 failed calls meanwhile)" in lines[1]
     assert lines[2].startswith("the Kafka broker unreachable: timed out")
     assert outage.outages == 2
+
+
+def test_kafka_pythons_slow_task_warnings_stay_out_of_user_output(caplog: pytest.LogCaptureFixture) -> None:
+    quiet_client_logs()
+    selector = logging.getLogger("kafka.net.selector")
+    with caplog.at_level(logging.INFO):
+        selector.warning("Task %s ran for 0.273s (>0.100s threshold). It is blocking the event loop", "t")
+        selector.error("a real selector error")
+    assert [r.getMessage() for r in caplog.records if r.name == "kafka.net.selector"] == ["a real selector error"]
