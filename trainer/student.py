@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -171,16 +172,19 @@ def export_onnx(model: Student, version: str, extra_metadata: dict[str, str] | N
     cfg = model.config
     dummy = torch.zeros(1, 3, cfg.input_height, cfg.input_width)
     buffer = io.BytesIO()
-    torch.onnx.export(
-        model,
-        (dummy,),
-        buffer,  # type: ignore[arg-type]  # a file-like object works and is documented
-        input_names=[INPUT_NAME],
-        output_names=[OUTPUT_HEATMAP, OUTPUT_REGRESSION],
-        dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_HEATMAP: {0: "batch"}, OUTPUT_REGRESSION: {0: "batch"}},
-        opset_version=17,
-        dynamo=False,
-    )
+    with warnings.catch_warnings():
+        # the exporter tells, three times per export, that it cannot constant-fold strided slices: nothing to act on
+        warnings.filterwarnings("ignore", message="Constant folding - Only steps=1", category=UserWarning)
+        torch.onnx.export(
+            model,
+            (dummy,),
+            buffer,  # type: ignore[arg-type]  # a file-like object works and is documented
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_HEATMAP, OUTPUT_REGRESSION],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_HEATMAP: {0: "batch"}, OUTPUT_REGRESSION: {0: "batch"}},
+            opset_version=17,
+            dynamo=False,
+        )
     proto = onnx.load_model_from_string(buffer.getvalue())
     metadata = {
         FORMAT_METADATA_KEY: StudentAdapter.format,
