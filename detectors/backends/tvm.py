@@ -1,8 +1,9 @@
 """Apache TVM (Relax) backend: import ONNX, compile for this CPU, cache the library, reload without compiling.
 
 Compiled artefacts are cached under ``cache_dir/<key>/`` where the key covers the model's sha256,
-the target (with the host's ``-mcpu``), the input shape and the schedule (the default schedule, or
-the MetaSchedule tuning database). A cached library loads with the TVM runtime alone.
+the target (with the host's ``-mcpu``), the layout, and the schedule (a rule-based one, or the
+MetaSchedule tuning database). A cached library loads with the TVM runtime alone. Graph-level
+choices (layout, pad folding, ReLU6 fusion) live in ``tvm_graph``; loop schedules in ``tvm_schedule``.
 """
 
 from __future__ import annotations
@@ -26,11 +27,11 @@ from tvm.target import codegen  # noqa: E402
 
 from detectors.backends.base import Backend, BackendError, TensorSpec  # noqa: E402
 from detectors.backends.onnx_graph import fold_constants, load_model, signature  # noqa: E402
-from detectors.backends.tvm_schedule import default_cpu_schedule  # noqa: E402
+from detectors.backends.tvm_graph import DEFAULT_LAYOUT, clip_as_relax_ops, fold_pads_into_convs, to_layout  # noqa: E402
+from detectors.backends.tvm_schedule import DEFAULT_SCHEDULE, cpu_schedule  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-SCHEDULE_VERSION = "default-v1"
 DEFAULT_CACHE = Path(os.environ.get("PEDSTREAM_CACHE") or Path.home() / ".cache" / "pedstream") / "tvm"
 
 
@@ -63,37 +64,47 @@ def static_shapes(inputs: list[TensorSpec]) -> dict[str, list[int]]:
     return shapes
 
 
-def import_relax(model_bytes: bytes) -> tuple[tvm.IRModule, list[np.ndarray], list[TensorSpec], list[TensorSpec]]:
-    """The model as a Relax module with weights detached, plus its static signature."""
+def import_relax(
+    model_bytes: bytes, layout: str = DEFAULT_LAYOUT, target: tvm.target.Target | None = None
+) -> tuple[tvm.IRModule, list[np.ndarray], list[TensorSpec], list[TensorSpec]]:
+    """The model as a Relax module in ``layout`` with its weights bound as constants (so layout
+    changes of weights happen at compile time), plus its static signature. The weights list is
+    empty: they are compiled into the library."""
     folded = fold_constants(model_bytes)
+    fold_pads_into_convs(folded)
     inputs, outputs = signature(load_model(model_bytes))
     shapes = static_shapes(inputs)
     try:
-        mod = from_onnx(folded, shape_dict=shapes, keep_params_in_input=True)
+        with clip_as_relax_ops():
+            mod = from_onnx(folded, shape_dict=shapes, keep_params_in_input=False)
     except Exception as exc:  # the importer raises many kinds (OpNotImplemented, TypeError, ...)
         raise BackendError(f"TVM cannot import the model: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from exc
-    mod, params = relax.frontend.detach_params(mod)
-    weights = [p.numpy() for p in params.get("main", [])]
+    try:
+        mod = to_layout(mod, layout, target or host_target())
+    except Exception as exc:
+        raise BackendError(f"TVM cannot convert the model to {layout}: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from exc
     static_inputs = [TensorSpec(s.name, tuple(shapes[s.name]), s.dtype) for s in inputs]
-    return mod, weights, static_inputs, outputs
+    return mod, [], static_inputs, outputs
 
 
-def _pipeline(target: tvm.target.Target, legalize: bool) -> tvm.transform.Pass:
+def _pipeline(target: tvm.target.Target, legalize: bool, schedule: str = DEFAULT_SCHEDULE) -> tvm.transform.Pass:
     @tvm.transform.module_pass(opt_level=0, name="PedstreamCpuPipeline")
     def run(mod: tvm.IRModule, _ctx: object) -> tvm.IRModule:
         with target:
             passes = cpu_pipeline.library_dispatch_passes(target)
             if legalize:
                 passes += cpu_pipeline.legalize_passes(target)
-            passes += [default_cpu_schedule]
+            passes += [cpu_schedule(schedule)]
             passes += cpu_pipeline.dataflow_lower_passes(target) + cpu_pipeline.finalize_passes(target)
             return tvm.transform.Sequential(passes)(mod)
 
     return run
 
 
-def compile_module(mod: tvm.IRModule, target: tvm.target.Target, tuning_dir: Path | None) -> relax.Executable:
-    """Compile with the tuned schedules when a database is given, the default schedule for the rest."""
+def compile_module(
+    mod: tvm.IRModule, target: tvm.target.Target, tuning_dir: Path | None, schedule: str = DEFAULT_SCHEDULE
+) -> relax.Executable:
+    """Compile with the tuned schedules when a database is given, the rule-based ``schedule`` for the rest."""
     if tuning_dir is not None and database_digest(tuning_dir):
         with target:
             mod = tvm.transform.Sequential(
@@ -104,25 +115,36 @@ def compile_module(mod: tvm.IRModule, target: tvm.target.Target, tuning_dir: Pat
                     relax.transform.MetaScheduleApplyDatabase(str(tuning_dir)),
                 ]
             )(mod)
-        return tvm.compile(mod, target=target, relax_pipeline=_pipeline(target, legalize=False))
-    return tvm.compile(mod, target=target, relax_pipeline=_pipeline(target, legalize=True))
+        return tvm.compile(mod, target=target, relax_pipeline=_pipeline(target, legalize=False, schedule=schedule))
+    return tvm.compile(mod, target=target, relax_pipeline=_pipeline(target, legalize=True, schedule=schedule))
 
 
 class TvmBackend(Backend):
-    """A model compiled by TVM for this CPU, batch 1, from the cache when it is there."""
+    """A model compiled by TVM for this CPU, batch 1, from the cache when it is there.
+
+    ``layout`` and ``rule_schedule`` are the graph- and loop-level choices (``pedstream bench
+    tvm-levers`` compares them); a tuning database, when given, schedules what it covers."""
 
     name = "tvm"
 
     def __init__(
-        self, model_bytes: bytes, cache_dir: Path | None = None, tuning_dir: Path | None = None, target: tvm.target.Target | None = None
+        self,
+        model_bytes: bytes,
+        cache_dir: Path | None = None,
+        tuning_dir: Path | None = None,
+        target: tvm.target.Target | None = None,
+        layout: str = DEFAULT_LAYOUT,
+        rule_schedule: str = DEFAULT_SCHEDULE,
     ) -> None:
         super().__init__(model_bytes)
         self.target = target or host_target()
         self.tuning_dir = tuning_dir
         self.cache_dir = cache_dir or DEFAULT_CACHE
+        self.layout = layout
+        self.rule_schedule = rule_schedule
         sha = hashlib.sha256(model_bytes).hexdigest()
-        schedule = f"ms-{database_digest(tuning_dir)}" if database_digest(tuning_dir) else SCHEDULE_VERSION
-        key_source = json.dumps({"sha": sha, "target": str(self.target), "schedule": schedule, "tvm": tvm.__version__})
+        schedule = f"ms-{database_digest(tuning_dir)}+{rule_schedule}" if database_digest(tuning_dir) else rule_schedule
+        key_source = json.dumps({"sha": sha, "target": str(self.target), "layout": layout, "schedule": schedule, "tvm": tvm.__version__})
         self.key = hashlib.sha256(key_source.encode()).hexdigest()[:24]
         self.schedule = schedule
         self.artifact_dir = self.cache_dir / self.key
@@ -134,9 +156,9 @@ class TvmBackend(Backend):
 
     def _compile_into_cache(self) -> None:
         started = time.perf_counter()
-        mod, weights, inputs, outputs = import_relax(self.model_bytes)
+        mod, weights, inputs, outputs = import_relax(self.model_bytes, self.layout, self.target)
         try:
-            executable = compile_module(mod, self.target, self.tuning_dir)
+            executable = compile_module(mod, self.target, self.tuning_dir, self.rule_schedule)
         except Exception as exc:
             raise BackendError(f"TVM cannot compile the model: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from exc
         outputs = self._concrete_outputs(executable, inputs, weights, outputs)
@@ -151,6 +173,7 @@ class TvmBackend(Backend):
                     "outputs": [[s.name, list(s.shape), s.dtype] for s in outputs],
                     "weights": len(weights),
                     "target": str(self.target),
+                    "layout": self.layout,
                     "schedule": self.schedule,
                 }
             )
@@ -196,6 +219,7 @@ class TvmBackend(Backend):
         return {
             "backend": self.name,
             "target": str(self.target),
+            "layout": self.layout,
             "schedule": self.schedule,
             "cache_key": self.key,
             "from_cache": self.from_cache,

@@ -23,6 +23,7 @@ from tvm.s_tir import meta_schedule as ms
 from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
 
 from detectors.backends.tvm import database_digest, host_target, import_relax
+from detectors.backends.tvm_graph import DEFAULT_LAYOUT
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +60,13 @@ def search_strategy(trials: int) -> ms.search_strategy.EvolutionarySearch:
     return ms.search_strategy.EvolutionarySearch(population_size=population, init_min_unmeasured=min(50, population // 2))
 
 
-def tune(model_bytes: bytes, work_dir: Path, trials: int, trials_per_task: int | None = None, seed: int = 0) -> dict[str, object]:
+def tune(
+    model_bytes: bytes, work_dir: Path, trials: int, trials_per_task: int | None = None, seed: int = 0, layout: str = DEFAULT_LAYOUT
+) -> dict[str, object]:
     """Tune every operator of the model (batch 1, this CPU) with ``trials`` measurements in all."""
     work_dir.mkdir(parents=True, exist_ok=True)
     target = host_target()
-    mod, _, inputs, _ = import_relax(model_bytes)
+    mod, _, inputs, _ = import_relax(model_bytes, layout, target)
     intrinsics = register_intrinsics_for(target)
     with target:
         mod = tvm.transform.Sequential(
