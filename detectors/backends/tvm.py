@@ -26,8 +26,8 @@ from tvm.relax.pipeline import zero_pipeline  # noqa: E402
 from tvm.target import codegen  # noqa: E402
 
 from detectors.backends.base import Backend, BackendError, TensorSpec  # noqa: E402
-from detectors.backends.onnx_graph import fold_constants, load_model, signature  # noqa: E402
-from detectors.backends.tvm_graph import DEFAULT_LAYOUT, clip_as_relax_ops, fold_pads_into_convs, to_layout  # noqa: E402
+from detectors.backends.onnx_graph import fold_constants, fold_pads_into_convs, load_model, signature  # noqa: E402
+from detectors.backends.tvm_graph import DEFAULT_LAYOUT, clip_as_relax_ops, to_layout  # noqa: E402
 from detectors.backends.tvm_schedule import DEFAULT_SCHEDULE, cpu_schedule  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,15 @@ DEFAULT_CACHE = Path(os.environ.get("PEDSTREAM_CACHE") or Path.home() / ".cache"
 def host_target(num_cores: int | None = None) -> tvm.target.Target:
     """An LLVM target for this machine's CPU (``-mcpu`` detected at run time, e.g. znver4)."""
     return tvm.target.Target({"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu(), "num-cores": num_cores or os.cpu_count() or 1})
+
+
+def set_threads(threads: int) -> None:
+    """TVM's worker pool size for this process (every TVM model in it shares the one pool)."""
+    tvm.get_global_func("runtime.config_threadpool")(0, threads)
+
+
+def current_threads() -> int:
+    return int(tvm.get_global_func("runtime.NumThreads")())
 
 
 def database_digest(work_dir: Path | None) -> str | None:
@@ -135,8 +144,11 @@ class TvmBackend(Backend):
         target: tvm.target.Target | None = None,
         layout: str = DEFAULT_LAYOUT,
         rule_schedule: str = DEFAULT_SCHEDULE,
+        threads: int = 0,
     ) -> None:
         super().__init__(model_bytes)
+        if threads > 0:
+            set_threads(threads)
         self.target = target or host_target()
         self.tuning_dir = tuning_dir
         self.cache_dir = cache_dir or DEFAULT_CACHE
@@ -208,6 +220,29 @@ class TvmBackend(Backend):
         self.vm = relax.VirtualMachine(tvm.runtime.load_module(str(self.artifact_dir / "model.so")), self.device)
         self._main = self.vm["main"]
 
+    def profile(self, feeds: dict[str, np.ndarray], runs: int) -> dict[str, tuple[float, int, str]]:
+        """Seconds spent in each compiled function over ``runs`` runs: name -> (seconds, calls,
+        argument shapes), timed around every call of a separate, instrumented VM."""
+        vm = relax.VirtualMachine(tvm.runtime.load_module(str(self.artifact_dir / "model.so")), self.device)
+        spent: dict[str, list[float]] = {}
+        shapes: dict[str, str] = {}
+        started: dict[str, float] = {}
+
+        def instrument(_func: object, symbol: str, before: bool, _ret: object, *args: object) -> int:
+            if before:
+                shapes.setdefault(symbol, " ".join("x".join(map(str, a.shape)) for a in args if hasattr(a, "shape")))
+                started[symbol] = time.perf_counter()
+            else:
+                spent.setdefault(symbol, []).append(time.perf_counter() - started[symbol])
+            return 0
+
+        args = [tvm.runtime.tensor(np.ascontiguousarray(feeds[s.name]), self.device) for s in self.inputs]
+        vm["main"](*args, *self._weights)  # warm up
+        vm.set_instrument(instrument)
+        for _ in range(runs):
+            vm["main"](*args, *self._weights)
+        return {name: (sum(times), len(times), shapes.get(name, "")) for name, times in spent.items()}
+
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         args = [tvm.runtime.tensor(np.ascontiguousarray(feeds[s.name]), self.device) for s in self.inputs]
         result = self._main(*args, *self._weights)
@@ -224,5 +259,5 @@ class TvmBackend(Backend):
             "cache_key": self.key,
             "from_cache": self.from_cache,
             "compile_s": self.compile_s,
-            "threads": os.environ.get("TVM_NUM_THREADS"),
+            "threads": current_threads(),
         }

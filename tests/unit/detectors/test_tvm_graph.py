@@ -7,14 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from detectors.backends.onnx_graph import load_model
+from detectors.backends.onnx_graph import load_model, without_spatial_pads
 from detectors.backends.ort import OrtBackend
 from detectors.backends.selection import sample_feeds
-
-pytest.importorskip("tvm")
 
 
 def _const(name: str, value: np.ndarray) -> onnx.TensorProto:
@@ -62,7 +61,7 @@ def mobile_block(pad_value: float = 0.0, pad_reader: str = "Conv") -> bytes:
 
 
 def test_zero_pads_fold_into_the_convolutions_that_read_them() -> None:
-    from detectors.backends.tvm_graph import fold_pads_into_convs
+    from detectors.backends.onnx_graph import fold_pads_into_convs
 
     model = load_model(mobile_block())
     assert fold_pads_into_convs(model) == 1
@@ -73,6 +72,16 @@ def test_zero_pads_fold_into_the_convolutions_that_read_them() -> None:
     np.testing.assert_array_equal(OrtBackend(model.SerializeToString()).run(feeds)[0], OrtBackend(mobile_block()).run(feeds)[0])
     for kept in (mobile_block(pad_value=1.0), mobile_block(pad_reader="Relu")):  # not zero / not read by a Conv
         assert fold_pads_into_convs(load_model(kept)) == 0
+
+
+def test_onnx_runtime_serves_the_graph_without_pads() -> None:
+    served = without_spatial_pads(mobile_block())
+    assert "Pad" not in [n.op_type for n in load_model(served).graph.node]
+    kept = mobile_block(pad_reader="Relu")
+    assert without_spatial_pads(kept) is kept  # nothing to fold: the very same bytes
+    feeds = sample_feeds(OrtBackend(mobile_block()).inputs)
+    session = ort.InferenceSession(mobile_block(), providers=["CPUExecutionProvider"])  # the graph as exported
+    np.testing.assert_array_equal(OrtBackend(mobile_block()).run(feeds)[0], session.run(None, feeds)[0])
 
 
 @pytest.mark.parametrize(("layout", "schedule"), [("NCHW", "loops-v1"), ("NHWC", "loops-v1"), ("NHWC", "blocked-v2")])
