@@ -56,6 +56,26 @@ def cmd_bench_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_tvm_levers(args: argparse.Namespace) -> int:
+    from deploy.bench import tvm_levers
+    from detectors.detector import read_model
+
+    path = bench_model(args)
+    threads = [int(t) for t in args.threads.split(",")]
+    trials = [int(t) for t in args.trials.split(",") if t.strip()]
+    result = tvm_levers.run(read_model(path), path.stem, threads, trials, args.seconds, say_to_stderr("bench tvm-levers"))
+    if args.json:
+        print_json(result)
+    else:
+        for row in result["rows"]:
+            tuned = "" if row["tune_s"] is None else f", tuned {row['tune_s']} s"
+            print(
+                f"{row['lever']:20s} {row['threads']} thr  {row['p50_ms']:7.2f} ms  x{row['speed_vs_ort']:.2f} of ORT  "
+                f"(built {row['build_s']} s{tuned})  {row['settings']}"
+            )
+    return 0
+
+
 def cmd_bench_detector(args: argparse.Namespace) -> int:
     from deploy.bench import detector as bench_detector
 
@@ -200,6 +220,14 @@ def register(sub: Any, flags: Flags) -> None:
     b.add_argument("--seconds", type=float, default=6.0, help="measuring time per (backend, batch)")
     b.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (0: all cores)")
     b.set_defaults(func=cmd_bench_detector)
+
+    b = bench_sub.add_parser(
+        "tvm-levers", parents=[bench_model], help="TVM's layout, schedule, tuning and thread levers against ONNX Runtime"
+    )
+    b.add_argument("--threads", default="1,2", help="thread counts, each lever timed at each")
+    b.add_argument("--trials", default="", help="MetaSchedule budgets to tune for, e.g. 32,128 (minutes each; default none)")
+    b.add_argument("--seconds", type=float, default=3.0, help="measuring time per (lever, threads)")
+    b.set_defaults(func=cmd_bench_tvm_levers)
 
     b = bench_sub.add_parser("pipeline", parents=[flags.conn, bench_model], help="cameras -> Kafka -> detector agent, end to end")
     b.add_argument("--cameras", type=int, default=8)

@@ -37,7 +37,13 @@ class OrtBackend(Backend):
     name = "ort"
 
     def __init__(
-        self, model_bytes: bytes, intra_threads: int = 0, inter_threads: int = 1, spinning: bool = False, profile: bool = False
+        self,
+        model_bytes: bytes,
+        intra_threads: int = 0,
+        inter_threads: int = 1,
+        spinning: bool = False,
+        profile: bool = False,
+        fold_pads: bool = True,
     ) -> None:
         super().__init__(model_bytes)
         options = session_options(intra_threads, inter_threads, spinning)
@@ -45,7 +51,8 @@ class OrtBackend(Backend):
         self.intra_threads = intra_threads
         self.spinning = spinning
         try:
-            self.session = ort.InferenceSession(without_spatial_pads(model_bytes), options, providers=["CPUExecutionProvider"])
+            graph = without_spatial_pads(model_bytes) if fold_pads else model_bytes
+            self.session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own untyped errors
             raise BackendError(f"ONNX Runtime cannot load the model: {exc}") from exc
         self.inputs = [_spec(i) for i in self.session.get_inputs()]

@@ -3,6 +3,10 @@ fusible, channels-last, register-blocked reductions; every choice exact against 
 
 from __future__ import annotations
 
+import json
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -84,7 +88,9 @@ def test_onnx_runtime_serves_the_graph_without_pads() -> None:
     np.testing.assert_array_equal(OrtBackend(mobile_block()).run(feeds)[0], session.run(None, feeds)[0])
 
 
-@pytest.mark.parametrize(("layout", "schedule"), [("NCHW", "loops-v1"), ("NHWC", "loops-v1"), ("NHWC", "blocked-v2")])
+@pytest.mark.parametrize(
+    ("layout", "schedule"), [("NCHW", "loops-v1"), ("NHWC", "loops-v1"), ("NHWC", "blocked-v2"), ("NHWC", "blocked-parallel-v2")]
+)
 def test_every_layout_and_schedule_gives_ort_s_outputs(layout: str, schedule: str, tmp_path: Path) -> None:
     from detectors.backends.tvm import TvmBackend
 
@@ -112,11 +118,14 @@ def test_blocked_schedule_register_blocks_the_convolution_and_fuses_its_epilogue
     fused = {gv.name_hint: f for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)}
     pointwise = [name for name in fused if name.startswith("fused_conv2d") and "maximum" in name and "minimum" in name]
     assert pointwise, sorted(fused)  # ReLU6 fused into its convolution (not an opaque call of its own)
-    blocked = _blocked(fused[pointwise[-1]])
-    assert blocked is not None
-    text = blocked.script()
-    assert '"local"' in text and "T.vectorized" in text and "T.parallel" in text
-    assert "T_maximum_intermediate = " not in text  # the epilogue is not a separate pass over memory
+    for parallel in (False, True):
+        blocked = _blocked(fused[pointwise[-1]], parallel=parallel)
+        assert blocked is not None
+        text = blocked.script()
+        assert '"local"' in text and "T.vectorized" in text and "T.unroll" in text
+        tile_loop = re.search(r"for \w+_0_fused in (T\.parallel|range)\(", text)
+        assert tile_loop and (tile_loop.group(1) == "T.parallel") == parallel  # tiles on one core unless asked
+        assert "T_maximum_intermediate = " not in text  # the epilogue is not a separate pass over memory
 
 
 def test_the_bundled_student_compiles_channels_last_and_matches_ort(tmp_path: Path) -> None:
@@ -128,3 +137,29 @@ def test_the_bundled_student_compiles_channels_last_and_matches_ort(tmp_path: Pa
     feeds = sample_feeds(backend.inputs)
     for ours, theirs in zip(backend.run(feeds), OrtBackend(model).run(feeds), strict=True):
         np.testing.assert_allclose(ours, theirs, atol=1e-4, rtol=1e-4)
+
+
+def test_bench_tvm_levers_times_every_lever_against_ort_and_profiles_both(tmp_path: Path) -> None:
+    model = tmp_path / "block.onnx"
+    model.write_bytes(mobile_block())
+    done = subprocess.run(
+        [sys.executable, "-m", "deploy.cli", "bench", "tvm-levers", "--model", str(model), "--threads", "1,2", "--seconds", "0.1", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout)
+    levers = {row["lever"] for row in result["rows"]}
+    assert levers == {"ort", "ort-spinning", "ort-exported-graph", "tvm-nchw-loops", "tvm-nhwc-loops", "tvm-nhwc-blocked", "tvm-nhwc-blocked-parallel"}
+    assert {row["threads"] for row in result["rows"]} == {1, 2}
+    for row in result["rows"]:
+        assert row["max_abs_diff_vs_ort"] < 1e-4 and row["p50_ms"] > 0  # every lever computes the same thing
+        if row["lever"] == "ort":
+            assert row["speed_vs_ort"] == 1.0
+    for runtime in ("ort", "tvm"):
+        profile = result["profile"][runtime]
+        assert profile["top"] and profile["total_ms"] > 0
+        assert abs(sum(k["share"] for k in profile["by_kind"]) - 1.0) < 0.02
+    assert any(layer["kind"].startswith("conv2d") for layer in result["profile"]["tvm"]["top"])
+    assert any(layer["kind"] in ("Conv", "FusedConv") for layer in result["profile"]["ort"]["top"])
