@@ -61,6 +61,12 @@ PUBLISH_FAILURES = Counter(
     "Frames whose results the broker did not take (left unacknowledged, detected again later)",
     registry=DETECTOR_METRICS,
 )
+BACKEND_MS = Gauge(
+    "pedstream_detector_backend_ms",
+    "Median milliseconds per image each backend took on this device when the agent last chose (auto)",
+    ["version", "backend"],
+    registry=DETECTOR_METRICS,
+)
 MODEL_SWAPS = Counter("pedstream_detector_model_swaps", "Model versions swapped in (hot swap)", registry=DETECTOR_METRICS)
 
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import redis
 
-from streams.records import GENERAL_SCOPE, ModelAnnouncement
+from streams.records import GENERAL_SCOPE, CompiledArtifact, ModelAnnouncement
 from streams.signing import Verifier
 from streams.topics import Topics
 
@@ -55,6 +55,13 @@ class ModelKeys:
 
     def onnx(self, v: str) -> str:
         return f"{self.prefix}:version:{v}:onnx"
+
+    def artifacts(self, v: str) -> str:
+        """Hash: target id -> CompiledArtifact JSON, for version ``v``."""
+        return f"{self.prefix}:version:{v}:artifacts"
+
+    def artifact(self, v: str, target_id: str) -> str:
+        return f"{self.prefix}:version:{v}:artifact:{target_id}"
 
     @property
     def versions(self) -> str:
@@ -170,6 +177,21 @@ class ModelReader:
             raise VerificationError(f"model {order.version}: no bytes at {order.registry_key}")
         self.verifier.verify(data, order)
         return data
+
+    def artifact(self, version: str, target_id: str) -> tuple[CompiledArtifact, bytes] | None:
+        """The library compiled for ``target_id`` from ``version``, verified (signature and digest);
+        None when none was published for that target."""
+        raw = as_bytes(self.client.hget(self.keys.artifacts(version), target_id))
+        if raw is None:
+            return None
+        record = CompiledArtifact.model_validate_json(raw)
+        data = get_bytes(self.client, record.registry_key)
+        if data is None:
+            from streams.signing import VerificationError
+
+            raise VerificationError(f"artifact of {version} for {target_id}: no bytes at {record.registry_key}")
+        self.verifier.verify_artifact(data, record)
+        return record, data
 
     def report(self, agent_id: str, status: dict[str, object]) -> None:
         """Record what this agent serves (and refused) for operators and the loop benchmark."""

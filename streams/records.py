@@ -244,6 +244,37 @@ class ModelAnnouncement(Record):
         return json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
 
 
+class CompiledArtifact(Record):
+    """A model compiled ahead of time for one device target (a TVM library), stored beside the
+    version's ONNX bytes and signed like them. Edge agents load it; they never compile while serving."""
+
+    version: str
+    model_sha256: str  # the ONNX bytes it was compiled from
+    runtime: Literal["tvm"] = "tvm"
+    target: str  # the compiler's target, as JSON (e.g. llvm with this CPU's -mcpu)
+    target_id: str  # a short digest of target + compiler version: what an agent looks up
+    sha256: str  # of the artifact bytes
+    size_bytes: int
+    registry_key: str
+    settings: dict[str, str] = Field(default_factory=dict)  # layout, schedule, tuning trials
+    compile_s: float = 0.0
+    approved_ts: float = 0.0  # when the version was approved (time to artifact = published_ts - approved_ts)
+    published_ts: float = 0.0
+    signature: str | None = None
+
+    def statement(self) -> bytes:
+        """What the signature covers: the artifact's digest, the model it belongs to and its target."""
+        fields = {
+            "version": self.version,
+            "model_sha256": self.model_sha256,
+            "runtime": self.runtime,
+            "target_id": self.target_id,
+            "sha256": self.sha256,
+            "size_bytes": self.size_bytes,
+        }
+        return json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
+
+
 class CameraStatus(CameraRecord):
     """A camera ingestion agent's report on one camera: running, retrying after a failure, finished."""
 

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from streams.errors import PedstreamError
-from streams.records import ModelAnnouncement
+from streams.records import CompiledArtifact, ModelAnnouncement
 
 PRIVATE_NAME = "model-signing.key"
 PUBLIC_NAME = "model-signing.pub"
@@ -83,6 +83,9 @@ class Signer:
         """The order with its signature over its release statement."""
         return order.model_copy(update={"signature": self.sign(order.release_statement())})
 
+    def sign_artifact(self, artifact: CompiledArtifact) -> CompiledArtifact:
+        return artifact.model_copy(update={"signature": self.sign(artifact.statement())})
+
 
 class Verifier:
     def __init__(self, key: Ed25519PublicKey) -> None:
@@ -107,6 +110,19 @@ class Verifier:
             self.key.verify(base64.b64decode(order.signature, validate=True), order.release_statement())
         except (InvalidSignature, ValueError):
             raise VerificationError("signature does not verify with this agent's public key over this release order") from None
+
+    def verify_artifact(self, data: bytes, artifact: CompiledArtifact) -> None:
+        """Raise ``VerificationError`` unless the artifact's signature verifies over its statement and
+        ``data`` has its digest."""
+        if not artifact.signature:
+            raise VerificationError(f"the {artifact.runtime} artifact of {artifact.version} is unsigned")
+        try:
+            self.key.verify(base64.b64decode(artifact.signature, validate=True), artifact.statement())
+        except (InvalidSignature, ValueError):
+            raise VerificationError(f"the {artifact.runtime} artifact of {artifact.version}: signature does not verify") from None
+        actual = sha256_hex(data)
+        if actual != artifact.sha256:
+            raise VerificationError(f"artifact sha256 mismatch: announced {artifact.sha256[:12]}..., bytes have {actual[:12]}...")
 
     def verify(self, data: bytes, order: ModelAnnouncement) -> None:
         """``verify_order``, and ``data`` must have the sha256 the order names."""

@@ -25,7 +25,7 @@ from detectors.adapters.registry import FORMAT_METADATA_KEY
 from detectors.detector import VERSION_METADATA_KEY, onnx_metadata
 from streams.errors import PedstreamError
 from streams.model_channel import ModelKeys, get_bytes, list_bytes, read_orders
-from streams.records import GENERAL_SCOPE, ModelAnnouncement, describe_scope
+from streams.records import GENERAL_SCOPE, CompiledArtifact, ModelAnnouncement, describe_scope
 from streams.signing import Signer, VerificationError, Verifier, sha256_hex
 
 STATES = ("approved", "rejected")
@@ -230,6 +230,42 @@ class Registry:
         with np.load(io.BytesIO(raw)) as data:
             return {k: data[k] for k in data.files}
 
+    def store_artifact(
+        self, version: str, target: str, target_id: str, data: bytes, settings: dict[str, str], compile_s: float
+    ) -> CompiledArtifact:
+        """Store a library compiled from approved ``version`` for one device target, signed like the
+        version itself (rejected versions get none: they are never served)."""
+        signer = self._signer()
+        entry = self.entry(version)
+        if entry["state"] != "approved":
+            raise PedstreamError(f"version {version} was {entry['state']}: nothing is compiled for a version that is never served")
+        approved = ModelAnnouncement.model_validate(entry["announcement"])
+        artifact = signer.sign_artifact(
+            CompiledArtifact(
+                version=version,
+                model_sha256=approved.sha256,
+                target=target,
+                target_id=target_id,
+                sha256=sha256_hex(data),
+                size_bytes=len(data),
+                registry_key=self.keys.artifact(version, target_id),
+                settings=settings,
+                compile_s=round(compile_s, 2),
+                approved_ts=approved.published_ts,
+                published_ts=time.time(),
+            )
+        )
+        pipe = self.client.pipeline()
+        pipe.set(artifact.registry_key, data)
+        pipe.hset(self.keys.artifacts(version), target_id, artifact.model_dump_json())
+        pipe.execute()
+        return artifact
+
+    def artifacts(self, version: str) -> list[CompiledArtifact]:
+        reply = self.client.hgetall(self.keys.artifacts(version))
+        assert isinstance(reply, dict)
+        return [CompiledArtifact.model_validate_json(raw) for raw in reply.values()]
+
     def onnx(self, version: str) -> bytes:
         raw = get_bytes(self.client, self.keys.onnx(version))
         if raw is None:
@@ -286,6 +322,10 @@ class Registry:
                     "number": a.get("number", 0),
                     "lineage": entry.get("lineage"),
                     "gate": entry.get("gate"),
+                    "artifacts": [
+                        {"runtime": a.runtime, "target_id": a.target_id, "size_bytes": a.size_bytes, **a.settings}
+                        for a in self.artifacts(version)
+                    ],
                 }
             )
         return out

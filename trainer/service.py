@@ -64,6 +64,9 @@ def wait_for_result(client: redis.Redis, keys: RetrainKeys, request_id: str, tim
     return None
 
 
+COMPILE_CHOICES = ("off", "declared", "host")
+
+
 class TrainerService:
     def __init__(
         self,
@@ -76,6 +79,8 @@ class TrainerService:
         check_every_s: float = 10.0,
         subscriber: RecordSubscriber[HardExample] | None = None,
         on_cycle: Callable[[dict[str, Any]], None] | None = None,
+        compile_tvm: str = "declared",
+        tvm_trials: int = 0,
     ) -> None:
         self.client = client
         self.keys = RetrainKeys(retrainer.registry.keys)
@@ -92,6 +97,10 @@ class TrainerService:
         self.worker: threading.Thread | None = None
         self._rollbacks_seen: set[tuple[str, str, str]] = set()
         self.on_cycle = on_cycle  # told each cycle's result (`pedstream trainer --json` prints them)
+        if compile_tvm not in COMPILE_CHOICES:
+            raise PedstreamError(f"compile_tvm must be one of {', '.join(COMPILE_CHOICES)}, not {compile_tvm!r}")
+        self.compile_tvm = compile_tvm  # off | declared (targets agents declare) | host (those and this machine's)
+        self.tvm_trials = tvm_trials
 
     @property
     def busy(self) -> bool:
@@ -155,6 +164,8 @@ class TrainerService:
             log.exception("retraining failed")
             metrics.CYCLES.labels("failed").inc()
             result = {"error": str(exc), "cameras": cameras}
+        if result.get("shipped") and self.compile_tvm != "off":
+            result["artifacts"] = self._compile(str(result["version"]))
         result["request_id"] = request_id
         self.cycles.append(result)
         if self.on_cycle is not None:
@@ -163,6 +174,22 @@ class TrainerService:
             self.client.set(self.keys.result(request_id), json.dumps(result), ex=24 * 3600)
         self.state = "collecting"
         self.publish_status()
+
+    def _compile(self, version: str) -> dict[str, Any]:
+        """Compile a shipped version for the edge's TVM targets, after its order (agents serve it on
+        ONNX Runtime meanwhile, and switch when their library appears)."""
+        from trainer.compiling import compile_version, declared_targets
+
+        self.state = f"compiling {version} for the edge"
+        self.publish_status()
+        try:
+            targets = None if self.compile_tvm == "host" else declared_targets(self.retrainer.registry)
+            if targets == {}:
+                return {"version": version, "published": [], "skipped": {}, "note": "no edge agent declared a TVM target"}
+            return compile_version(self.retrainer.registry, version, targets, self.tvm_trials)
+        except Exception as exc:  # noqa: BLE001 - the version is served anyway (on ONNX Runtime); say why not compiled
+            log.error("compiling %s for the edge failed: %s", version, exc)
+            return {"version": version, "error": str(exc)}
 
     def run(self) -> None:
         last_check = 0.0

@@ -73,6 +73,8 @@ def cmd_trainer(args: argparse.Namespace) -> int:
             retrainer,
             auto=not args.no_auto,
             on_cycle=(lambda result: print(json.dumps(result), flush=True)) if args.json else None,
+            compile_tvm=args.compile_tvm,
+            tvm_trials=args.tvm_trials,
         )
         import signal
 
@@ -159,6 +161,14 @@ def register(sub: Any, flags: Flags) -> None:
     p.add_argument("--store", help=f"hard-example store folder (default ${STORE_ENV} or ~/.pedstream/hard-examples)")
     p.add_argument("--keys", help="key pair folder (default $PEDSTREAM_KEYS or ~/.pedstream/keys)")
     p.add_argument("--no-auto", action="store_true", help="retrain only when asked (pedstream retrain)")
+    p.add_argument(
+        "--compile-tvm",
+        choices=("off", "declared", "host"),
+        default="declared",
+        help="after shipping a version, compile it with TVM for the targets edge agents declare (declared), those and this "
+        "machine's CPU (host), or not at all (off); agents load the library and never compile while serving",
+    )
+    p.add_argument("--tvm-trials", type=int, default=0, help="MetaSchedule trials before compiling (0: the rule-based schedule)")
     p.add_argument("--min-examples", type=int, default=40, help="trigger: new hard examples of one camera")
     p.add_argument("--min-agreement", type=float, default=0.5, help="trigger: estimated accuracy (edge vs teacher AP50) below this")
     p.add_argument(

@@ -103,6 +103,19 @@ def _lines(versions: list[dict[str, Any]], cameras: list[dict[str, Any]]) -> str
     return "\n".join(out)
 
 
+def _compile_targets(names: list[str] | None) -> dict[str, str] | None:
+    """--target values: ``host`` (this machine's CPU) or a target's JSON; none: declared ones and the host."""
+    if not names:
+        return None
+    from detectors.backends import tvm_artifacts
+
+    targets = {}
+    for name in names:
+        target = tvm_artifacts.target_from_json(name)
+        targets[tvm_artifacts.target_id(target)] = str(target)
+    return targets
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     action = args.models_command
     if action == "list":
@@ -147,6 +160,17 @@ def cmd_models(args: argparse.Namespace) -> int:
             args.json,
             f"{a.version} is served {'on ' + ', '.join(cameras) if cameras else 'as the general model'}",
         )
+    elif action == "compile":
+        from trainer.compiling import compile_version
+
+        registry = _registry(args, need_signer=True)
+        targets = _compile_targets(args.target)
+        result = compile_version(registry, args.version, targets, args.trials)
+        lines = [
+            f"{args.version}: TVM library for target {p['target_id']} published ({p['size_bytes']} bytes, compiled in {p['compile_s']} s)"
+            for p in result["published"]
+        ] + [f"{args.version}: target {t} skipped: {why}" for t, why in result["skipped"].items()]
+        _show(result, args.json, "\n".join(lines) or f"{args.version}: no targets (no agent declared one; try --target host)")
     elif action == "rollback":
         a = _registry(args, need_signer=True).rollback(args.camera, args.to)
         where = f"camera {args.camera}" if args.camera else "the general model"
@@ -170,12 +194,18 @@ def register(sub: Any, flags: Flags) -> None:
         ("publish", "approve, sign and store an ONNX model, and serve it (as the general model, or on --camera)"),
         ("promote", "serve a stored, approved version as the general model, or on --camera (never an older one: see rollback)"),
         ("rollback", "sign a rollback order: the general model (or --camera) goes back to what it served before (or --to)"),
+        ("compile", "compile an approved version with TVM for device targets and publish the signed libraries"),
     ):
         m = models_sub.add_parser(name, parents=[flags.conn], help=help_text)
         m.add_argument("--json", action="store_true")
         m.add_argument("--keys", help="key pair folder (default $PEDSTREAM_KEYS or ~/.pedstream/keys)")
-        if name in ("show", "promote"):
+        if name in ("show", "promote", "compile"):
             m.add_argument("version")
+        if name == "compile":
+            m.add_argument(
+                "--target", action="append", help="`host` (this machine's CPU) or a target's JSON; default: those agents declare, and host"
+            )
+            m.add_argument("--trials", type=int, default=0, help="MetaSchedule trials to tune with first (0: the rule-based schedule)")
         if name in ("publish", "promote"):
             m.add_argument("--camera", action="append", help="serve it on this camera only (repeat for a group); default: every camera")
         if name == "rollback":

@@ -7,6 +7,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -52,15 +53,49 @@ def time_backend(backend: Backend, feeds: dict[str, np.ndarray], runs: int = 5, 
     return float(np.median(times))
 
 
-def make_tvm(model_bytes: bytes, cache_dir: Path | None = None, tuning_dir: Path | None = None) -> Backend:
-    """A TVM backend. TVM is imported only here: it is optional, slow to import (seconds), and reads
-    ``TVM_NUM_THREADS`` once at import; without it pedstream serves with ONNX Runtime and says so."""
+def tvm_module(name: str = "tvm") -> Any:
+    """``detectors.backends.<name>`` (a TVM module). TVM is imported only through here: it is
+    optional and slow to import (seconds); without it pedstream serves with ONNX Runtime and says so."""
     try:
-        tvm_backend = importlib.import_module("detectors.backends.tvm")
+        return importlib.import_module(f"detectors.backends.{name}")
     except ImportError as exc:
         raise BackendError(f"TVM is not installed ({exc})") from None
-    backend: Backend = tvm_backend.TvmBackend(model_bytes, cache_dir=cache_dir, tuning_dir=tuning_dir)
+
+
+def make_tvm(model_bytes: bytes, cache_dir: Path | None = None, tuning_dir: Path | None = None, threads: int = 0) -> Backend:
+    """A TVM backend compiled here (or loaded from this machine's cache)."""
+    backend: Backend = tvm_module().TvmBackend(model_bytes, cache_dir=cache_dir, tuning_dir=tuning_dir, threads=threads)
     return backend
+
+
+def faster_of(ort_backend: Backend, tvm_backend: Backend, runs: int = 5) -> BackendChoice:
+    """Measure both on this device (same random input) and choose the faster, saying why."""
+    feeds = sample_feeds(tvm_backend.inputs)
+    measured = {"ort": time_backend(ort_backend, feeds, runs), "tvm": time_backend(tvm_backend, feeds, runs)}
+    faster = min(measured, key=lambda k: measured[k])
+    reason = (
+        f"{faster} is faster on this device: ort {measured['ort']:.1f} ms vs tvm {measured['tvm']:.1f} ms "
+        f"per image ({tvm_backend.describe()['schedule']} schedule)"
+    )
+    log.info(reason)
+    return BackendChoice(ort_backend if faster == "ort" else tvm_backend, reason, measured)
+
+
+def choose_from_artifact(kind: str, model_bytes: bytes, artifact: bytes | None, missing_reason: str, threads: int = 0) -> BackendChoice:
+    """The edge's choice on a hot swap: TVM only from a library compiled elsewhere (``artifact``,
+    verified by the caller), never compiled here; ``auto`` measures it against ONNX Runtime."""
+    ort_backend = OrtBackend(model_bytes, intra_threads=threads)
+    if kind == "ort":
+        return BackendChoice(ort_backend, "ONNX Runtime requested", {})
+    if artifact is None:
+        return BackendChoice(ort_backend, f"serving with ONNX Runtime: {missing_reason}", {})
+    try:
+        tvm_backend: Backend = tvm_module("tvm_artifacts").load(artifact, model_bytes, threads)
+    except BackendError as exc:
+        return BackendChoice(ort_backend, f"serving with ONNX Runtime: the compiled TVM library does not load here: {exc}", {})
+    if kind == "tvm":
+        return BackendChoice(tvm_backend, "TVM requested (compiled library loaded)", {})
+    return faster_of(ort_backend, tvm_backend)
 
 
 def choose_backend(
@@ -78,20 +113,11 @@ def choose_backend(
     if kind == "ort":
         return BackendChoice(OrtBackend(model_bytes, intra_threads=threads), "ONNX Runtime requested", {})
     try:
-        tvm_backend = make_tvm(model_bytes, cache_dir, tuning_dir)
+        tvm_backend = make_tvm(model_bytes, cache_dir, tuning_dir, threads)
     except BackendError as exc:
         reason = f"TVM unavailable for this model, serving with ONNX Runtime: {exc}"
         log.warning(reason)
         return BackendChoice(OrtBackend(model_bytes, intra_threads=threads), reason, {})
     if kind == "tvm":
         return BackendChoice(tvm_backend, "TVM requested", {})
-    ort_backend = OrtBackend(model_bytes, intra_threads=threads)
-    feeds = sample_feeds(tvm_backend.inputs)
-    measured = {"ort": time_backend(ort_backend, feeds, runs), "tvm": time_backend(tvm_backend, feeds, runs)}
-    faster = min(measured, key=lambda k: measured[k])
-    reason = (
-        f"{faster} is faster on this device: ort {measured['ort']:.1f} ms vs tvm {measured['tvm']:.1f} ms "
-        f"per image ({tvm_backend.describe()['schedule']} schedule)"
-    )
-    log.info(reason)
-    return BackendChoice(ort_backend if faster == "ort" else tvm_backend, reason, measured)
+    return faster_of(OrtBackend(model_bytes, intra_threads=threads), tvm_backend, runs)

@@ -166,6 +166,26 @@ class TvmBackend(Backend):
             self._compile_into_cache()
         self._load()
 
+    @classmethod
+    def from_artifact_dir(cls, model_bytes: bytes, artifact_dir: Path, threads: int = 0) -> TvmBackend:
+        """A backend on a library compiled elsewhere (``tvm_artifacts``): loaded, never compiled."""
+        if threads > 0:
+            set_threads(threads)
+        backend = cls.__new__(cls)
+        Backend.__init__(backend, model_bytes)
+        sig = json.loads((artifact_dir / "signature.json").read_text())
+        backend.target = tvm.target.Target(json.loads(sig["target"]))
+        backend.tuning_dir = None
+        backend.cache_dir = artifact_dir.parent
+        backend.layout = sig.get("layout", "NCHW")
+        backend.schedule = backend.rule_schedule = sig.get("schedule", "?")
+        backend.key = artifact_dir.name
+        backend.artifact_dir = artifact_dir
+        backend.compile_s = None
+        backend.from_cache = True
+        backend._load()
+        return backend
+
     def _compile_into_cache(self) -> None:
         started = time.perf_counter()
         mod, weights, inputs, outputs = import_relax(self.model_bytes, self.layout, self.target)
