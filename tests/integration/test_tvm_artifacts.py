@@ -48,7 +48,8 @@ def test_trainer_compiles_for_the_declared_target_and_the_agent_loads_it_without
         raise AssertionError("the edge agent compiled a model while serving")
 
     try:
-        _wait(lambda: "edge-1" in registry.agents() and registry.agents()["edge-1"].get("tvm_target"), 60, "the agent to declare its target")
+        declares = lambda: "edge-1" in registry.agents() and registry.agents()["edge-1"].get("tvm_target")  # noqa: E731
+        _wait(declares, 60, "the agent to declare its target")
         declared = declared_targets(registry)
         assert list(declared) == [registry.agents()["edge-1"]["tvm_target"]["id"]]
         monkeypatch.setattr(TvmBackend, "_compile_into_cache", no_compiling_at_the_edge)
