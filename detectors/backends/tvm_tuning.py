@@ -9,11 +9,14 @@ context is made and in every builder worker; for an x86 CPU target only the x86 
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import platform
 import sys
 import time
 import types
+from collections.abc import Iterator
 from pathlib import Path
 
 import tvm
@@ -60,6 +63,22 @@ def search_strategy(trials: int) -> ms.search_strategy.EvolutionarySearch:
     return ms.search_strategy.EvolutionarySearch(population_size=population, init_min_unmeasured=min(50, population // 2))
 
 
+@contextlib.contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """MetaSchedule writes its progress tables to standard output (from Python and C++): send them
+    to standard error, where progress belongs, so that `--json` output stays JSON."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def tune(
     model_bytes: bytes, work_dir: Path, trials: int, trials_per_task: int | None = None, seed: int = 0, layout: str = DEFAULT_LAYOUT
 ) -> dict[str, object]:
@@ -77,6 +96,20 @@ def tune(
             ]
         )(mod)
     started = time.perf_counter()
+    with stdout_to_stderr():
+        _tune_relax(mod, target, work_dir, trials, trials_per_task, seed)
+    return {
+        "work_dir": str(work_dir),
+        "trials": trials,
+        "seconds": round(time.perf_counter() - started, 1),
+        "target": str(target),
+        "tensor_intrinsics": intrinsics,
+        "database": database_digest(work_dir),
+        "inputs": [list(s.shape) for s in inputs],
+    }
+
+
+def _tune_relax(mod: tvm.IRModule, target: tvm.target.Target, work_dir: Path, trials: int, trials_per_task: int | None, seed: int) -> None:
     ms.relax_integration.tune_relax(
         mod,
         params={},
@@ -90,12 +123,3 @@ def tune(
         runner=ms.runner.LocalRunner(),
         seed=seed,
     )
-    return {
-        "work_dir": str(work_dir),
-        "trials": trials,
-        "seconds": round(time.perf_counter() - started, 1),
-        "target": str(target),
-        "tensor_intrinsics": intrinsics,
-        "database": database_digest(work_dir),
-        "inputs": [list(s.shape) for s in inputs],
-    }

@@ -7,6 +7,7 @@ import platform
 from pathlib import Path
 
 import numpy as np
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from detectors.backends.ort import OrtBackend
@@ -27,12 +28,14 @@ def tiny_conv_model() -> bytes:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
 
 
-def test_tuned_model_compiles_from_the_database_and_matches_ort(tmp_path: Path) -> None:
+def test_tuned_model_compiles_from_the_database_and_matches_ort(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
     from detectors.backends.tvm import TvmBackend
     from detectors.backends.tvm_tuning import tune
 
     model = tiny_conv_model()
     report = tune(model, tmp_path / "db", trials=4)
+    out, err = capfd.readouterr()
+    assert "Total trials" in err and "Total trials" not in out  # progress on stderr: `tune --json` prints only JSON
     assert report["database"] and list((tmp_path / "db").glob("*.json"))
     assert report["tensor_intrinsics"] == ("x86" if platform.machine() == "x86_64" else "all")  # not the 70 s import of all
     tuned = TvmBackend(model, cache_dir=tmp_path / "cache", tuning_dir=tmp_path / "db")
