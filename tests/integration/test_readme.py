@@ -53,6 +53,7 @@ PLANS: dict[str, str] = {
     "models list": "exit",
     "models promote": "parse",  # test_model_registry.py
     "models rollback": "parse",
+    "models compile": "parse",  # test_tvm_artifacts.py
     "detect --model student --teacher-model": "parse",  # test_model_registry.py::test_an_agent_rolls_a_camera_back...
     "dashboard": "serve",
     "detect --model student --metrics-port": "parse",  # a fixed port (9100): test_detector_agent.py serves metrics
