@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from detectors.backends.onnx_graph import without_spatial_pads
 from detectors.detector import Detector, onnx_metadata, with_metadata
 from streams.errors import PedstreamError
 
@@ -44,7 +45,7 @@ def quantize_int8(model_bytes: bytes, calibration_images: Iterable[np.ndarray]) 
 
     with tempfile.TemporaryDirectory(prefix="pedstream-quantize-") as tmp:
         source, prepared, quantized = Path(tmp) / "float.onnx", Path(tmp) / "prepared.onnx", Path(tmp) / "int8.onnx"
-        source.write_bytes(model_bytes)
+        source.write_bytes(without_spatial_pads(model_bytes))  # as ONNX Runtime serves the float model
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
         quantize_static(
             str(prepared),
