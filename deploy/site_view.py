@@ -250,7 +250,7 @@ class SiteView:
                         "camera": camera_id,
                         "state": state,
                         "state_detail": detail,
-                        "has_image": view.annotated is not None or bool(view.frames),
+                        "has_image": view.annotated is not None,  # or a frame that decodes: below, outside the lock
                         "frames": view.frames_seen,
                         "bad_frames": view.bad_frames,
                         "detections": view.detections_seen,
@@ -274,7 +274,9 @@ class SiteView:
                         ],
                     }
                 )
-            return out
+        for entry in out:  # the page shows an <img> only when image() has something to serve
+            entry["has_image"] = bool(entry["has_image"]) or self.image(str(entry["camera"])) is not None
+        return out
 
 
 class SiteCollector(Collector):

@@ -79,6 +79,9 @@ def test_an_unreadable_frame_is_never_shown() -> None:
     view.on_detections(detections("cam", 2, NOW + 0.4, 40.0))
     drawn = cv2.imdecode(np.frombuffer(view.image("cam") or b"", np.uint8), cv2.IMREAD_COLOR)
     assert drawn is not None and drawn.shape == (120, 160, 3) and view.image("cam") != good
+    view.on_frame(frame("broken", 0, NOW, good[:200]))  # frames arrive, none decodes: a placeholder, not a broken <img>
+    assert not by_camera(view, NOW)["broken"]["has_image"] and view.image("broken") is None
+    assert by_camera(view, NOW)["cam"]["has_image"]
 
 
 def test_alerts_get_a_snapshot_of_the_frame_they_were_raised_on_whatever_arrives_first() -> None:

@@ -128,17 +128,6 @@ def test_blocked_schedule_register_blocks_the_convolution_and_fuses_its_epilogue
         assert "T_maximum_intermediate = " not in text  # the epilogue is not a separate pass over memory
 
 
-def test_the_bundled_student_compiles_channels_last_and_matches_ort(tmp_path: Path) -> None:
-    from detectors.backends.tvm import TvmBackend
-    from detectors.detector import model_path, read_model
-
-    model = read_model(model_path("student"))
-    backend = TvmBackend(model, cache_dir=tmp_path)
-    feeds = sample_feeds(backend.inputs)
-    for ours, theirs in zip(backend.run(feeds), OrtBackend(model).run(feeds), strict=True):
-        np.testing.assert_allclose(ours, theirs, atol=1e-4, rtol=1e-4)
-
-
 def test_bench_tvm_levers_times_every_lever_against_ort_and_profiles_both(tmp_path: Path) -> None:
     model = tmp_path / "block.onnx"
     model.write_bytes(mobile_block())
