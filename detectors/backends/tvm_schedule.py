@@ -5,18 +5,17 @@ rule-based schedules, both exact (they never change results):
 
 * ``loops-v1``: every block's spatial loops outermost, fused and run in parallel; for reductions
   the innermost output loop is split into vectors that accumulate inside the reduction loops.
-* ``blocked-v2`` (the default): for a function with one reduction (a convolution or matmul with
+* ``blocked-v3`` (the default): for a function with one reduction (a convolution or matmul with
   its fused epilogue), the elementwise steps around it are inlined and the reduction is
-  register-blocked: an output tile of a few pixels by 16 channels accumulates in a local buffer
-  (registers) over the whole reduction, then the epilogue (bias, ReLU6, residual add) is applied to
-  the tile while it is still in registers and written once. In channels-last layouts the channel
-  loop is the contiguous one, so this is what vectorises well. Depthwise convolutions (reductions
-  of fewer than 16 terms) are not blocked over pixels: measured slower. Anything the rule cannot
-  handle gets ``loops-v1``. The tiles run on one core: ``blocked-parallel-v2`` spreads them over
-  the worker pool, and measured slower here at any thread count (the student: 14.8 ms serial on one
-  core against 31 ms on one and 17 ms on two threads parallel; the parallel body is outlined into a
-  closure where LLVM no longer keeps the accumulators in registers, as far as we can tell). The
-  element-wise and padding passes around the reductions stay parallel.
+  register-blocked: an output tile of a few pixels by 16 channels accumulates over the whole
+  reduction in registers, then the epilogue (bias, ReLU6, residual add) is applied to the tile while
+  it is still in cache. Tiles run in parallel over TVM's thread pool. In channels-last layouts the
+  channel loop is the contiguous one, so this is what vectorises well. Depthwise convolutions
+  (reductions of fewer than 16 terms) are not blocked over pixels: measured slower. Anything the
+  rule cannot handle gets ``loops-v1``. ``blocked-serial-v3`` keeps the tiles on one core.
+  (``blocked-v2``, this session's first version, accumulated in a "local" tile buffer: inside a
+  parallel loop TVM allocates that from its workspace pool once per tile, which made the parallel
+  version 2x slower per core than the serial one.)
 """
 
 from __future__ import annotations
@@ -64,8 +63,8 @@ def _schedule_block(sch: s_tir.Schedule, block: object) -> None:
     sch.parallel(fused)
 
 
-SCHEDULES = ("loops-v1", "blocked-v2", "blocked-parallel-v2")
-DEFAULT_SCHEDULE = "blocked-v2"
+SCHEDULES = ("loops-v1", "blocked-v3", "blocked-serial-v3")
+DEFAULT_SCHEDULE = "blocked-v3"
 _ACCUMULATOR_ROWS = (4, 5, 6, 3, 2)  # pixels per register tile: 4 x 16 lanes = 8 AVX2 registers
 _MIN_BLOCKED_REDUCTION = 16  # below this (depthwise 3x3 = 9 terms) pixel blocking measured slower
 
@@ -79,7 +78,7 @@ def _first_divisor(extent: int, options: tuple[int, ...]) -> int:
 
 
 def _block_reduction(sch: s_tir.Schedule, block: object, parallel: bool) -> None:
-    """Register-block one reduction and fold its epilogue into the tile's write-back (see module doc)."""
+    """Register-block one reduction and apply its epilogue to each tile right after it (see module doc)."""
     loops = sch.get_loops(block)
     kinds = _iter_kinds(sch, block)
     spatial = [lp for lp, k in zip(loops, kinds, strict=False) if k == _SPATIAL]
@@ -97,27 +96,30 @@ def _block_reduction(sch: s_tir.Schedule, block: object, parallel: bool) -> None
     channel_outer, channel_inner = sch.split(spatial[-1], factors=[None, lanes])
     row_outer, row_inner = sch.split(spatial[-2], factors=[None, rows])
     sch.reorder(*spatial[:-2], row_outer, channel_outer, *reduce, row_inner, channel_inner)
-    tile = sch.fuse(*spatial[:-2], row_outer, channel_outer)  # one parallel loop over output tiles
-    consumers = sch.get_consumers(block)
-    write_back = sch.cache_write(block, 0, "local")
-    sch.reverse_compute_at(write_back, tile)
-    for consumer in consumers:  # the (already inlined) epilogue joins the write-back
-        with contextlib.suppress(Exception):
-            sch.reverse_compute_inline(consumer)
+    tile = sch.fuse(*spatial[:-2], row_outer, channel_outer)  # one loop over output tiles
+    # No cache_write to a "local" tile buffer: inside a parallel loop TVM allocates such a buffer from
+    # its workspace pool once per iteration (per tile), which cost more than the arithmetic. LLVM keeps
+    # the unrolled tile's accumulators in registers anyway (the buffers are noalias).
+    for consumer in sch.get_consumers(block):  # the (already inlined) epilogue, on the tile while it is in cache
+        sch.reverse_compute_at(consumer, tile)
+        _vectorize_tile(sch, consumer)
     if parallel:
         sch.parallel(tile)
     sch.unroll(row_inner)
     sch.vectorize(channel_inner)
-    init = sch.decompose_reduction(block, reduce[0])
-    for tile_block in (init, write_back):
-        tile_loops = sch.get_loops(tile_block)[1:]  # below the parallel tile loop
-        if tile_loops:
-            sch.vectorize(tile_loops[-1])
-        if len(tile_loops) >= 2:
-            sch.unroll(tile_loops[-2])
+    _vectorize_tile(sch, sch.decompose_reduction(block, reduce[0]))
 
 
-def _blocked(func: tvm.tirx.PrimFunc, parallel: bool = False) -> tvm.tirx.PrimFunc | None:
+def _vectorize_tile(sch: s_tir.Schedule, block: object) -> None:
+    """Vectorise the innermost loop of a block under the tile loop, and unroll the one above it."""
+    loops = sch.get_loops(block)[1:]
+    if loops:
+        sch.vectorize(loops[-1])
+    if len(loops) >= 2:
+        sch.unroll(loops[-2])
+
+
+def _blocked(func: tvm.tirx.PrimFunc, parallel: bool = True) -> tvm.tirx.PrimFunc | None:
     """``func`` with its one reduction register-blocked, or None where the rule does not apply."""
     sch = s_tir.Schedule(func)
     if not _has_root(sch):
@@ -165,7 +167,7 @@ def cpu_schedule(schedule: str = DEFAULT_SCHEDULE) -> tvm.transform.Pass:
         for gv, func in mod.functions.items():
             if not isinstance(func, tvm.tirx.PrimFunc) or func.attrs and func.attrs.get("tir.is_scheduled"):
                 continue
-            scheduled = _blocked(func, parallel=schedule == "blocked-parallel-v2") if schedule != "loops-v1" else None
+            scheduled = _blocked(func, parallel=schedule == "blocked-v3") if schedule != "loops-v1" else None
             updates[gv] = (scheduled or _loops(func, gv.name_hint)).with_attr("tir.is_scheduled", True)
         for gv, func in updates.items():
             mod[gv] = func

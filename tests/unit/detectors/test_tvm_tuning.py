@@ -40,7 +40,7 @@ def test_tuned_model_compiles_from_the_database_and_matches_ort(tmp_path: Path, 
     assert report["tensor_intrinsics"] == ("x86" if platform.machine() == "x86_64" else "all")  # not the 70 s import of all
     tuned = TvmBackend(model, cache_dir=tmp_path / "cache", tuning_dir=tmp_path / "db")
     untuned = TvmBackend(model, cache_dir=tmp_path / "cache")
-    assert tuned.schedule == f"ms-{report['database']}+blocked-v2" and untuned.schedule == "blocked-v2"
+    assert tuned.schedule == f"ms-{report['database']}+blocked-v3" and untuned.schedule == "blocked-v3"
     assert tuned.key != untuned.key  # the cache keeps both apart
     feeds = sample_feeds(tuned.inputs)
     expected = OrtBackend(model).run(feeds)[0]
