@@ -274,6 +274,8 @@ class ClosedLoop:
         try:
             self.say(f"detector agent starting; registry current {start_version}")
             _wait(lambda: registry.agents().get(AGENT_ID, {}).get("serving") == start_version, 180, "the agent to serve the start model")
+            if not service.wait_until_assigned(60):  # else a short stream can end before the trainer reads it
+                raise PedstreamError("the trainer's hard-example consumer got no partition within 60 s (is the broker up?)")
             self.say(
                 "cameras publishing: "
                 + ", ".join(

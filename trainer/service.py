@@ -118,6 +118,16 @@ class TrainerService:
     def stop(self) -> None:
         self.stopping.set()
 
+    def wait_until_assigned(self, timeout_s: float = 60.0) -> bool:
+        """Poll (storing whatever arrives) until the hard-example consumer has joined its group and
+        holds partitions, so that a short stream is read while it runs; False on timeout."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self.collect(0.5)
+            if self.subscriber.consumer.assignment():
+                return True
+        return False
+
     def collect(self, timeout_s: float = 0.5) -> int:
         """Store whatever hard examples arrived; returns how many were new."""
         added = sum(self.store.add(d.record) for d in self.subscriber.poll(timeout_s))
