@@ -5,7 +5,6 @@ never compiles, switches to the library when it appears, and refuses a tampered 
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -18,21 +17,13 @@ from detectors.model_updates import ModelUpdater
 from detectors.serving import ServedModels
 from streams.model_channel import ModelReader
 from streams.signing import PUBLIC_NAME, Verifier
+from tests.integration.test_model_registry import _wait_for as _wait
 from tests.integration.test_model_registry import keys, registry  # noqa: F401 - fixtures
 from trainer.compiling import compile_version, declared_targets
 from trainer.registry import Registry
 
 pytestmark = pytest.mark.integration
 STUDENT = BUNDLED_MODELS / "student.onnx"
-
-
-def _wait(condition, timeout_s: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_trainer_compiles_for_the_declared_target_and_the_agent_loads_it_without_compiling(
