@@ -59,8 +59,13 @@ def compile_version(registry: Registry, version: str, targets: dict[str, str] | 
             backend = TvmBackend(
                 model, cache_dir=Path(tmp) / "cache", tuning_dir=tuning_dir, target=tvm_artifacts.target_from_json(target_json)
             )
-            data = tvm_artifacts.pack(backend)
-            settings = {"layout": backend.layout, "schedule": backend.schedule, "trials": str(trials)}
+            data = tvm_artifacts.pack(backend, tuning_dir)
+            settings = {
+                "layout": backend.layout,
+                "schedule": backend.schedule,
+                "trials": str(trials),
+                "tuning_records": str(len(tvm_artifacts.tuning_records(data))),
+            }
         artifact = registry.store_artifact(version, target_json, target_id, data, settings, time.perf_counter() - started)
         log.info(
             "compiled %s for target %s in %.1f s (%d bytes); published %.1f s after approval",

@@ -57,12 +57,23 @@ def _tvm_levers(model_bytes: bytes, trials: list[int], cache_dir: Path, progress
     levers = [
         Lever("tvm-nchw-loops", "tvm", "NCHW, loops-v1 schedule (the previous default)", compiled(layout="NCHW", rule_schedule="loops-v1")),
         Lever("tvm-nhwc-loops", "tvm", "channels-last, loops-v1 schedule", compiled(layout="NHWC", rule_schedule="loops-v1")),
-        Lever("tvm-nhwc-blocked", "tvm", "channels-last, register-blocked tiles over the thread pool (default)", compiled()),
+        Lever(
+            "tvm-nhwc-blocked-v3",
+            "tvm",
+            "channels-last, register-blocked, padding a separate pass, AVX2 tile (the previous default)",
+            compiled(rule_schedule="blocked-v3"),
+        ),
+        Lever(
+            "tvm-nhwc-blocked",
+            "tvm",
+            "channels-last, padding inlined, register tiles sized to the CPU, over the thread pool (default)",
+            compiled(),
+        ),
         Lever(
             "tvm-nhwc-blocked-serial",
             "tvm",
             "channels-last, register-blocked tiles on one core",
-            compiled(rule_schedule="blocked-serial-v3"),
+            compiled(rule_schedule="blocked-serial-v4"),
         ),
     ]
     for budget in trials:

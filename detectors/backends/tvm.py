@@ -8,11 +8,16 @@ choices (layout, pad folding, ReLU6 fusion) live in ``tvm_graph``; loop schedule
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import sys
+import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 os.environ.setdefault("TVM_NUM_THREADS", str(os.cpu_count() or 1))  # TVM reads it once, at import
@@ -33,6 +38,35 @@ from detectors.backends.tvm_schedule import DEFAULT_SCHEDULE, cpu_schedule  # no
 log = logging.getLogger(__name__)
 
 DEFAULT_CACHE = Path(os.environ.get("PEDSTREAM_CACHE") or Path.home() / ".cache" / "pedstream") / "tvm"
+
+
+# TVM 0.27's VM writes a warning line per constant each time a library is saved or loaded (a debug
+# print left in its executable.cc: 196 lines for the student, weights being constants).
+_TVM_CHATTER = ("Warning: Scope Loaded:", "Warning: Scope Saving:")
+_native_stderr_lock = threading.RLock()
+
+
+@contextlib.contextmanager
+def quiet_tvm_chatter() -> Iterator[None]:
+    """Keep TVM's per-constant save/load lines out of standard error; everything else written to
+    it meanwhile (from C++ or Python, by any thread) is passed on when the block ends."""
+    with _native_stderr_lock:  # one redirection of fd 2 at a time, or a restore could miss
+        sys.stderr.flush()
+        saved = os.dup(2)
+        with tempfile.TemporaryFile() as capture:
+            os.dup2(capture.fileno(), 2)
+            try:
+                yield
+            finally:
+                sys.stderr.flush()
+                os.dup2(saved, 2)
+                os.close(saved)
+                capture.seek(0)
+                lines = capture.read().decode(errors="replace").splitlines(keepends=True)
+                kept = "".join(line for line in lines if not any(noise in line for noise in _TVM_CHATTER))
+                if kept:
+                    sys.stderr.write(kept)
+                    sys.stderr.flush()
 
 
 def host_target(num_cores: int | None = None) -> tvm.target.Target:
@@ -103,7 +137,7 @@ def _pipeline(target: tvm.target.Target, legalize: bool, schedule: str = DEFAULT
             passes = cpu_pipeline.library_dispatch_passes(target)
             if legalize:
                 passes += cpu_pipeline.legalize_passes(target)
-            passes += [cpu_schedule(schedule)]
+            passes += [cpu_schedule(schedule, target)]
             passes += cpu_pipeline.dataflow_lower_passes(target) + cpu_pipeline.finalize_passes(target)
             return tvm.transform.Sequential(passes)(mod)
 
@@ -162,9 +196,10 @@ class TvmBackend(Backend):
         self.artifact_dir = self.cache_dir / self.key
         self.compile_s: float | None = None
         self.from_cache = (self.artifact_dir / "model.so").is_file()
-        if not self.from_cache:
-            self._compile_into_cache()
-        self._load()
+        with quiet_tvm_chatter():
+            if not self.from_cache:
+                self._compile_into_cache()
+            self._load()
 
     @classmethod
     def from_artifact_dir(cls, model_bytes: bytes, artifact_dir: Path, threads: int = 0) -> TvmBackend:
@@ -183,7 +218,8 @@ class TvmBackend(Backend):
         backend.artifact_dir = artifact_dir
         backend.compile_s = None
         backend.from_cache = True
-        backend._load()
+        with quiet_tvm_chatter():
+            backend._load()
         return backend
 
     def _compile_into_cache(self) -> None:
@@ -243,7 +279,8 @@ class TvmBackend(Backend):
     def profile(self, feeds: dict[str, np.ndarray], runs: int) -> dict[str, tuple[float, int, str]]:
         """Seconds spent in each compiled function over ``runs`` runs: name -> (seconds, calls,
         argument shapes), timed around every call of a separate, instrumented VM."""
-        vm = relax.VirtualMachine(tvm.runtime.load_module(str(self.artifact_dir / "model.so")), self.device)
+        with quiet_tvm_chatter():
+            vm = relax.VirtualMachine(tvm.runtime.load_module(str(self.artifact_dir / "model.so")), self.device)
         spent: dict[str, list[float]] = {}
         shapes: dict[str, str] = {}
         started: dict[str, float] = {}

@@ -30,6 +30,7 @@ def tiny_conv_model() -> bytes:
 
 def test_tuned_model_compiles_from_the_database_and_matches_ort(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
     from detectors.backends.tvm import TvmBackend
+    from detectors.backends.tvm_schedule import DEFAULT_SCHEDULE
     from detectors.backends.tvm_tuning import tune
 
     model = tiny_conv_model()
@@ -40,7 +41,7 @@ def test_tuned_model_compiles_from_the_database_and_matches_ort(tmp_path: Path, 
     assert report["tensor_intrinsics"] == ("x86" if platform.machine() == "x86_64" else "all")  # not the 70 s import of all
     tuned = TvmBackend(model, cache_dir=tmp_path / "cache", tuning_dir=tmp_path / "db")
     untuned = TvmBackend(model, cache_dir=tmp_path / "cache")
-    assert tuned.schedule == f"ms-{report['database']}+blocked-v3" and untuned.schedule == "blocked-v3"
+    assert tuned.schedule == f"ms-{report['database']}+{DEFAULT_SCHEDULE}" and untuned.schedule == DEFAULT_SCHEDULE
     assert tuned.key != untuned.key  # the cache keeps both apart
     feeds = sample_feeds(tuned.inputs)
     expected = OrtBackend(model).run(feeds)[0]
