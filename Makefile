@@ -15,6 +15,8 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -e ".[edge,tune,trainer,dev]"
 	# KafkaJS for the interop test (skipped where Node.js/npm are missing)
 	if command -v npm >/dev/null 2>&1; then npm ci --prefix tests/interop --silent --no-audit --no-fund; fi
+	# s3rver, the local S3 store behind `pedstream stack up --durable` (also skipped without npm)
+	if command -v npm >/dev/null 2>&1; then npm ci --prefix deploy/durable --silent --no-audit --no-fund; fi
 	touch $@
 
 lint: venv

@@ -5,6 +5,11 @@ uses the Redis at ``REDIS_URL`` or starts ``redis-server`` on a free loopback po
 (with the role users of ``streams.redis_roles``: edge agents get a user that can only read models
 and write their status), creates the topics, and writes ``$PEDSTREAM_HOME/stack.json`` (mode 0600)
 so every other command finds them.
+
+``stack up --durable`` keeps the broker's data across broker restarts: tansu then stores it with its
+S3 storage engine in a local S3 server (s3rver, Node.js, installed by ``make venv`` under
+``deploy/durable``) whose files live under ``$PEDSTREAM_HOME/broker-store``. (moto's S3 server was
+tried first: with frame-sized records it served incomplete data.)
 """
 
 from __future__ import annotations
@@ -43,6 +48,11 @@ from streams.redis_roles import new_passwords, provision, role_url
 from streams.topics import Topics
 
 LOOPBACK = "127.0.0.1"
+MEMORY_STORAGE = "memory://tansu/"
+STORE_BUCKET = "tansu"
+S3RVER_ENV = "PEDSTREAM_S3RVER"
+# s3rver's own fixed credentials; it listens on loopback only
+STORE_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "S3RVER", "AWS_SECRET_ACCESS_KEY": "S3RVER", "AWS_DEFAULT_REGION": "us-east-1"}
 
 
 def tansu_binary() -> Path:
@@ -147,6 +157,8 @@ class StackState:
     started_ts: float
     home: str
     redis_edge_url: str | None = None  # the edge role's URL on the stack's own redis-server (streams.redis_roles)
+    store_url: str | None = None  # --durable: the local S3 server holding the broker's data
+    store_pid: int | None = None
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -164,17 +176,58 @@ class StackState:
             return None
 
 
-def _spawn(cmd: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+def _spawn(cmd: list[str], log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
-        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=env)
 
 
-def start_tansu(home: Path, port: int | None = None) -> tuple[subprocess.Popen[bytes], str]:
-    """Start tansu with in-memory storage on a loopback port; return the process and its bootstrap address."""
+def s3rver_binary() -> Path:
+    """The s3rver behind ``--durable``: ``$PEDSTREAM_S3RVER``, the one ``make venv`` installs under
+    ``deploy/durable``, or one on the PATH."""
+    candidates = [
+        os.environ.get(S3RVER_ENV),
+        Path(__file__).parent / "durable" / "node_modules" / ".bin" / "s3rver",
+        shutil.which("s3rver"),
+    ]
+    for candidate in candidates:
+        if candidate and Path(candidate).is_file():
+            return Path(candidate)
+    raise StackError(
+        "stack up --durable needs s3rver (Node.js), the local S3 server that keeps the broker's data: "
+        f"run `npm ci --prefix {Path(__file__).parent / 'durable'}` or set {S3RVER_ENV}"
+    )
+
+
+def start_store(home: Path, port: int | None = None) -> tuple[subprocess.Popen[bytes], str]:
+    """Start the local S3 server for the durable broker (files under ``home/broker-store``)."""
+    binary = s3rver_binary()
+    port = port or free_loopback_port()
+    data = home / "broker-store"
+    data.mkdir(parents=True, exist_ok=True)
+    log_path = home / "logs" / "broker-store.log"
+    command = [str(binary), "-d", str(data), "-a", LOOPBACK, "-p", str(port), "--configure-bucket", STORE_BUCKET,
+               "--no-vhost-buckets", "--allow-mismatched-signatures", "--silent"]  # fmt: skip
+    proc = _spawn(command, log_path)
+    url = f"http://{LOOPBACK}:{port}"
+    try:
+        _wait_until(lambda: proc.poll() is None and port_open(LOOPBACK, port), 20, f"s3rver on {url}", log_path)
+    except StackError:
+        proc.kill()
+        raise
+    return proc, url
+
+
+def start_tansu(home: Path, port: int | None = None, store_url: str | None = None) -> tuple[subprocess.Popen[bytes], str]:
+    """Start tansu on a loopback port, its data in memory, or in the S3 server at ``store_url``
+    (durable: kept across broker restarts); return the process and its bootstrap address."""
     port = port or free_loopback_port()
     address = f"tcp://{LOOPBACK}:{port}"
     log_path = home / "logs" / "tansu.log"
+    storage, env = MEMORY_STORAGE, None
+    if store_url is not None:
+        storage = f"s3://{STORE_BUCKET}/"
+        env = {**os.environ, **STORE_CREDENTIALS, "AWS_ENDPOINT": store_url, "AWS_ALLOW_HTTP": "true"}
     proc = _spawn(
         [
             str(tansu_binary()),
@@ -184,11 +237,12 @@ def start_tansu(home: Path, port: int | None = None) -> tuple[subprocess.Popen[b
             "--advertised-listener-url",
             address,
             "--storage-engine",
-            "memory://tansu/",
+            storage,
             "--cluster-id",
             "pedstream",
         ],
         log_path,
+        env,
     )
     bootstrap = f"{LOOPBACK}:{port}"
     try:
@@ -240,8 +294,11 @@ def lock_redis(home: Path, url: str) -> dict[str, str]:
     return {role: role_url(url, role, password) for role, password in passwords.items()}
 
 
-def up(home: Path | None = None, redis_url: str | None = None, topics: Topics | None = None) -> tuple[StackState, bool]:
-    """Start the stack unless it is already up; return its state and whether this call started it."""
+def up(
+    home: Path | None = None, redis_url: str | None = None, topics: Topics | None = None, durable: bool = False
+) -> tuple[StackState, bool]:
+    """Start the stack unless it is already up; return its state and whether this call started it.
+    ``durable``: the broker keeps its data in a local S3 server under ``home`` (see the module doc)."""
     home = home or pedstream_home()
     state_path = stack_state_path(home)
     existing = StackState.load(state_path)
@@ -250,7 +307,16 @@ def up(home: Path | None = None, redis_url: str | None = None, topics: Topics | 
     topics = topics or Topics.from_env()
     wanted_redis = redis_url or os.environ.get(REDIS_ENV) or DEFAULT_REDIS
     last = StackState.load(last_state_path(home))  # what the previous `stack up` here used: the same ports again
-    tansu, bootstrap = start_tansu(home, _reusable_port(last.bootstrap if last else None))
+    store: subprocess.Popen[bytes] | None = None
+    store_url: str | None = None
+    if durable:
+        store, store_url = start_store(home, _reusable_port(last.store_url if last else None))
+    try:
+        tansu, bootstrap = start_tansu(home, _reusable_port(last.bootstrap if last else None), store_url)
+    except BaseException:
+        if store is not None:
+            _terminate(store.pid)
+        raise
     redis_proc: subprocess.Popen[bytes] | None = None
     edge_url: str | None = None
     try:
@@ -265,8 +331,9 @@ def up(home: Path | None = None, redis_url: str | None = None, topics: Topics | 
         ensure_topics(bootstrap, topics.all())
     except BaseException:
         _terminate(tansu.pid)
-        if redis_proc is not None:
-            _terminate(redis_proc.pid)
+        for proc in (redis_proc, store):
+            if proc is not None:
+                _terminate(proc.pid)
         raise
     state = StackState(
         bootstrap=bootstrap,
@@ -278,6 +345,8 @@ def up(home: Path | None = None, redis_url: str | None = None, topics: Topics | 
         started_ts=time.time(),
         home=str(home),
         redis_edge_url=edge_url,
+        store_url=store_url,
+        store_pid=store.pid if store else None,
     )
     state.save(state_path)
     return state, True
@@ -325,6 +394,8 @@ def down(home: Path | None = None) -> StackState | None:
         _terminate(state.tansu_pid)
     if state.redis_pid and _owned(state.redis_pid, "redis-server"):
         _terminate(state.redis_pid)
+    if state.store_pid and _owned(state.store_pid, "s3rver"):
+        _terminate(state.store_pid)
     state_path.replace(last_state_path(home))  # the next `stack up` here takes the same ports (agents reconnect)
     return state
 
@@ -354,7 +425,15 @@ def status(home: Path | None = None) -> dict[str, object]:
     redis_ok = redis_answers(state.redis_url)
     return {
         "up": kafka_ok and redis_ok,
-        "kafka": {"bootstrap": state.bootstrap, "pid": state.tansu_pid, "answers": kafka_ok, "broker": "tansu (embedded)"},
+        "kafka": {
+            "bootstrap": state.bootstrap,
+            "pid": state.tansu_pid,
+            "answers": kafka_ok,
+            "broker": "tansu (embedded)",
+            "storage": f"durable: S3 store {state.store_url} (pid {state.store_pid})"
+            if state.store_url
+            else "memory (lost when the broker stops)",
+        },
         "redis": {
             "url": state.redis_url,
             "pid": state.redis_pid,

@@ -8,7 +8,7 @@ keeps the constructor argument as ``_fetch_max_wait_ms`` and reads it only when 
 its fetcher, so this transport sets that attribute on the freshly built consumer, before start.
 ``check_supported`` fails loudly (at agent start, and in tests/unit/detectors/test_faust_transport.py)
 if a faust or aiokafka upgrade changes either fact, instead of silently serving with 1.5 s waits.
-The value, ``streams.kafka_settings.FETCH_MAX_WAIT_MS``, is valid for Apache Kafka as well.
+The value, ``streams.kafka_settings.fetch_max_wait_ms()``, is valid for Apache Kafka as well.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import aiokafka
 from faust.transport.drivers import TRANSPORTS
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
-from streams.kafka_settings import FETCH_MAX_WAIT_MS
+from streams.kafka_settings import fetch_max_wait_ms
 
 SCHEME = "pedstream"
 _ATTRIBUTE = "_fetch_max_wait_ms"
@@ -39,7 +39,7 @@ def check_supported() -> None:
 class LowLatencyConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
-        setattr(consumer, _ATTRIBUTE, FETCH_MAX_WAIT_MS)  # read by start(); see the module docstring
+        setattr(consumer, _ATTRIBUTE, fetch_max_wait_ms())  # read by start(); see the module docstring
         return consumer
 
 

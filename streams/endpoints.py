@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from streams.kafka_settings import DURABLE_FETCH_MAX_WAIT_MS, FETCH_MAX_WAIT_ENV
+
 BOOTSTRAP_ENV = "PEDSTREAM_BOOTSTRAP"
 REDIS_ENV = "REDIS_URL"
 HOME_ENV = "PEDSTREAM_HOME"
@@ -46,6 +48,8 @@ def resolve(bootstrap: str | None = None, redis_url: str | None = None, home: Pa
             bootstrap, origin = os.environ[BOOTSTRAP_ENV], "environment"
         elif state.get("bootstrap"):
             bootstrap, origin = str(state["bootstrap"]), "embedded stack"
+            if state.get("store_url"):  # a durable stack: its broker needs a longer fetch wait (see kafka_settings)
+                os.environ.setdefault(FETCH_MAX_WAIT_ENV, str(DURABLE_FETCH_MAX_WAIT_MS))
         else:
             bootstrap, origin = DEFAULT_BOOTSTRAP, "defaults"
     if redis_url is None:

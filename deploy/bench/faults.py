@@ -15,6 +15,11 @@ Scenarios (issue 15 lists more; these are built):
 * ``redis-restart``: the agent follows a registry in its own Redis, which is killed and restarted on
   the same port with its append-only file: the agent keeps detecting meanwhile, reconnects, and a
   version published after the restart reaches it (recovery_s: restart to serving it).
+* ``broker-restart``: a durable broker of its own (tansu on its S3 storage engine, as ``stack up
+  --durable``) is killed with SIGKILL mid-stream and started again on the same port a few seconds
+  later with its data: cameras buffer and retry, the agent reconnects and resumes from its
+  committed offsets (recovery_s: kill to every camera detected again). Not in the test suite:
+  its outcome varies between runs (docs/operations.md has the measurements).
 * ``bad-models``: the registry announces a version whose bytes were changed after signing and one
   signed with a key the agent does not trust: both refused with their reasons, the agent still
   serving the good version, every frame detected.
@@ -28,6 +33,7 @@ Scenarios (issue 15 lists more; these are built):
 from __future__ import annotations
 
 import json
+import os
 import signal
 import threading
 import time
@@ -41,21 +47,23 @@ from typing import Any
 
 import cv2
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from kafka import KafkaConsumer, TopicPartition
 
 from deploy.agent_process import AgentProcess
 from deploy.bench.pipeline import ReplayCameras, wait_until_detected
-from deploy.stack import free_loopback_port, start_redis
+from deploy.stack import free_loopback_port, start_redis, start_store, start_tansu
 from detectors.detector import read_model, weights_path, with_version
 from streams.bus import RecordWatch, ensure_topics, make_producer, read_dead_letters
+from streams.kafka_settings import DURABLE_FETCH_MAX_WAIT_MS, FETCH_MAX_WAIT_ENV, consumer_settings
 from streams.model_channel import ModelKeys, connect_redis
 from streams.records import Detections, Frame, HardExample, ModelAnnouncement
 from streams.signing import PRIVATE_NAME, PUBLIC_NAME, Signer, init_keys
 from streams.topics import Topics, camera_ids_on_distinct_partitions
-from streams.wire import META_HEADER, encode
+from streams.wire import META_HEADER, decode, encode
 from trainer.cluster import DEFAULT_BASE_PORT
 from trainer.registry import Lineage, Registry
 
-SCENARIOS = ("detector-killed", "redis-restart", "bad-input", "bad-models", "trainer-killed")
+SCENARIOS = ("detector-killed", "redis-restart", "broker-restart", "bad-input", "bad-models", "trainer-killed")
 
 
 @dataclass(frozen=True)
@@ -74,6 +82,7 @@ class FaultRig:
     ray_port: int = DEFAULT_BASE_PORT
     cycle_updates: int = 80  # trainer-killed: the retraining cycle's size
     cycle_examples: int = 60
+    broker_signal: int = signal.SIGKILL  # broker-restart: how the broker is stopped (see docs/operations.md for SIGTERM)
 
 
 @dataclass
@@ -281,6 +290,72 @@ def redis_restart(rig: FaultRig) -> ScenarioResult:
             "new_version_served_after_restart": arrived_s is not None,
         }
         return result
+
+
+def broker_restart(rig: FaultRig) -> ScenarioResult:
+    """A durable broker of its own (tansu on a local S3 store), killed mid-stream and started again
+    on the same port with its data; the agent and cameras use it throughout."""
+    work = rig.home / "broker-restart"
+    saved_wait = os.environ.get(FETCH_MAX_WAIT_ENV)
+    os.environ[FETCH_MAX_WAIT_ENV] = str(DURABLE_FETCH_MAX_WAIT_MS)  # every client of this broker, agents included
+    store, store_url = start_store(work)
+    broker, bootstrap = start_tansu(work, None, store_url)
+    port = int(bootstrap.rsplit(":", 1)[1])
+    try:
+        topics = Topics(f"faults{uuid.uuid4().hex[:6]}")
+        ensure_topics(bootstrap, topics.all())
+        with _agents(bootstrap, topics, rig.model, work, 1) as (agents, tally, _watch):
+            stream = ReplayCameras(bootstrap, topics, rig.source, rig.cameras, rig.fps, "cam")
+            stream.start()
+            time.sleep(rig.seconds * 0.3)
+            with tally.lock:
+                tally.fault_ts = time.time()
+                before = set(tally.inferred | tally.shed)
+            broker.send_signal(rig.broker_signal)
+            broker.wait(10)
+            down_s = min(5.0, rig.seconds * 0.2)
+            time.sleep(down_s)
+            broker, _ = start_tansu(work, port, store_url)
+            time.sleep(max(0.0, rig.seconds * 0.7 - down_s))
+            stream.stop()
+            sent = stream.published_frames()
+            _drain(tally, sent, 60.0)
+            hit = set(stream.ids)
+            fault = (f"broker stopped ({signal.Signals(rig.broker_signal).name}) at {rig.seconds * 0.3:.0f} s, started again "
+                     f"{down_s:.0f} s later (same port, its S3 store)")  # fmt: skip
+            result = _result("broker-restart", fault, tally, sent, set(), hit, tally.fault_ts)
+            result.checks = {
+                "agent_running": agents[0].alive(),
+                "detected_before_the_fault": bool(before & sent),
+                "every_camera_detected_after_restart": all(c in tally.first_after for c in hit),
+                "data_kept": _frames_readable(bootstrap, topics, before & sent),
+            }
+            return result
+    finally:
+        broker.kill()
+        store.kill()
+        if saved_wait is None:
+            os.environ.pop(FETCH_MAX_WAIT_ENV, None)
+        else:
+            os.environ[FETCH_MAX_WAIT_ENV] = saved_wait
+
+
+def _frames_readable(bootstrap: str, topics: Topics, frames: set[tuple[str, int]]) -> bool:
+    """Whether the frames topic still holds every one of ``frames`` (published before the broker died)."""
+    consumer = KafkaConsumer(**consumer_settings(bootstrap, None))
+    seen: set[tuple[str, int]] = set()
+    try:
+        consumer.assign([TopicPartition(topics.frames.name, p) for p in range(topics.frames.partitions)])
+        consumer.seek_to_beginning()
+        deadline = time.monotonic() + 20.0
+        while time.monotonic() < deadline and not frames <= seen:
+            for messages in consumer.poll(timeout_ms=500).values():
+                for msg in messages:
+                    frame = decode(Frame, msg.value, list(msg.headers or []))
+                    seen.add((frame.camera_id, frame.seq))
+    finally:
+        consumer.close()
+    return bool(frames) and frames <= seen
 
 
 def _wait_until_served(agent: AgentProcess, version: str, timeout_s: float) -> float | None:
@@ -513,6 +588,7 @@ def _hard_examples(source: str, camera: str, count: int) -> list[HardExample]:
 RUNNERS: dict[str, Callable[[FaultRig], ScenarioResult]] = {
     "detector-killed": detector_killed,
     "redis-restart": redis_restart,
+    "broker-restart": broker_restart,
     "bad-models": bad_models,
     "trainer-killed": trainer_killed,
     "bad-input": bad_input,

@@ -3,17 +3,23 @@ frame counted from capture to detection by (camera, seq)."""
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from pathlib import Path
 
 import pytest
+from kafka import KafkaConsumer, TopicPartition
 
+from deploy import stack
 from deploy.agent_process import AgentProcess
 from deploy.bench import faults
 from deploy.stack import start_tansu
 from detectors.agent import SHUTDOWN_GRACE_S
-from streams.bus import ensure_topics
+from streams.bus import ensure_topics, make_producer
+from streams.endpoints import BOOTSTRAP_ENV, resolve
+from streams.errors import StackError
+from streams.kafka_settings import DURABLE_FETCH_MAX_WAIT_MS, FETCH_MAX_WAIT_ENV, consumer_settings
 from streams.topics import Topics
 
 pytestmark = pytest.mark.integration
@@ -39,6 +45,50 @@ def test_a_redis_restart_keeps_the_agent_detecting_and_a_later_version_reaches_i
     result = out["scenarios"][0]
     assert all(result["checks"].values()), result
     assert result["lost"] == 0 and result["recovery_s"] is not None and result["recovery_s"] < 15, result
+
+
+def _has_s3rver() -> bool:
+    try:
+        return stack.s3rver_binary().is_file()
+    except StackError:
+        return False
+
+
+needs_s3rver = pytest.mark.skipif(
+    not _has_s3rver(), reason="s3rver (Node.js) is not installed: `npm ci --prefix deploy/durable` (make venv does it where npm exists)"
+)
+
+
+@needs_s3rver
+def test_stack_up_durable_keeps_the_broker_s_records_across_down_and_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(BOOTSTRAP_ENV, raising=False)
+    monkeypatch.setenv(FETCH_MAX_WAIT_ENV, "")  # recorded as absent: restored so after the test
+    monkeypatch.delenv(FETCH_MAX_WAIT_ENV)
+    home = tmp_path / "home"
+    state, _ = stack.up(home, durable=True)
+    try:
+        assert state.store_url and stack.status(home)["kafka"]["storage"].startswith("durable")  # type: ignore[index]
+        producer = make_producer(state.bootstrap)
+        for i in range(30):
+            producer.send("durable-check", key=str(i).encode(), value=bytes(50_000), partition=0)
+        producer.flush()
+        producer.close()
+        stack.down(home)
+        again, started = stack.up(home, durable=True)
+        assert started and again.bootstrap == state.bootstrap and again.store_url == state.store_url  # same ports
+        consumer = KafkaConsumer(**consumer_settings(again.bootstrap, None, fetch_max_wait_ms=DURABLE_FETCH_MAX_WAIT_MS))
+        consumer.assign([TopicPartition("durable-check", 0)])
+        consumer.seek_to_beginning()
+        keys: set[bytes] = set()
+        deadline = time.monotonic() + 20
+        while len(keys) < 30 and time.monotonic() < deadline:
+            for messages in consumer.poll(timeout_ms=500).values():
+                keys |= {m.key for m in messages}
+        consumer.close()
+        assert len(keys) == 30
+        assert resolve(home=home).bootstrap == again.bootstrap and os.environ.get(FETCH_MAX_WAIT_ENV) == str(DURABLE_FETCH_MAX_WAIT_MS)
+    finally:
+        stack.down(home)
 
 
 def test_bad_input_is_dead_lettered_with_reasons_and_every_good_frame_detected(broker: str, vtest: str, tmp_path: Path) -> None:

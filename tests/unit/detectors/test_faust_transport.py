@@ -6,10 +6,18 @@ import asyncio
 import inspect
 
 import aiokafka
+import pytest
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from detectors.faust_transport import check_supported
-from streams.kafka_settings import FETCH_MAX_WAIT_MS
+from streams.errors import ConfigError
+from streams.kafka_settings import (
+    DURABLE_FETCH_MAX_WAIT_MS,
+    FETCH_MAX_WAIT_ENV,
+    FETCH_MAX_WAIT_MS,
+    consumer_settings,
+    fetch_max_wait_ms,
+)
 
 
 def test_faust_still_hard_codes_its_wait_so_the_transport_is_still_needed() -> None:
@@ -26,3 +34,14 @@ def test_aiokafka_reads_the_attribute_the_transport_sets_when_it_starts() -> Non
         return consumer
 
     assert asyncio.run(build())._fetch_max_wait_ms == FETCH_MAX_WAIT_MS < 1500
+
+
+def test_the_fetch_wait_follows_the_environment_and_a_bad_value_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(FETCH_MAX_WAIT_ENV, raising=False)
+    assert fetch_max_wait_ms() == FETCH_MAX_WAIT_MS == consumer_settings("127.0.0.1:1", None)["fetch_max_wait_ms"]
+    monkeypatch.setenv(FETCH_MAX_WAIT_ENV, str(DURABLE_FETCH_MAX_WAIT_MS))  # what clients of a durable stack get
+    assert consumer_settings("127.0.0.1:1", None)["fetch_max_wait_ms"] == DURABLE_FETCH_MAX_WAIT_MS
+    for bad in ("soon", "-5", "100000"):
+        monkeypatch.setenv(FETCH_MAX_WAIT_ENV, bad)
+        with pytest.raises(ConfigError, match=FETCH_MAX_WAIT_ENV):
+            fetch_max_wait_ms()
