@@ -27,6 +27,7 @@ SSDLITE_INPUT = "Preprocessor/sub:0"
 SSDLITE_STRIDE4 = "FeatureExtractor/MobilenetV2/expanded_conv_2/add:0"  # 24 channels
 SSDLITE_STRIDE8 = "FeatureExtractor/MobilenetV2/expanded_conv_5/add:0"  # 32 channels
 SSDLITE_STRIDE16 = "FeatureExtractor/MobilenetV2/expanded_conv_12/add:0"  # 96 channels
+SSDLITE_STRIDE32 = "FeatureExtractor/MobilenetV2/expanded_conv_15/add:0"  # 160 channels (a larger view, for large people)
 
 
 def cut_onnx(model_path: Path, inputs: list[str], outputs: list[str]) -> onnx.ModelProto:

@@ -22,7 +22,16 @@ from detectors.adapters.registry import FORMAT_METADATA_KEY
 from detectors.adapters.student import INPUT_NAME, OUTPUT_HEATMAP, OUTPUT_REGRESSION, StudentAdapter
 from detectors.detector import VERSION_METADATA_KEY, onnx_metadata
 from streams.errors import PedstreamError
-from trainer.pretrained import SSDLITE_STRIDE4, SSDLITE_STRIDE8, SSDLITE_STRIDE16, OnnxTrunk, freeze_before, ssdlite_trunk, to_trunk_input
+from trainer.pretrained import (
+    SSDLITE_STRIDE4,
+    SSDLITE_STRIDE8,
+    SSDLITE_STRIDE16,
+    SSDLITE_STRIDE32,
+    OnnxTrunk,
+    freeze_before,
+    ssdlite_trunk,
+    to_trunk_input,
+)
 
 
 @dataclass(frozen=True)
@@ -37,6 +46,9 @@ class StudentConfig:
     # small backbone trained from scratch; the convs before stride 8 stay frozen
     trunk: str | None = None
     head_stride: int = 4  # 8: the neck stops at stride 8 (a quarter of the head's work; for small people, 4)
+    # pretrained trunk only: 32 also takes its stride-32 features (MobileNetV2 blocks 13-15) into the
+    # neck, a larger view for people who fill much of the frame
+    trunk_stride: int = 16
 
 
 def _separable(c_in: int, c_out: int, stride: int) -> nn.Sequential:
@@ -61,10 +73,13 @@ class Student(nn.Module):
         super().__init__()
         self.config = config
         self.trunk: OnnxTrunk | None = None
+        if config.trunk_stride not in (16, 32) or (config.trunk_stride == 32 and config.trunk is None):
+            raise ValueError(f"trunk_stride must be 16, or 32 with a pretrained trunk, not {config.trunk_stride}")
         if config.trunk is not None:
-            self.trunk = ssdlite_trunk(Path(config.trunk), (SSDLITE_STRIDE4, SSDLITE_STRIDE8, SSDLITE_STRIDE16))
+            outputs = (SSDLITE_STRIDE4, SSDLITE_STRIDE8, SSDLITE_STRIDE16) + ((SSDLITE_STRIDE32,) if config.trunk_stride == 32 else ())
+            self.trunk = ssdlite_trunk(Path(config.trunk), outputs)
             freeze_before(self.trunk, SSDLITE_STRIDE8)
-            self._build_head(24, 32, 96)
+            self._build_head(24, 32, 96, 160 if config.trunk_stride == 32 else None)
             return
         w1, w2, w3, w4 = config.widths
         self.stem = nn.Sequential(nn.Conv2d(3, w1, 3, 2, 1, bias=False), nn.BatchNorm2d(w1), nn.ReLU(inplace=True))
@@ -73,11 +88,12 @@ class Student(nn.Module):
         self.stage16 = nn.Sequential(_separable(w3, w4, 2), _separable(w4, w4, 1), _separable(w4, w4, 1))  # stride 16
         self._build_head(w2, w3, w4)
 
-    def _build_head(self, c4: int, c8: int, c16: int) -> None:
-        """The neck (stride 16 -> 8 -> 4, lateral 1x1 convs) and the CenterNet head, over features of
-        ``c4``, ``c8`` and ``c16`` channels."""
+    def _build_head(self, c4: int, c8: int, c16: int, c32: int | None = None) -> None:
+        """The neck ((stride 32 ->) 16 -> 8 -> 4, lateral 1x1 convs) and the CenterNet head, over
+        features of ``c4``, ``c8``, ``c16`` (and ``c32``) channels."""
         w2, w3, w4 = c4, c8, c16
         n = self.config.neck
+        self.lateral32 = nn.Conv2d(c32, n, 1) if c32 is not None else None
         self.lateral16 = nn.Conv2d(w4, n, 1)
         self.lateral8 = nn.Conv2d(w3, n, 1)
         self.lateral4 = nn.Conv2d(w2, n, 1)
@@ -92,13 +108,20 @@ class Student(nn.Module):
         nn.init.constant_(heatmap_out.bias, -2.19)  # prior 0.1 for a centre: stable focal-loss start
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x32: torch.Tensor | None = None
         if self.trunk is not None:
-            x4, x8, x16 = self.trunk(to_trunk_input(images))
+            features = self.trunk(to_trunk_input(images))
+            x4, x8, x16 = features[:3]
+            x32 = features[3] if len(features) > 3 else None
         else:
             x4 = self.stage4(self.stem(images))
             x8 = self.stage8(x4)
             x16 = self.stage16(x8)
-        p = self.up(self.lateral16(x16)) + self.lateral8(x8)
+        p16 = self.lateral16(x16)
+        if self.lateral32 is not None and x32 is not None:
+            # stride 32 of an odd stride-16 size is rounded up ("SAME"): upsample, then crop to it
+            p16 = p16 + self.up(self.lateral32(x32))[..., : p16.shape[-2], : p16.shape[-1]]
+        p = self.up(p16) + self.lateral8(x8)
         if self.config.head_stride == 4:
             p = self.up(p) + self.lateral4(x4)
         p = self.smooth(p)
@@ -131,6 +154,7 @@ def config_of(model_onnx: bytes, models_dir: Path) -> StudentConfig:
         neck=int(metadata.get("neck", defaults.neck)),
         trunk=trunk,
         head_stride=int(metadata.get("stride", defaults.head_stride)),
+        trunk_stride=int(metadata.get("trunk_stride", defaults.trunk_stride)),
     )
 
 
@@ -194,6 +218,7 @@ def export_onnx(model: Student, version: str, extra_metadata: dict[str, str] | N
         "stride": str(cfg.head_stride),
         "widths": ",".join(map(str, cfg.widths)),
         "neck": str(cfg.neck),
+        "trunk_stride": str(cfg.trunk_stride),
         "backbone": f"mobilenetv2 from {Path(cfg.trunk).name} (pretrained)" if cfg.trunk else "scratch",
         TRUNK_METADATA_KEY: Path(cfg.trunk).name if cfg.trunk else "",
         "exported_ts": f"{time.time():.0f}",

@@ -100,17 +100,23 @@ def run(
     progress: Callable[[str], None] = print,
     input_size: tuple[int, int] = (320, 240),
     head_stride: int = 8,
+    trunk_stride: int = 16,
+    cameras: tuple[str, ...] | None = None,
 ) -> dict[str, Any]:
     started = time.perf_counter()
     stock = {name: Detector.from_bytes(read_model(models / file), name=name, threads=threads) for name, file in STOCK.items()}
     out: list[dict[str, Any]] = []
     trained: list[tuple[LeftOut, MotSequence, Any, list[dict[str, Any]], int]] = []
-    for camera in CAMERAS:
+    for camera in [c for c in CAMERAS if cameras is None or c.sequence in cameras]:
         sequence = MotSequence.load(data / camera.sequence)
         progress(f"{camera.sequence} left out: assembling the training set")
         examples, trained_on = training_set(data, models, cache, camera.sequence, progress)
         config = StudentConfig(
-            input_width=input_size[0], input_height=input_size[1], head_stride=head_stride, trunk=str(models / STOCK["ssdlite"])
+            input_width=input_size[0],
+            input_height=input_size[1],
+            head_stride=head_stride,
+            trunk=str(models / STOCK["ssdlite"]),
+            trunk_stride=trunk_stride,
         )
         settings = JobSettings(policy=StalenessPolicy(lr=0.002), augment=Augment.strong(), batch_size=8, updates=updates,
                                workers=2, mode="async", eval_every=0)  # fmt: skip
@@ -145,6 +151,7 @@ def run(
                     "examples": n_examples,
                     "input_size": list(input_size),
                     "head_stride": head_stride,
+                    "trunk_stride": trunk_stride,
                 },
             }
         )

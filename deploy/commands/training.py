@@ -46,7 +46,9 @@ def student_config(args: argparse.Namespace) -> Any:
         if not trunk.is_file():
             raise PedstreamError(f"--trunk {trunk}: no such ONNX file")
         extra["trunk"] = str(trunk)
-    return StudentConfig(input_width=width, input_height=height, head_stride=args.head_stride, **extra)
+    if args.trunk_stride == 32 and not args.trunk:
+        raise PedstreamError("--trunk-stride 32 needs a pretrained trunk (--trunk ssdlite)")
+    return StudentConfig(input_width=width, input_height=height, head_stride=args.head_stride, trunk_stride=args.trunk_stride, **extra)
 
 
 def job_settings(args: argparse.Namespace, **overrides: Any) -> Any:
@@ -206,6 +208,9 @@ def add_job_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--input-size", default="384x288", help="student input WIDTHxHEIGHT")
     p.add_argument("--head-stride", type=int, choices=(4, 8), default=4, help="student head stride (8: lighter, for larger people)")
+    p.add_argument(
+        "--trunk-stride", type=int, choices=(16, 32), default=16, help="with --trunk: 32 adds the trunk's stride-32 features (large people)"
+    )
     p.add_argument("--widths", help="student backbone channel widths W1,W2,W3,W4 (default: the student's)")
     p.add_argument("--neck", type=int, help="student neck/head channels (default: the student's)")
     p.add_argument(
@@ -301,10 +306,22 @@ def cmd_bench_generalize(args: argparse.Namespace) -> int:
         result = generalize.run(
             data_dir(args.data), models_dir(args.data), default_label_cache(), Path(work), updates=args.updates,
             threads=args.threads, ray_port=args.ray_port, progress=lambda m: print(f"[bench generalize] {m}", file=sys.stderr, flush=True),
-            input_size=_input_size(args.input_size), head_stride=args.head_stride,
+            input_size=_input_size(args.input_size), head_stride=args.head_stride, trunk_stride=args.trunk_stride,
+            cameras=_left_out(args.left_out),
         )  # fmt: skip
     print(json.dumps(result, indent=2))
     return 0
+
+
+def _left_out(text: str) -> tuple[str, ...]:
+    from deploy.bench.generalize import CAMERAS
+
+    known = [c.sequence for c in CAMERAS]
+    wanted = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = [name for name in wanted if name not in known]
+    if unknown or not wanted:
+        raise PedstreamError(f"--left-out {text!r}: choose from {', '.join(known)}")
+    return wanted
 
 
 def register_bench(bench_sub: Any, flags: Flags) -> None:
@@ -316,6 +333,8 @@ def register_bench(bench_sub: Any, flags: Flags) -> None:
     g.add_argument("--ray-port", type=int, default=DEFAULT_BASE_PORT, help="base of the pinned Ray port range (base .. base+119)")
     g.add_argument("--input-size", default="320x240", help="student input WIDTHxHEIGHT (the bundled v1's by default)")
     g.add_argument("--head-stride", type=int, choices=(4, 8), default=8, help="student head stride (8: v1's; 4 for small people)")
+    g.add_argument("--trunk-stride", type=int, choices=(16, 32), default=16, help="32: the trunk's stride-32 features in the neck too")
+    g.add_argument("--left-out", default="PETS09-S2L1,TUD-Campus", help="which labelled cameras to leave out, one at a time")
     g.add_argument("--json", action="store_true", help="print JSON (the only output format)")
     flags.data(g)
     g.set_defaults(func=cmd_bench_generalize)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -98,6 +99,25 @@ def test_fine_tuning_rebuilds_the_network_a_model_was_exported_with(shared_model
     assert config_of(export_onnx(Student(v0), "v0"), tmp_path) == v0  # no trunk: no models folder needed
     with pytest.raises(PedstreamError, match="ssdlite_pedestrian.onnx is not in the models folder"):
         config_of(export_onnx(Student(v1), "v1"), tmp_path)
+
+
+def test_a_student_with_the_trunk_s_stride_32_features_exports_and_rebuilds(shared_models: Path) -> None:
+    torch.manual_seed(0)
+    trunk = str(shared_models / "ssdlite_pedestrian.onnx")
+    config = StudentConfig(input_width=320, input_height=240, trunk=trunk, head_stride=8, trunk_stride=32)  # 240 / 32: rounded up
+    model = Student(config)
+    assert model.lateral32 is not None and count_parameters(model) > count_parameters(Student(replace(config, trunk_stride=16)))
+    onnx_bytes = export_onnx(model, "s32")
+    assert config_of(onnx_bytes, shared_models) == config  # fine-tuning rebuilds the same network
+    detector = Detector.from_bytes(onnx_bytes, name="student")
+    batch, _ = detector.preprocess([(np.random.default_rng(2).random((480, 640, 3)) * 255).astype(np.uint8)])
+    model.eval()
+    with torch.no_grad():
+        heatmap, _ = model(torch.from_numpy(batch))
+    assert heatmap.shape == (1, 1, 30, 40)
+    np.testing.assert_allclose(detector.infer(batch)[0], heatmap.numpy(), atol=1e-4)
+    with pytest.raises(ValueError, match="trunk_stride"):
+        Student(StudentConfig(trunk_stride=32))  # the small backbone has no stride-32 features
 
 
 def test_strong_augmentation_keeps_boxes_on_their_people_and_never_stretches() -> None:
