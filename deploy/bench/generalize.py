@@ -94,7 +94,7 @@ def run(
     models: Path,
     cache: Path,
     work: Path,
-    updates: int = 800,
+    updates: int = 2000,
     threads: int = 2,
     ray_port: int = DEFAULT_BASE_PORT,
     progress: Callable[[str], None] = print,

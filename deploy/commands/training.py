@@ -328,7 +328,7 @@ def register_bench(bench_sub: Any, flags: Flags) -> None:
     g = bench_sub.add_parser(
         "generalize", help="leave one labelled camera out, train the student on the rest, score it beside the stock models there"
     )
-    g.add_argument("--updates", type=int, default=800, help="parameter-server updates per left-out camera")
+    g.add_argument("--updates", type=int, default=2000, help="parameter-server updates per left-out camera (v1 has 2500)")
     g.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads of every model scored (one setting for all)")
     g.add_argument("--ray-port", type=int, default=DEFAULT_BASE_PORT, help="base of the pinned Ray port range (base .. base+119)")
     g.add_argument("--input-size", default="320x240", help="student input WIDTHxHEIGHT (the bundled v1's by default)")
