@@ -182,6 +182,20 @@ def _spawn(cmd: list[str], log_path: Path, env: dict[str, str] | None = None) ->
         return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=env)
 
 
+def _spawn_until_ready(
+    cmd: list[str], log_path: Path, ready: Callable[[], bool], timeout_s: float, what: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """Start ``cmd`` and wait until ``ready()`` while it runs; killed, with its log's tail in the
+    error, when it exits or is not ready within ``timeout_s``."""
+    proc = _spawn(cmd, log_path, env)
+    try:
+        _wait_until(lambda: proc.poll() is None and ready(), timeout_s, what, log_path)
+    except StackError:
+        proc.kill()
+        raise
+    return proc
+
+
 def s3rver_binary() -> Path:
     """The s3rver behind ``--durable``: ``$PEDSTREAM_S3RVER``, the one ``make venv`` installs under
     ``deploy/durable``, or one on the PATH."""
@@ -208,14 +222,8 @@ def start_store(home: Path, port: int | None = None) -> tuple[subprocess.Popen[b
     log_path = home / "logs" / "broker-store.log"
     command = [str(binary), "-d", str(data), "-a", LOOPBACK, "-p", str(port), "--configure-bucket", STORE_BUCKET,
                "--no-vhost-buckets", "--allow-mismatched-signatures", "--silent"]  # fmt: skip
-    proc = _spawn(command, log_path)
     url = f"http://{LOOPBACK}:{port}"
-    try:
-        _wait_until(lambda: proc.poll() is None and port_open(LOOPBACK, port), 20, f"s3rver on {url}", log_path)
-    except StackError:
-        proc.kill()
-        raise
-    return proc, url
+    return _spawn_until_ready(command, log_path, lambda: port_open(LOOPBACK, port), 20, f"s3rver on {url}"), url
 
 
 def start_tansu(home: Path, port: int | None = None, store_url: str | None = None) -> tuple[subprocess.Popen[bytes], str]:
@@ -228,7 +236,8 @@ def start_tansu(home: Path, port: int | None = None, store_url: str | None = Non
     if store_url is not None:
         storage = f"s3://{STORE_BUCKET}/"
         env = {**os.environ, **STORE_CREDENTIALS, "AWS_ENDPOINT": store_url, "AWS_ALLOW_HTTP": "true"}
-    proc = _spawn(
+    bootstrap = f"{LOOPBACK}:{port}"
+    proc = _spawn_until_ready(
         [
             str(tansu_binary()),
             "broker",
@@ -242,14 +251,11 @@ def start_tansu(home: Path, port: int | None = None, store_url: str | None = Non
             "pedstream",
         ],
         log_path,
+        lambda: port_open(LOOPBACK, port),
+        15,
+        f"tansu on {bootstrap}",
         env,
     )
-    bootstrap = f"{LOOPBACK}:{port}"
-    try:
-        _wait_until(lambda: proc.poll() is None and port_open(LOOPBACK, port), 15, f"tansu on {bootstrap}", log_path)
-    except StackError:
-        proc.kill()
-        raise
     return proc, bootstrap
 
 
@@ -265,13 +271,7 @@ def start_redis(home: Path, port: int | None = None) -> tuple[subprocess.Popen[b
     data = home / "redis"
     data.mkdir(parents=True, exist_ok=True)
     command = [binary, "--bind", LOOPBACK, "--port", str(port), "--save", "", "--appendonly", "yes", "--dir", str(data)]
-    proc = _spawn(command, log_path)
-    try:
-        _wait_until(lambda: proc.poll() is None and redis_answers(url, 0.3), 10, f"redis-server on {url}", log_path)
-    except StackError:
-        proc.kill()
-        raise
-    return proc, url
+    return _spawn_until_ready(command, log_path, lambda: redis_answers(url, 0.3), 10, f"redis-server on {url}"), url
 
 
 def lock_redis(home: Path, url: str) -> dict[str, str]:
