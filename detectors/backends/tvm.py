@@ -196,10 +196,9 @@ class TvmBackend(Backend):
         self.artifact_dir = self.cache_dir / self.key
         self.compile_s: float | None = None
         self.from_cache = (self.artifact_dir / "model.so").is_file()
-        with quiet_tvm_chatter():
-            if not self.from_cache:
-                self._compile_into_cache()
-            self._load()
+        if not self.from_cache:
+            self._compile_into_cache()
+        self._load()
 
     @classmethod
     def from_artifact_dir(cls, model_bytes: bytes, artifact_dir: Path, threads: int = 0) -> TvmBackend:
@@ -218,8 +217,7 @@ class TvmBackend(Backend):
         backend.artifact_dir = artifact_dir
         backend.compile_s = None
         backend.from_cache = True
-        with quiet_tvm_chatter():
-            backend._load()
+        backend._load()
         return backend
 
     def _compile_into_cache(self) -> None:
@@ -232,7 +230,8 @@ class TvmBackend(Backend):
         outputs = self._concrete_outputs(executable, inputs, weights, outputs)
         tmp = self.artifact_dir.with_name(self.artifact_dir.name + f".tmp{os.getpid()}")
         tmp.mkdir(parents=True, exist_ok=True)
-        executable.export_library(str(tmp / "model.so"))
+        with quiet_tvm_chatter():
+            executable.export_library(str(tmp / "model.so"))
         tvm.runtime.save_param_dict_to_file({f"p{i}": tvm.runtime.tensor(w) for i, w in enumerate(weights)}, str(tmp / "params.bin"))
         (tmp / "signature.json").write_text(
             json.dumps(
@@ -273,14 +272,18 @@ class TvmBackend(Backend):
         params = tvm.runtime.load_param_dict_from_file(str(self.artifact_dir / "params.bin"))
         self._weights = [params[f"p{i}"] for i in range(sig["weights"])]
         self.device = tvm.cpu()
-        self.vm = relax.VirtualMachine(tvm.runtime.load_module(str(self.artifact_dir / "model.so")), self.device)
+        self.vm = self._new_vm()
         self._main = self.vm["main"]
+
+    def _new_vm(self) -> relax.VirtualMachine:
+        """A VM on the cached library (TVM's per-constant load lines kept off stderr)."""
+        with quiet_tvm_chatter():
+            return relax.VirtualMachine(tvm.runtime.load_module(str(self.artifact_dir / "model.so")), self.device)
 
     def profile(self, feeds: dict[str, np.ndarray], runs: int) -> dict[str, tuple[float, int, str]]:
         """Seconds spent in each compiled function over ``runs`` runs: name -> (seconds, calls,
         argument shapes), timed around every call of a separate, instrumented VM."""
-        with quiet_tvm_chatter():
-            vm = relax.VirtualMachine(tvm.runtime.load_module(str(self.artifact_dir / "model.so")), self.device)
+        vm = self._new_vm()
         spent: dict[str, list[float]] = {}
         shapes: dict[str, str] = {}
         started: dict[str, float] = {}
