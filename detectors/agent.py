@@ -3,7 +3,9 @@
 Agents with the same group split the frames topic's partitions (so the cameras); a killed agent's
 partitions move to the others. Processing is at-least-once: each frame's Kafka message is
 acknowledged only after its results are published, in order, so a crash re-delivers what was in
-flight; duplicates are dropped by (camera id, seq, capture time).
+flight. A frame delivered again to the agent that answered it is not detected twice: its Detections
+record, kept by (camera id, seq, capture time), is published again, because the first copy may be
+gone with a broker that lost acknowledged writes (consumers keep one record per (camera, seq)).
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from streams.outage import OutageLog, quiet_client_logs
 from streams.records import Box, Detections, Frame, HardExample, Record, TileDetections, TileTask
 from streams.signing import Verifier
 from streams.topics import Topics
-from streams.wire import decode, encode
+from streams.wire import WireMessage, decode, encode
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +170,10 @@ def _exit_after(grace_s: float, signal: Any) -> None:
     os._exit(0)
 
 
+def _frame_key(frame: Frame) -> tuple[str, int, float]:
+    return (frame.camera_id, frame.seq, frame.capture_ts)
+
+
 class DetectorAgent:
     """Owns the faust app, the detection pipeline and the per-camera state of one agent process."""
 
@@ -176,7 +182,9 @@ class DetectorAgent:
         self.models = ServedModels(detector)
         self.camera_settings = {c.id: c.detect for c in cameras or []}
         self.cameras: dict[str, CameraState] = {}
-        self.seen: OrderedDict[tuple[str, int, float], None] = OrderedDict()
+        # frames admitted, by (camera, seq, capture time) -> the Detections message published for it
+        # (None while in flight); a delivery that failed forgets its frame so a redelivery detects it
+        self.seen: OrderedDict[tuple[str, int, float], WireMessage | None] = OrderedDict()
         self.counters = {
             "frames": 0,
             "detections": 0,
@@ -184,6 +192,7 @@ class DetectorAgent:
             "hard_examples": 0,
             "dead_letters": 0,
             "duplicates": 0,
+            "republished": 0,
             "publish_failures": 0,
         }
         self._acks: set[asyncio.Future[None]] = set()  # frames waiting for their deliveries before their ack
@@ -284,7 +293,7 @@ class DetectorAgent:
         state = self._camera(frame.camera_id)
         tiling = state.settings.tiling
         fan_out = tiling is not None and tiling.fan_out
-        key = (frame.camera_id, frame.seq, frame.capture_ts)
+        key = _frame_key(frame)
         now = time.time()
         pending = Pending(event, frame, now, "fan_out" if fan_out else "frame")
         if key in self.seen:
@@ -401,7 +410,7 @@ class DetectorAgent:
         now = time.time()
         latency = _latency(self._anatomy(item, pending), frame.capture_ts, now)
         record = self._detections(frame, item.model_version or self.detector.version, [], latency, now, skipped=item.shed)
-        await self._send(self.settings.topics.detections.name, record)
+        await self._send_detections(record)
         self.counters["shed"] = self.counters.get("shed", 0) + 1
         metrics.FRAMES_SHED.labels(frame.camera_id, "arrival" if item.shed.startswith("stale on arrival") else "inference").inc()
 
@@ -447,7 +456,7 @@ class DetectorAgent:
             collecting = DELIVERIES.set([])
             try:
                 if item.error == "duplicate":
-                    pass
+                    await self._republish(pending)
                 elif item.error is not None:
                     await self._dead_letter(pending.event, item.error)
                 elif item.shed is not None:
@@ -472,15 +481,17 @@ class DetectorAgent:
             finally:
                 deliveries = DELIVERIES.get() or []
                 DELIVERIES.reset(collecting)
-                self._acks.add(asyncio.ensure_future(self._ack_when_delivered(pending.event, deliveries, item.camera_id)))
+                self._acks.add(asyncio.ensure_future(self._ack_when_delivered(pending, deliveries, item.camera_id)))
 
-    async def _ack_when_delivered(self, event: Any, deliveries: list[asyncio.Future[Any]], camera_id: str) -> None:
+    async def _ack_when_delivered(self, pending: Pending, deliveries: list[asyncio.Future[Any]], camera_id: str) -> None:
         """Acknowledge the frame once everything published for it is on the broker (acks=all). A
         frame whose records were not delivered stays unacknowledged, so its offset is never
         committed and the frame is detected again after a restart or rebalance (at-least-once)."""
         try:
             await asyncio.gather(*deliveries)
         except Exception as exc:  # noqa: BLE001 - any delivery error means: do not acknowledge
+            if isinstance(pending.record, Frame):  # a redelivery must detect it again, not count it a duplicate
+                self.seen.pop(_frame_key(pending.record), None)
             self.counters["publish_failures"] += 1
             metrics.PUBLISH_FAILURES.inc()
             self.outage.failed(f"publishing results of camera {camera_id}: {type(exc).__name__}: {exc}")
@@ -488,11 +499,37 @@ class DetectorAgent:
         finally:
             self._acks.discard(asyncio.current_task())
         self.outage.recovered()
-        event.ack()
+        pending.event.ack()
 
     async def _send(self, topic_name: str, record: Record) -> None:
-        msg = encode(record)
+        await self._send_message(topic_name, encode(record))
+
+    async def _send_message(self, topic_name: str, msg: WireMessage) -> None:
         _collect(await self.out[topic_name].send(key=msg.key, value=msg.value, headers=msg.headers))
+
+    async def _send_detections(self, record: Detections) -> None:
+        """Publish a frame's Detections and keep the message for a redelivery of that frame."""
+        msg = encode(record)
+        key = (record.camera_id, record.seq, record.capture_ts)
+        if key in self.seen:
+            self.seen[key] = msg
+        await self._send_message(self.settings.topics.detections.name, msg)
+
+    async def _republish(self, pending: Pending) -> None:
+        """A frame delivered again after it was answered: publish its Detections record again.
+
+        The broker acknowledged the first copy, but a broker that dies can lose writes it had
+        acknowledged (the embedded tansu on S3 does), offset commits with them: the group then
+        resumes before the frame, and this copy is the only answer left. Consumers keep one
+        Detections per (camera, seq), so a needless copy costs a message, a lost one a frame.
+        A duplicate of a frame still in flight is dropped (its answer is on the way).
+        """
+        frame = pending.record
+        msg = self.seen.get(_frame_key(frame)) if isinstance(frame, Frame) else None
+        if msg is None:
+            return
+        await self._send_message(self.settings.topics.detections.name, msg)
+        self.counters["republished"] += 1
 
     async def _dead_letter(self, event: Any, reason: str) -> None:
         message = event.message
@@ -569,7 +606,7 @@ class DetectorAgent:
         now = time.time()
         latency = _latency(timings, frame.capture_ts, now, delivered_ts)
         detections = self._detections(frame, model_version, boxes, latency, now)
-        await self._send(self.settings.topics.detections.name, detections)
+        await self._send_detections(detections)
         self.counters["frames"] += 1
         state.frames += 1
         self.counters["detections"] += len(boxes)

@@ -1,5 +1,6 @@
 """The detector agent's accounting, with a fake Kafka event: a frame is acknowledged only once what
-was published for it is on the broker, and a camera clock ahead of the broker is reported."""
+was published for it is on the broker, a frame delivered again gets its Detections again (not
+silence, not a second inference), and a camera clock ahead of the broker is reported."""
 
 from __future__ import annotations
 
@@ -13,13 +14,16 @@ from detectors import metrics
 from detectors.agent import AgentSettings, DetectorAgent, Pending
 from detectors.detector import Detector, read_model
 from detectors.pipeline import WorkItem
-from streams.records import Frame
+from streams.records import Detections, Frame
 from streams.topics import Topics
+from streams.wire import WireMessage, encode
 
 
 class FakeEvent:
-    def __init__(self, broker_ts: float) -> None:
-        self.message = SimpleNamespace(timestamp=broker_ts, topic="t.frames", partition=0, offset=7, key=b"c", value=b"", headers=[])
+    def __init__(self, broker_ts: float, message: WireMessage | None = None) -> None:
+        value, headers = (message.value, message.headers) if message is not None else (b"", [])
+        self.message = SimpleNamespace(timestamp=broker_ts, topic="t.frames", partition=0, offset=7, key=b"c", value=value, headers=headers)
+        self.value = value
         self.acked = 0
 
     def ack(self) -> None:
@@ -43,9 +47,9 @@ def test_a_frame_is_acknowledged_only_after_its_records_reached_the_broker(agent
         ok, bad, slow = loop.create_future(), loop.create_future(), loop.create_future()
         ok.set_result("metadata")
         bad.set_exception(ConnectionError("broker down"))
-        await agent._ack_when_delivered(delivered, [ok], "c")
-        await agent._ack_when_delivered(failed, [ok, bad], "c")
-        waiting = asyncio.ensure_future(agent._ack_when_delivered(pending, [slow], "c"))
+        await agent._ack_when_delivered(Pending(delivered, None, 0.0), [ok], "c")
+        await agent._ack_when_delivered(Pending(failed, None, 0.0), [ok, bad], "c")
+        waiting = asyncio.ensure_future(agent._ack_when_delivered(Pending(pending, None, 0.0), [slow], "c"))
         await asyncio.sleep(0.01)
         acked_before_delivery = pending.acked
         slow.set_result("metadata")
@@ -56,6 +60,51 @@ def test_a_frame_is_acknowledged_only_after_its_records_reached_the_broker(agent
     assert asyncio.run(scenario()) == (1, 0, 1)  # delivered: acked; failed: never; slow: only once delivered
     assert agent.counters["publish_failures"] == before + 1
     assert not agent.outage.down  # the slow delivery that succeeded ended the outage the failure began
+
+
+class FakeTopic:
+    """Records what the agent sends; every send is delivered at once."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    async def send(self, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]) -> asyncio.Future[str]:
+        self.sent.append(value)
+        done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        done.set_result("metadata")
+        return done
+
+
+def test_a_frame_delivered_again_gets_its_detections_published_again(agent: DetectorAgent) -> None:
+    """A broker that lost acknowledged writes (and offset commits) delivers answered frames again:
+    the agent answers them again from what it published, without detecting them again; a frame
+    whose results failed to publish is detected again when it comes back, not dropped as a duplicate."""
+    detections = FakeTopic()
+    agent.out = {agent.settings.topics.detections.name: detections}  # type: ignore[dict-item]
+    now = time.time()
+    answered = Frame(camera_id="cam-r", seq=5, capture_ts=now, width=8, height=8, jpeg=b"\xff\xd8\xff\xe0", source_frame_index=5)
+    failed = answered.model_copy(update={"seq": 6})
+
+    async def scenario() -> None:
+        first = agent._admit(FakeEvent(now, encode(answered)))
+        assert first.error is None
+        record = agent._detections(answered, "v1", [], {"total": 1.0}, now)
+        await agent._send_detections(record)
+        again = agent._admit(FakeEvent(now, encode(answered)))
+        assert again.error == "duplicate"
+        await agent._republish(again.token)
+
+        unpublished = agent._admit(FakeEvent(now, encode(failed)))
+        broken: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        broken.set_exception(ConnectionError("broker down"))
+        await agent._ack_when_delivered(unpublished.token, [broken], "cam-r")
+        assert agent._admit(FakeEvent(now, encode(failed))).error is None  # detected again, not a duplicate
+
+    before = agent.counters["republished"]
+    asyncio.run(scenario())
+    assert len(detections.sent) == 2 and detections.sent[0] == detections.sent[1]
+    assert Detections.model_validate_json(detections.sent[1]).seq == 5
+    assert agent.counters["republished"] == before + 1
 
 
 def test_a_camera_clock_ahead_of_the_broker_is_reported_not_hidden(agent: DetectorAgent, caplog: pytest.LogCaptureFixture) -> None:
