@@ -232,8 +232,15 @@ class ClosedLoop:
         return agent.start()
 
     def _replay_examples(self) -> list[Example]:
+        """Teacher-labelled frames of what the start model was trained on (so a cycle does not make
+        it forget them); a sequence it never saw is no replay: for a camera new to the model that
+        would hand the cycle more of the camera than its own mined examples."""
+        sources = trained_on(read_model(self.start_model))
         examples: list[Example] = []
         for replay in self.replay:
+            if sources and not any(source.get("name") == replay.sequence.name for source in sources):
+                self.say(f"no replay of {replay.sequence.name}: the start model was not trained on it")
+                continue
             self.say(f"replay set: {replay.describe()}")
             examples += replay.examples(self.models_dir, self.label_cache)
         return examples
