@@ -196,31 +196,32 @@ def _spawn_until_ready(
     return proc
 
 
-def s3rver_binary() -> Path:
-    """The s3rver behind ``--durable``: ``$PEDSTREAM_S3RVER``, the one ``make venv`` installs under
-    ``deploy/durable``, or one on the PATH."""
-    candidates = [
-        os.environ.get(S3RVER_ENV),
-        Path(__file__).parent / "durable" / "node_modules" / ".bin" / "s3rver",
-        shutil.which("s3rver"),
-    ]
-    for candidate in candidates:
-        if candidate and Path(candidate).is_file():
-            return Path(candidate)
+def s3rver_command() -> list[str]:
+    """The local S3 server behind ``--durable``: ``$PEDSTREAM_S3RVER`` (an s3rver executable of your
+    own), else ``deploy/durable/store.js`` run by Node.js: the s3rver ``make venv`` installs there,
+    with atomic object writes (a broker killed mid-upload must not leave a partial object)."""
+    override = os.environ.get(S3RVER_ENV)
+    if override:
+        if not Path(override).is_file():
+            raise StackError(f"{S3RVER_ENV}={override}: no such file")
+        return [override]
+    durable = Path(__file__).parent / "durable"
+    node = shutil.which("node")
+    if node and (durable / "node_modules" / "s3rver").is_dir():
+        return [node, str(durable / "store.js")]
     raise StackError(
         "stack up --durable needs s3rver (Node.js), the local S3 server that keeps the broker's data: "
-        f"run `npm ci --prefix {Path(__file__).parent / 'durable'}` or set {S3RVER_ENV}"
+        f"run `npm ci --prefix {durable}` or set {S3RVER_ENV}"
     )
 
 
 def start_store(home: Path, port: int | None = None) -> tuple[subprocess.Popen[bytes], str]:
     """Start the local S3 server for the durable broker (files under ``home/broker-store``)."""
-    binary = s3rver_binary()
     port = port or free_loopback_port()
     data = home / "broker-store"
     data.mkdir(parents=True, exist_ok=True)
     log_path = home / "logs" / "broker-store.log"
-    command = [str(binary), "-d", str(data), "-a", LOOPBACK, "-p", str(port), "--configure-bucket", STORE_BUCKET,
+    command = [*s3rver_command(), "-d", str(data), "-a", LOOPBACK, "-p", str(port), "--configure-bucket", STORE_BUCKET,
                "--no-vhost-buckets", "--allow-mismatched-signatures", "--silent"]  # fmt: skip
     url = f"http://{LOOPBACK}:{port}"
     return _spawn_until_ready(command, log_path, lambda: port_open(LOOPBACK, port), 20, f"s3rver on {url}"), url
