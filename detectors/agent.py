@@ -67,6 +67,10 @@ class AgentSettings:
     track_threshold: float = 0.5  # boxes at or above this feed the tracker and the alert rules
     data_dir: Path = field(default_factory=lambda: Path(os.environ.get("PEDSTREAM_HOME") or Path.home() / ".pedstream") / "faust")
     dedupe_window: int = 4096
+    # after the group is assigned partitions again (what follows a broker restart too), publish the
+    # Detections of the last this-many seconds again: a broker may have lost writes it acknowledged
+    # (the embedded tansu on S3 does; Kafka with acks=all and min in-sync replicas 2 does not). 0: off
+    republish_window_s: float = 10.0
     # Hot swap: with both set, the agent follows the model registry in Redis (streams.model_channel)
     redis_url: str | None = None
     public_key: Path | None = None  # Ed25519 public key that every served model must be signed with
@@ -170,6 +174,14 @@ def _exit_after(grace_s: float, signal: Any) -> None:
     os._exit(0)
 
 
+@dataclass(frozen=True)
+class Answer:
+    """The Detections message published for a frame, and when."""
+
+    message: WireMessage
+    published_ts: float
+
+
 def _frame_key(frame: Frame) -> tuple[str, int, float]:
     return (frame.camera_id, frame.seq, frame.capture_ts)
 
@@ -182,9 +194,11 @@ class DetectorAgent:
         self.models = ServedModels(detector)
         self.camera_settings = {c.id: c.detect for c in cameras or []}
         self.cameras: dict[str, CameraState] = {}
-        # frames admitted, by (camera, seq, capture time) -> the Detections message published for it
-        # (None while in flight); a delivery that failed forgets its frame so a redelivery detects it
-        self.seen: OrderedDict[tuple[str, int, float], WireMessage | None] = OrderedDict()
+        # frames admitted, by (camera, seq, capture time) -> the Detections published for it (None
+        # while in flight); a delivery that failed forgets its frame so a redelivery detects it
+        self.seen: OrderedDict[tuple[str, int, float], Answer | None] = OrderedDict()
+        self.assignments = 0  # partition assignments of this agent's group member so far
+        self._background: set[asyncio.Future[int]] = set()
         self.counters = {
             "frames": 0,
             "detections": 0,
@@ -232,6 +246,7 @@ class DetectorAgent:
         self.app.agent(self._raw_topic(t.tiles.name), name="detect-tiles")(self._consume_tiles)
         self.app.agent(self._raw_topic(t.tile_detections.name), name="merge-tiles")(self._merge_tiles)
         self.app.task(self._publish_results)
+        self.app.on_partitions_assigned.connect(self._on_assigned)  # type: ignore[arg-type]  # mode types handlers narrower than it calls them
         self.app.timer(30.0)(self._report)
         self.updater: ModelUpdater | None = None
         self.watcher: ModelWatcher | None = None
@@ -512,7 +527,7 @@ class DetectorAgent:
         msg = encode(record)
         key = (record.camera_id, record.seq, record.capture_ts)
         if key in self.seen:
-            self.seen[key] = msg
+            self.seen[key] = Answer(msg, time.time())
         await self._send_message(self.settings.topics.detections.name, msg)
 
     async def _republish(self, pending: Pending) -> None:
@@ -525,11 +540,36 @@ class DetectorAgent:
         A duplicate of a frame still in flight is dropped (its answer is on the way).
         """
         frame = pending.record
-        msg = self.seen.get(_frame_key(frame)) if isinstance(frame, Frame) else None
-        if msg is None:
+        answer = self.seen.get(_frame_key(frame)) if isinstance(frame, Frame) else None
+        if answer is None:
             return
-        await self._send_message(self.settings.topics.detections.name, msg)
+        await self._send_message(self.settings.topics.detections.name, answer.message)
         self.counters["republished"] += 1
+
+    async def _on_assigned(self, _sender: Any, *_args: Any, signal: Any, **_kwargs: Any) -> None:
+        """Partitions assigned: at start, and again after every rebalance. A broker that restarts
+        makes its group rebalance, and it may have lost the writes it acknowledged last, while the
+        group's committed offsets (kept or lost with them) need not bring those frames back: so
+        the answers of the last ``republish_window_s`` are published again."""
+        self.assignments += 1
+        if self.assignments > 1 and self.settings.republish_window_s > 0:
+            task = asyncio.ensure_future(self.republish_recent())  # not inside the rebalance: after it
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def republish_recent(self) -> int:
+        """Publish again the Detections this agent published in the last ``republish_window_s``."""
+        horizon = time.time() - self.settings.republish_window_s
+        recent = [answer for answer in list(self.seen.values()) if answer is not None and answer.published_ts >= horizon]
+        for answer in recent:
+            await self._send_message(self.settings.topics.detections.name, answer.message)
+        self.counters["republished"] += len(recent)
+        if recent:
+            log.info(
+                "group rebalanced: published the last %d answers (%.0f s) again, in case the broker lost them",
+                len(recent), self.settings.republish_window_s,
+            )  # fmt: skip
+        return len(recent)
 
     async def _dead_letter(self, event: Any, reason: str) -> None:
         message = event.message

@@ -79,6 +79,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
         max_batch=args.batch,
         max_wait_ms=args.batch_wait_ms,
         catch_up_s=args.catch_up_s or None,
+        republish_window_s=max(0.0, args.republish_window_s),
         publish_threshold=args.publish_threshold,
         track_threshold=args.score_threshold,
         redis_url=None if args.no_registry else endpoints.redis_url,
@@ -259,6 +260,13 @@ def register(sub: Any, flags: Flags) -> None:
         type=float,
         default=60.0,
         help="at start, a group whose position is older than this skips to newer frames (0: replay everything)",
+    )
+    p.add_argument(
+        "--republish-window-s",
+        type=float,
+        default=10.0,
+        help="after a rebalance (a broker restart causes one), publish the detections of the last this-many seconds "
+        "again, in case the broker lost writes it had acknowledged (0: off; consumers keep one per camera and seq)",
     )
     p.add_argument("--publish-threshold", type=float, default=0.3, help="publish boxes at or above this score")
     p.add_argument("--score-threshold", type=float, default=0.5, help="boxes that count for tracking and alerts")

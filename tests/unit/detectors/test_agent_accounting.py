@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 from detectors import metrics
-from detectors.agent import AgentSettings, DetectorAgent, Pending
+from detectors.agent import AgentSettings, Answer, DetectorAgent, Pending
 from detectors.detector import Detector, read_model
 from detectors.pipeline import WorkItem
 from streams.records import Detections, Frame
@@ -105,6 +105,38 @@ def test_a_frame_delivered_again_gets_its_detections_published_again(agent: Dete
     assert len(detections.sent) == 2 and detections.sent[0] == detections.sent[1]
     assert Detections.model_validate_json(detections.sent[1]).seq == 5
     assert agent.counters["republished"] == before + 1
+
+
+def test_after_a_rebalance_the_answers_of_the_last_seconds_are_published_again(agent: DetectorAgent) -> None:
+    """A broker that restarts makes the group rebalance and may have lost its last acknowledged
+    writes: the agent publishes the Detections of the last ``republish_window_s`` again, not older
+    ones, and not at its first assignment."""
+    detections = FakeTopic()
+    agent.out = {agent.settings.topics.detections.name: detections}  # type: ignore[dict-item]
+    now = time.time()
+    old = Frame(camera_id="cam-w", seq=1, capture_ts=now - 60, width=8, height=8, jpeg=b"\xff\xd8\xff\xe0", source_frame_index=1)
+    recent = old.model_copy(update={"seq": 2, "capture_ts": now})
+
+    async def scenario() -> tuple[int, int]:
+        for frame in (old, recent):
+            agent._admit(FakeEvent(now, encode(frame)))
+            await agent._send_detections(agent._detections(frame, "v1", [], {"total": 1.0}, now))
+        published = agent.seen[(old.camera_id, old.seq, old.capture_ts)]
+        assert published is not None
+        agent.seen[(old.camera_id, old.seq, old.capture_ts)] = Answer(published.message, now - agent.settings.republish_window_s - 1)
+        agent.assignments = 0
+        await agent._on_assigned(None, signal=None)  # the first assignment: nothing to republish
+        first = len(agent._background)
+        await agent._on_assigned(None, signal=None)  # a rebalance
+        await asyncio.gather(*agent._background)
+        return first, len(detections.sent)
+
+    before = agent.counters["republished"]
+    first_tasks, _sent = asyncio.run(scenario())
+    assert first_tasks == 0
+    again = [Detections.model_validate_json(value) for value in detections.sent[2:]]
+    assert [(d.camera_id, d.seq) for d in again if d.camera_id == "cam-w"] == [("cam-w", 2)]  # the recent one, not the old
+    assert agent.counters["republished"] == before + len(again)
 
 
 def test_a_camera_clock_ahead_of_the_broker_is_reported_not_hidden(agent: DetectorAgent, caplog: pytest.LogCaptureFixture) -> None:
