@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -89,6 +91,30 @@ def test_stack_up_durable_keeps_the_broker_s_records_across_down_and_up(tmp_path
         assert resolve(home=home).bootstrap == again.bootstrap and os.environ.get(FETCH_MAX_WAIT_ENV) == str(DURABLE_FETCH_MAX_WAIT_MS)
     finally:
         stack.down(home)
+
+
+@needs_s3rver
+def test_the_durable_store_never_keeps_a_partial_upload(tmp_path: Path) -> None:
+    """A broker killed while it uploads must leave the object it was replacing whole: plain s3rver
+    kept the cut-short body (and tansu then failed on it forever); the launcher writes atomically."""
+    store, url = stack.start_store(tmp_path)
+    try:
+        object_url = f"{url}/{stack.STORE_BUCKET}/segment"
+        with urllib.request.urlopen(urllib.request.Request(object_url, data=b"complete-version", method="PUT"), timeout=10) as answer:
+            assert answer.status == 200
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as client:  # dies 10 bytes into 1000
+            client.sendall(f"PUT /{stack.STORE_BUCKET}/segment HTTP/1.1\r\nHost: {host}\r\nContent-Length: 1000\r\n\r\n".encode())
+            client.sendall(b"x" * 10)
+            time.sleep(0.3)
+        time.sleep(0.5)
+        with urllib.request.urlopen(object_url, timeout=10) as answer:
+            assert answer.read() == b"complete-version"
+        leftovers = [p.name for p in (tmp_path / "broker-store").rglob("*") if ".upload-" in p.name]
+        assert leftovers == []
+    finally:
+        store.kill()
+        store.wait(10)
 
 
 def test_bad_input_is_dead_lettered_with_reasons_and_every_good_frame_detected(broker: str, vtest: str, tmp_path: Path) -> None:
