@@ -102,6 +102,7 @@ class JobResult:
     ap50: float | None
     recall: float | None
     trainer_restarts: int
+    trainer_back_ts: list[float]  # wall-clock time of each restarted trainer's first gradient
     dropped_stale: int
     staleness: dict[str, float]
     loss_curve: list[tuple[int, float, float]]  # (update, seconds, smoothed loss)
@@ -157,6 +158,8 @@ class TrainingJob:
         self.param_names = {n for n, _ in Student(config).named_parameters()}
         self.trainers: list[Any] = []
         self.restarts = 0
+        self.dead: set[int] = set()  # trainers whose actor died, until their replacement's first gradient
+        self.back_ts: list[float] = []
         self.model_version = model_version or time.strftime("student-%Y%m%d-%H%M%S")
         self._scratch = tempfile.TemporaryDirectory(prefix="pedstream-train-")
         self.work_dir = Path(self._scratch.name)  # the trainers' example shards
@@ -287,6 +290,7 @@ class TrainingJob:
             ap50=ap50,
             recall=recall,
             trainer_restarts=self.restarts,
+            trainer_back_ts=self.back_ts,
             dropped_stale=self.dropped,
             staleness={"mean": round(float(st.mean()), 3), "p99": float(np.percentile(st, 99)), "max": int(st.max())},
             loss_curve=self.loss_curve,
@@ -327,14 +331,18 @@ class TrainingJob:
         if self.on_update:
             self.on_update(self, self.updates)
 
-    def _get(self, ref: ray.ObjectRef[Any]) -> tuple[Any, ...] | None:
-        """A trainer's reply, or None when its actor died (Ray restarts it; the caller resubmits)."""
+    def _get(self, ref: ray.ObjectRef[Any], index: int) -> tuple[Any, ...] | None:
+        """Trainer ``index``'s reply, or None when its actor died (Ray restarts it; the caller resubmits)."""
         try:
             reply: tuple[Any, ...] = ray.get(ref, timeout=self.settings.timeout_s)
-            return reply
         except (RayActorError, ActorUnavailableError):
             self.restarts += 1
+            self.dead.add(index)
             return None
+        if index in self.dead:
+            self.dead.discard(index)
+            self.back_ts.append(time.time())
+        return reply
 
     def _run_async(self) -> None:
         s = self.settings
@@ -347,7 +355,7 @@ class TrainingJob:
             if not ready:
                 raise PedstreamError(f"no gradient in {s.timeout_s:.0f} s: are the trainers pending for CPUs? (ray status)")
             index = in_flight.pop(ready[0])
-            reply = self._get(ready[0])
+            reply = self._get(ready[0], index)
             if reply is not None:
                 self.contributions[index] = self.contributions.get(index, 0) + 1
                 grads, buffers, loss, based_on, samples = reply
@@ -374,7 +382,7 @@ class TrainingJob:
                 if not ready:
                     raise PedstreamError(f"no gradient in {s.timeout_s:.0f} s: are the trainers pending for CPUs? (ray status)")
                 index = pending.pop(ready[0])
-                reply = self._get(ready[0])
+                reply = self._get(ready[0], index)
                 if reply is None:
                     pending[self.trainers[index].compute.remote(weights_ref, version)] = index
                 else:

@@ -554,13 +554,19 @@ def trainer_killed(rig: FaultRig) -> ScenarioResult:
             finished = time.time()
         killer.join(5)
         restarts = int(cycle.train.get("trainer_restarts", 0))
+        back = [float(ts) for ts in cycle.train.get("trainer_back_ts", [])]
+        # recovery: the kill to the restarted trainer's first gradient (the PS never stops: the other
+        # trainer goes on meanwhile); the verdict's time is in the fault text
         result = ScenarioResult(
             name="trainer-killed", frames_sent=0, frames_detected=0, frames_shed=0, dead_lettered=0, lost=0, duplicates=0,
-            recovery_s=round(finished - killed[0], 2) if killed else None,
-            fault=f"SIGKILL one of 2 Ray trainers 3 s into a cycle of {cycle.train.get('updates')} updates; "
-                  f"cycle {cycle.version}: {'shipped' if cycle.shipped else 'rejected'} ({cycle.reason})",
+            recovery_s=round(back[0] - killed[0], 2) if killed and back else None,
+            fault=f"SIGKILL one of 2 Ray trainers 3 s into a cycle of {cycle.train.get('updates')} updates; restarted trainer's "
+                  f"first gradient {round(back[0] - killed[0], 1) if killed and back else '-'} s after the kill; cycle "
+                  f"{cycle.version}: {'shipped' if cycle.shipped else 'rejected'} ({cycle.reason}) "
+                  f"{round(finished - killed[0], 1) if killed else '-'} s after the kill",
         )  # fmt: skip
-        result.checks = {"trainer_killed": bool(killed), "trainer_restarted": restarts >= 1, "cycle_finished": bool(cycle.version)}
+        result.checks = {"trainer_killed": bool(killed), "trainer_restarted": restarts >= 1 and bool(back),
+                         "cycle_finished": bool(cycle.version)}  # fmt: skip
         return result
     finally:
         redis_proc.kill()
