@@ -15,13 +15,16 @@ nothing. The JSON says for each camera what its student was trained on and with 
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from detectors.detector import Detector, read_model
+import numpy as np
+
+from detectors.detector import TRAINED_ON_METADATA_KEY, Detector, read_model, with_metadata
 from detectors.evaluation import evaluate_sequence
 from streams.mot import MotSequence
 from trainer.cluster import DEFAULT_BASE_PORT, RayPorts, ray_session
@@ -60,7 +63,7 @@ def training_set(
         every = 3 if sequence.length > 300 else 1
         found = labelled_examples(sequence, (1, sequence.length), "oracle", None, None, every)
         examples += found
-        summary.append({"name": f"{name} frames 1-{sequence.length} every {every}", "labels": "human", "images": len(found)})
+        summary.append({"name": name, "frames": f"1:{sequence.length}", "every": every, "labels": "human", "images": len(found)})
     coco, described = dataset_examples(data / "coco128-person")
     examples += coco
     summary.append(described)
@@ -69,7 +72,7 @@ def training_set(
         say(f"teacher labels for {video.name} (every {every}th frame; cached)")
         found = video_examples(video, every, models, cache)
         examples += found
-        summary.append({"name": f"{video.name} every {every}", "labels": "teacher", "images": len(found)})
+        summary.append({"name": video.name, "every": every, "labels": "teacher", "images": len(found)})
     return examples, summary
 
 
@@ -102,7 +105,10 @@ def run(
     head_stride: int = 8,
     trunk_stride: int = 16,
     cameras: tuple[str, ...] | None = None,
+    keep: Path | None = None,
 ) -> dict[str, Any]:
+    """``keep``: also write each left-out camera's student there (``student-without-CAMERA.onnx`` and
+    its ``.weights.npz``), a start model for ``bench loop`` on a camera that model never saw."""
     started = time.perf_counter()
     stock = {name: Detector.from_bytes(read_model(models / file), name=name, threads=threads) for name, file in STOCK.items()}
     out: list[dict[str, Any]] = []
@@ -132,6 +138,12 @@ def run(
                               model_version=f"student-v1-without-{camera.sequence}")  # fmt: skip
             result = job.run()
         trained.append((camera, sequence, result, trained_on, len(examples)))
+        if keep is not None:
+            kept = keep / f"student-without-{camera.sequence}.onnx"
+            keep.mkdir(parents=True, exist_ok=True)
+            kept.write_bytes(with_metadata(result.model_onnx, **{TRAINED_ON_METADATA_KEY: json.dumps(trained_on)}))
+            np.savez_compressed(kept.with_name(kept.stem + ".weights.npz"), **result.weights)  # type: ignore[arg-type]
+            progress(f"{camera.sequence} left out: student kept as {kept}")
     # every model is timed after all training, with no Ray process left: timing right after a
     # camera's training measured every model 35-50% slower on the second camera
     _wait_for_children_to_exit()

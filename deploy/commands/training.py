@@ -307,7 +307,7 @@ def cmd_bench_generalize(args: argparse.Namespace) -> int:
             data_dir(args.data), models_dir(args.data), default_label_cache(), Path(work), updates=args.updates,
             threads=args.threads, ray_port=args.ray_port, progress=lambda m: print(f"[bench generalize] {m}", file=sys.stderr, flush=True),
             input_size=_input_size(args.input_size), head_stride=args.head_stride, trunk_stride=args.trunk_stride,
-            cameras=_left_out(args.left_out),
+            cameras=_left_out(args.left_out), keep=Path(args.keep) if args.keep else None,
         )  # fmt: skip
     print(json.dumps(result, indent=2))
     return 0
@@ -335,6 +335,8 @@ def register_bench(bench_sub: Any, flags: Flags) -> None:
     g.add_argument("--head-stride", type=int, choices=(4, 8), default=8, help="student head stride (8: v1's; 4 for small people)")
     g.add_argument("--trunk-stride", type=int, choices=(16, 32), default=16, help="32: the trunk's stride-32 features in the neck too")
     g.add_argument("--left-out", default="PETS09-S2L1,TUD-Campus", help="which labelled cameras to leave out, one at a time")
+    g.add_argument("--keep", metavar="DIR", help="also write each left-out camera's student there "
+                   "(student-without-CAMERA.onnx + .weights.npz: a start model for `bench loop` on that camera)")  # fmt: skip
     g.add_argument("--json", action="store_true", help="print JSON (the only output format)")
     flags.data(g)
     g.set_defaults(func=cmd_bench_generalize)
