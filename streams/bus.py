@@ -10,6 +10,7 @@ import logging
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -24,7 +25,7 @@ from streams.metrics import DEAD_LETTERS
 from streams.outage import closing_quietly
 from streams.records import CameraStatus, Frame, HardExample, ModelAnnouncement, Record
 from streams.topics import Topics, TopicSpec
-from streams.wire import Headers, decode, encode, header_value
+from streams.wire import Headers, WireMessage, decode, encode, header_value
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,9 @@ class RecordPublisher(Generic[R]):
         """Send without waiting; ``on_delivery(None)`` on ack or ``on_delivery(error)`` on failure."""
         if not isinstance(record, self.record_type):
             raise TypeError(f"expected {self.record_type.__name__}, got {type(record).__name__}")
-        msg = encode(record)
+        self._send(encode(record), on_delivery)
+
+    def _send(self, msg: WireMessage, on_delivery: DeliveryCallback | None = None) -> None:
         future = self.producer.send(self.topic, key=msg.key, value=msg.value, headers=msg.headers)
         if on_delivery is not None:
             future.add_callback(lambda _meta: on_delivery(None))
@@ -94,7 +97,76 @@ class RecordPublisher(Generic[R]):
 
 
 class FramePublisher(RecordPublisher[Frame]):
+    """Publishes frames and sends again, once, those a restarting broker may have lost.
+
+    A broker can lose writes it had acknowledged when it dies (the embedded tansu on its S3 engine
+    does; Kafka with acks=all and two in-sync replicas does not). So the frames acknowledged in the
+    last ``resend_window_s`` are kept; when a delivery fails or is acknowledged only after
+    ``outage_ack_s`` (the broker was away meanwhile), then once the broker acknowledges again, the
+    frames it acknowledged from the window before that frame was sent until then are published
+    again, with the next frame. A frame whose delivery failed is published again the same way once
+    the broker is back (its ``on_delivery`` saw the failure). Copies are counted in ``resent``.
+    Consumers keep one record per (camera, seq, capture time): a copy changes nothing; the detector
+    agent answers it again.
+    """
+
     record_type = Frame
+
+    def __init__(self, producer: KafkaProducer, topic: TopicSpec, resend_window_s: float = 10.0, outage_ack_s: float = 2.0) -> None:
+        super().__init__(producer, topic)
+        self.resend_window_s = resend_window_s
+        self.outage_ack_s = outage_ack_s
+        self.resent = 0  # frames sent again after an outage
+        self._lock = threading.Lock()
+        self._acked: deque[tuple[float, WireMessage]] = deque()  # (acknowledged at, message), oldest first
+        self._failed: list[tuple[float, WireMessage]] = []  # (failed at, message)
+        self._last_ack_ts = 0.0
+        self._outage_from: float | None = None  # send time of the first late or failed frame not yet acted on
+        self._handled_until = 0.0  # frames sent before this belong to an outage already acted on
+
+    def publish(self, record: Frame, on_delivery: DeliveryCallback | None = None) -> None:
+        if not isinstance(record, Frame):
+            raise TypeError(f"expected Frame, got {type(record).__name__}")
+        if self.resend_window_s > 0:
+            self._resend_after_outage()
+        msg = encode(record)
+        sent = time.time()
+
+        def delivered(error: Exception | None) -> None:
+            now = time.time()
+            with self._lock:
+                if error is not None:
+                    self._failed.append((now, msg))
+                else:
+                    self._last_ack_ts = now
+                    self._acked.append((now, msg))
+                    while self._acked[0][0] < now - 2 * self.resend_window_s:
+                        self._acked.popleft()
+                late = error is not None or now - sent > self.outage_ack_s
+                if late and self._outage_from is None and sent > self._handled_until:
+                    self._outage_from = sent
+            if on_delivery is not None:
+                on_delivery(error)
+
+        self._send(msg, delivered)
+
+    def _resend_after_outage(self) -> None:
+        with self._lock:
+            back = self._last_ack_ts  # the broker acknowledged this recently: what failed before goes again
+            again = [msg for failed_ts, msg in self._failed if failed_ts <= back]
+            self._failed = [(ts, msg) for ts, msg in self._failed if ts > back]
+            if self._outage_from is not None and back > self._outage_from:
+                # what the broker acknowledged from the window before the outage until now (frames
+                # the restarted broker acknowledged are copied needlessly, never missed)
+                again += [msg for acked_ts, msg in self._acked if acked_ts >= self._outage_from - self.resend_window_s]
+                self._acked.clear()
+                self._outage_from = None
+                self._handled_until = time.time()  # the copies and what was in flight with them are slow too
+        for msg in again:
+            self._send(msg)
+        self.resent += len(again)
+        if again:
+            log.info("the broker was away: sent %d frames again (those it may have lost, %.0f s back)", len(again), self.resend_window_s)
 
 
 class CameraStatusPublisher(RecordPublisher[CameraStatus]):

@@ -144,7 +144,7 @@ class ReplayCameras:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(5)
-        self.publisher.flush(10)
+        self.publisher.flush(30)
         self.publisher.producer.close(5)
 
     def published_frames(self) -> set[tuple[str, int]]:
