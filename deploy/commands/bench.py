@@ -252,8 +252,8 @@ def register(sub: Any, flags: Flags) -> None:
     )
     b.add_argument(
         "--scenarios",
-        default="detector-killed,redis-restart,bad-input,bad-models,trainer-killed",
-        help="comma-separated, from the default list",
+        default=",".join(("detector-killed", "redis-restart", "broker-restart", "bad-input", "bad-models", "trainer-killed")),
+        help="comma-separated, from the default list (broker-restart needs s3rver: make venv installs it where npm exists)",
     )
     b.add_argument("--ray-port", type=int, default=DEFAULT_BASE_PORT, help="trainer-killed: base of the pinned Ray port range")
     b.add_argument("--model", help="model the agents serve (default: the bundled student)")
