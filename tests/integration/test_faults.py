@@ -117,6 +117,18 @@ def test_the_durable_store_never_keeps_a_partial_upload(tmp_path: Path) -> None:
         store.wait(10)
 
 
+@needs_s3rver
+def test_a_durable_broker_killed_mid_stream_loses_no_frame(vtest: str, tmp_path: Path) -> None:
+    """SIGKILL the durable broker under a live stream, start it again on its store: every frame is
+    detected or shed, although tansu's S3 engine loses the writes it acknowledged last (the cameras
+    send those frames again and the agent its answers, after the outage)."""
+    rig = faults.FaultRig("127.0.0.1:1", "student", vtest, tmp_path, cameras=2, seconds=10.0)  # it starts its own broker
+    result = faults.run(rig, ["broker-restart"], progress=lambda _m: None)["scenarios"][0]
+    assert all(result["checks"].values()), result
+    assert result["lost"] == 0, result
+    assert result["recovery_s"] is not None and result["recovery_s"] < 15, result
+
+
 def test_bad_input_is_dead_lettered_with_reasons_and_every_good_frame_detected(broker: str, vtest: str, tmp_path: Path) -> None:
     out = faults.run(faults.FaultRig(broker, "student", vtest, tmp_path, cameras=2, seconds=6.0), ["bad-input"], progress=lambda _m: None)
     result = out["scenarios"][0]
