@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import threading
 import time
@@ -83,6 +84,7 @@ class FaultRig:
     cycle_updates: int = 80  # trainer-killed: the retraining cycle's size
     cycle_examples: int = 60
     broker_signal: int = signal.SIGKILL  # broker-restart: how the broker is stopped (see docs/operations.md for SIGTERM)
+    logs_dir: Path | None = None  # keep every scenario's process logs (agents, broker, store) here
 
 
 @dataclass
@@ -601,6 +603,15 @@ RUNNERS: dict[str, Callable[[FaultRig], ScenarioResult]] = {
 }
 
 
+def _keep_logs(home: Path, into: Path, since: float) -> None:
+    """Copy the logs the scenario's processes wrote (``*.log`` under ``home`` changed since ``since``)."""
+    for log_file in home.rglob("*.log"):
+        if log_file.is_file() and log_file.stat().st_mtime >= since:
+            target = into / log_file.relative_to(home)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(log_file, target)
+
+
 def run(rig: FaultRig, scenarios: list[str], progress: Callable[[str], None] = print) -> dict[str, Any]:
     unknown = [s for s in scenarios if s not in RUNNERS]
     if unknown:
@@ -608,7 +619,10 @@ def run(rig: FaultRig, scenarios: list[str], progress: Callable[[str], None] = p
     out = []
     for name in scenarios:
         progress(f"{name}: {rig.cameras} cameras x {rig.fps:g} fps for {rig.seconds:.0f} s")
+        started = time.time()
         result = RUNNERS[name](rig)
+        if rig.logs_dir is not None:
+            _keep_logs(rig.home, rig.logs_dir / name, started)
         progress(f"{name}: sent {result.frames_sent}, lost {result.lost}, duplicates {result.duplicates}, recovery {result.recovery_s} s")
         out.append(asdict(result))
     return {"scenarios": out, "cameras": rig.cameras, "fps": rig.fps, "seconds": rig.seconds, "model": rig.model}

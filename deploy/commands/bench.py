@@ -139,6 +139,7 @@ def cmd_bench_faults(args: argparse.Namespace) -> int:
             fps=args.fps,
             seconds=args.seconds,
             ray_port=args.ray_port,
+            logs_dir=Path(args.logs).resolve() if args.logs else None,
         )
         with contextlib.redirect_stdout(sys.stderr):  # Ray prints "a worker died" to stdout: keep stdout the JSON alone
             result = faults.run(rig, scenarios, progress=say_to_stderr("bench faults"))
@@ -257,6 +258,7 @@ def register(sub: Any, flags: Flags) -> None:
     )
     b.add_argument("--ray-port", type=int, default=DEFAULT_BASE_PORT, help="trainer-killed: base of the pinned Ray port range")
     b.add_argument("--model", help="model the agents serve (default: the bundled student)")
+    b.add_argument("--logs", metavar="DIR", help="keep each scenario's process logs (agents, broker, store) in DIR/SCENARIO/")
     b.add_argument("--cameras", type=int, default=4)
     b.add_argument("--fps", type=float, default=5.0)
     b.add_argument("--seconds", type=float, default=20.0, help="stream length per scenario")
