@@ -308,6 +308,8 @@ class ClosedLoop:
                 if not waiter.is_alive() and time.monotonic() - quiet_since > 8:
                     break
             fleet.stop()
+            # nothing more to collect: leave the group now, not by timing out of it while the cycle runs
+            service.subscriber.close()
             published = {str(s["camera_id"]): int(s["published"]) for s in fleet.stats()}  # type: ignore[call-overload]
             counts = store.counts()
             self.say(f"hard examples stored: {counts}")
@@ -344,6 +346,7 @@ class ClosedLoop:
         finally:
             counter.close()
             service.subscriber.close()
+            announcements.producer.close(timeout=5)  # else its thread reports the broker going away after the run
             agent.stop()
             store.close()
             shutil.rmtree(self.work / "keys", ignore_errors=True)  # never leave a private signing key behind

@@ -288,6 +288,7 @@ class RecordSubscriber(Generic[R]):
         self._own_producer = dead_letters is None
         self.dead_letters = dead_letters or DeadLetterPublisher(make_producer(bootstrap), topics, group_id)
         self.dead_lettered = 0
+        self._closed = False
 
     def poll(self, timeout_s: float = 1.0) -> list[Delivered[R]]:
         batches = self.consumer.poll(timeout_ms=int(timeout_s * 1000))
@@ -311,6 +312,10 @@ class RecordSubscriber(Generic[R]):
             log.info("commit skipped after rebalance: %s", exc)
 
     def close(self) -> None:
+        """Leave the group and close (a second call does nothing)."""
+        if self._closed:
+            return
+        self._closed = True
         self.dead_letters.producer.flush(timeout=10)
         with closing_quietly():
             self.consumer.close()
