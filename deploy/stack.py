@@ -198,7 +198,7 @@ def _spawn_until_ready(
 
 def s3rver_command() -> list[str]:
     """The local S3 server behind ``--durable``: ``$PEDSTREAM_S3RVER`` (an s3rver executable of your
-    own), else ``deploy/durable/store.js`` run by Node.js: the s3rver ``make venv`` installs there,
+    own), else ``deploy/durable/s3rver-atomic.js`` run by Node.js: the s3rver ``make venv`` installs there,
     with atomic object writes (a broker killed mid-upload must not leave a partial object)."""
     override = os.environ.get(S3RVER_ENV)
     if override:
@@ -208,7 +208,7 @@ def s3rver_command() -> list[str]:
     durable = Path(__file__).parent / "durable"
     node = shutil.which("node")
     if node and (durable / "node_modules" / "s3rver").is_dir():
-        return [node, str(durable / "store.js")]
+        return [node, str(durable / "s3rver-atomic.js")]
     raise StackError(
         "stack up --durable needs s3rver (Node.js), the local S3 server that keeps the broker's data: "
         f"run `npm ci --prefix {durable}` or set {S3RVER_ENV}"
@@ -395,7 +395,7 @@ def down(home: Path | None = None) -> StackState | None:
         _terminate(state.tansu_pid)
     if state.redis_pid and _owned(state.redis_pid, "redis-server"):
         _terminate(state.redis_pid)
-    if state.store_pid and _owned(state.store_pid, "s3rver"):
+    if state.store_pid and _owned(state.store_pid, "s3rver"):  # s3rver itself, or deploy/durable/s3rver-atomic.js
         _terminate(state.store_pid)
     state_path.replace(last_state_path(home))  # the next `stack up` here takes the same ports (agents reconnect)
     return state
