@@ -231,11 +231,11 @@ class ClosedLoop:
         )
         return agent.start()
 
-    def _replay_examples(self) -> list[Example]:
+    def _replay_examples(self, start_bytes: bytes) -> list[Example]:
         """Teacher-labelled frames of what the start model was trained on (so a cycle does not make
         it forget them); a sequence it never saw is no replay: for a camera new to the model that
         would hand the cycle more of the camera than its own mined examples."""
-        sources = trained_on(read_model(self.start_model))
+        sources = trained_on(start_bytes)
         examples: list[Example] = []
         for replay in self.replay:
             if sources and not any(source.get("name") == replay.sequence.name for source in sources):
@@ -272,7 +272,7 @@ class ClosedLoop:
             TeacherLabeler(self.models_dir).label,
             LabelCache(self.label_cache),
             policy,
-            base_examples=self._replay_examples(),
+            base_examples=self._replay_examples(start_bytes),
             progress=self.say,
             models_dir=self.models_dir,
         )

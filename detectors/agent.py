@@ -182,8 +182,9 @@ class Answer:
     published_ts: float
 
 
-def _frame_key(frame: Frame) -> tuple[str, int, float]:
-    return (frame.camera_id, frame.seq, frame.capture_ts)
+def _frame_key(record: Frame | Detections) -> tuple[str, int, float]:
+    """What identifies a frame: (camera, seq, capture time); its Detections carry the same three."""
+    return (record.camera_id, record.seq, record.capture_ts)
 
 
 class DetectorAgent:
@@ -525,7 +526,7 @@ class DetectorAgent:
     async def _send_detections(self, record: Detections) -> None:
         """Publish a frame's Detections and keep the message for a redelivery of that frame."""
         msg = encode(record)
-        key = (record.camera_id, record.seq, record.capture_ts)
+        key = _frame_key(record)
         if key in self.seen:
             self.seen[key] = Answer(msg, time.time())
         await self._send_message(self.settings.topics.detections.name, msg)

@@ -82,9 +82,12 @@ class RecordPublisher(Generic[R]):
 
     def publish(self, record: R, on_delivery: DeliveryCallback | None = None) -> None:
         """Send without waiting; ``on_delivery(None)`` on ack or ``on_delivery(error)`` on failure."""
+        self._send(self._encode(record), on_delivery)
+
+    def _encode(self, record: R) -> WireMessage:
         if not isinstance(record, self.record_type):
             raise TypeError(f"expected {self.record_type.__name__}, got {type(record).__name__}")
-        self._send(encode(record), on_delivery)
+        return encode(record)
 
     def _send(self, msg: WireMessage, on_delivery: DeliveryCallback | None = None) -> None:
         future = self.producer.send(self.topic, key=msg.key, value=msg.value, headers=msg.headers)
@@ -125,11 +128,9 @@ class FramePublisher(RecordPublisher[Frame]):
         self._handled_until = 0.0  # frames sent before this belong to an outage already acted on
 
     def publish(self, record: Frame, on_delivery: DeliveryCallback | None = None) -> None:
-        if not isinstance(record, Frame):
-            raise TypeError(f"expected Frame, got {type(record).__name__}")
         if self.resend_window_s > 0:
             self._resend_after_outage()
-        msg = encode(record)
+        msg = self._encode(record)
         sent = time.time()
 
         def delivered(error: Exception | None) -> None:

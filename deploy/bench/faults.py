@@ -559,11 +559,12 @@ def trainer_killed(rig: FaultRig) -> ScenarioResult:
         back = [float(ts) for ts in cycle.train.get("trainer_back_ts", [])]
         # recovery: the kill to the restarted trainer's first gradient (the PS never stops: the other
         # trainer goes on meanwhile); the verdict's time is in the fault text
+        back_s = round(back[0] - killed[0], 2) if killed and back else None
         result = ScenarioResult(
             name="trainer-killed", frames_sent=0, frames_detected=0, frames_shed=0, dead_lettered=0, lost=0, duplicates=0,
-            recovery_s=round(back[0] - killed[0], 2) if killed and back else None,
+            recovery_s=back_s,
             fault=f"SIGKILL one of 2 Ray trainers 3 s into a cycle of {cycle.train.get('updates')} updates; restarted trainer's "
-                  f"first gradient {round(back[0] - killed[0], 1) if killed and back else '-'} s after the kill; cycle "
+                  f"first gradient {back_s if back_s is not None else '-'} s after the kill; cycle "
                   f"{cycle.version}: {'shipped' if cycle.shipped else 'rejected'} ({cycle.reason}) "
                   f"{round(finished - killed[0], 1) if killed else '-'} s after the kill",
         )  # fmt: skip
