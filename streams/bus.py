@@ -320,8 +320,8 @@ class RecordSubscriber(Generic[R]):
         self.dead_letters.producer.flush(timeout=10)
         with closing_quietly():
             self.consumer.close()
-        if self._own_producer:
-            self.dead_letters.producer.close(timeout=5)
+            if self._own_producer:
+                self.dead_letters.producer.close(timeout=5)
 
 
 class RecordWatch(Generic[R]):
@@ -375,5 +375,6 @@ def read_dead_letters(bootstrap: str, topics: Topics, group_id: str | None = Non
                     letters.append(DeadLetter.from_message(msg.key, msg.value, list(msg.headers or [])))
                     deadline = time.monotonic() + timeout_s
     finally:
-        consumer.close()
+        with closing_quietly():
+            consumer.close()
     return letters

@@ -20,6 +20,7 @@ from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from streams.kafka_settings import consumer_settings
+from streams.outage import closing_quietly
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +144,8 @@ def _targets(bootstrap: str, topic: str, group_id: str, max_age_s: float, timeou
         log.warning("could not read the history of %s for group %s: %s", topic, group_id, exc)
         return {}
     finally:
-        consumer.close(autocommit=False)
+        with closing_quietly():
+            consumer.close(autocommit=False)
 
 
 def _commit_as_member(bootstrap: str, topic: str, group_id: str, targets: dict[TopicPartition, Skipped], timeout_s: float) -> list[Skipped]:
@@ -166,4 +168,5 @@ def _commit_as_member(bootstrap: str, topic: str, group_id: str, targets: dict[T
                              for s in moved})  # fmt: skip
         return moved
     finally:
-        consumer.close(autocommit=False)
+        with closing_quietly():
+            consumer.close(autocommit=False)

@@ -78,8 +78,16 @@ class RepeatFilter(logging.Filter):
 @contextmanager
 def closing_quietly(prefixes: tuple[str, ...] = ("kafka", "aiokafka")) -> Iterator[None]:
     """Silence the Kafka client libraries while a client closes: kafka-python logs an error with a
-    traceback for the socket it is itself closing mid-read (seen on Ctrl-C of `alerts tail`)."""
-    loggers = [logging.getLogger(p) for p in prefixes]
+    traceback for the socket it is itself closing mid-read (seen on Ctrl-C of `alerts tail`), and
+    kafka-python 3.0 one for the coroutine its IO thread is still running ("generator already
+    executing", seen on Ctrl-C of `dashboard`). A child logger with a level of its own (as
+    ``quiet_client_logs`` gives ``kafka.net.selector``) would not follow its parent's, so each is set."""
+    names = [
+        name
+        for name, logger in logging.root.manager.loggerDict.items()
+        if name.split(".")[0] in prefixes and isinstance(logger, logging.Logger) and logger.level != logging.NOTSET
+    ]
+    loggers = [logging.getLogger(p) for p in dict.fromkeys([*prefixes, *names])]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.CRITICAL)

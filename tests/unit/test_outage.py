@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from streams.outage import OutageLog, quiet_client_logs
+from streams.outage import OutageLog, closing_quietly, quiet_client_logs
 
 
 def test_an_outage_is_logged_once_when_it_starts_and_once_when_it_ends(caplog: pytest.LogCaptureFixture) -> None:
@@ -34,3 +34,17 @@ def test_kafka_pythons_slow_task_warnings_stay_out_of_user_output(caplog: pytest
         selector.warning("Task %s ran for 0.273s (>0.100s threshold). It is blocking the event loop", "t")
         selector.error("a real selector error")
     assert [r.getMessage() for r in caplog.records if r.name == "kafka.net.selector"] == ["a real selector error"]
+
+
+def test_closing_quietly_also_silences_client_loggers_that_have_a_level_of_their_own(caplog: pytest.LogCaptureFixture) -> None:
+    """kafka-python 3.0 logs "Error closing coroutine for cancelled task" with a traceback when a
+    consumer closes while its IO thread runs (CI caught it on Ctrl-C of `dashboard`); the selector's
+    logger has its own level (quiet_client_logs), so silencing "kafka" alone left it through."""
+    quiet_client_logs()
+    selector = logging.getLogger("kafka.net.selector")
+    with caplog.at_level(logging.INFO):
+        with closing_quietly():
+            selector.error("Error closing coroutine for cancelled task")
+        selector.error("a selector error after the close")
+    assert [r.getMessage() for r in caplog.records if r.name == "kafka.net.selector"] == ["a selector error after the close"]
+    assert selector.level == logging.ERROR
