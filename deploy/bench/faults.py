@@ -5,8 +5,9 @@ A frame is **accounted for** when a Detections record names it (inferred, or she
 reason) or when it was dead-lettered with a reason; **lost** = sent and not accounted for;
 **duplicates** = Detections records beyond the first for a frame (at-least-once delivery: a frame
 an agent had not committed is detected again by the agent that takes its partition over);
-**recovery_s** = time from the fault to the first Detections record, produced after the fault, of a
-camera the fault hit.
+**recovery_s** = time from the fault until every camera the fault hit has a frame captured after the
+fault detected (inferred, not shed): a record produced just before the fault and delivered only after
+it (seen: 0.07 s for a broker restart that took 8 s) does not count.
 
 Scenarios (issue 15 lists more; these are built):
 
@@ -111,7 +112,7 @@ class _Tally:
         self.inferred: set[tuple[str, int]] = set()
         self.shed: set[tuple[str, int]] = set()
         self.by_agent: dict[str, set[str]] = {}
-        self.first_after: dict[str, float] = {}  # camera -> produced_ts of its first record after the fault
+        self.first_after: dict[str, float] = {}  # camera -> produced_ts of its first frame captured after the fault and inferred
         self.fault_ts: float | None = None
 
     def add(self, d: Detections, _now: float) -> None:
@@ -120,7 +121,9 @@ class _Tally:
             self.records[key] += 1
             (self.shed if d.skipped is not None else self.inferred).add(key)
             self.by_agent.setdefault(d.agent_id, set()).add(d.camera_id)
-            if self.fault_ts is not None and d.produced_ts > self.fault_ts:
+            # detections flowing again: a frame captured after the fault, inferred (not a record the
+            # agent had produced just before the fault and the broker delivered only after it)
+            if self.fault_ts is not None and d.capture_ts > self.fault_ts and d.skipped is None:
                 self.first_after.setdefault(d.camera_id, d.produced_ts)
 
 
