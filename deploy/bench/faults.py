@@ -58,6 +58,7 @@ from detectors.detector import read_model, weights_path, with_version
 from streams.bus import RecordWatch, ensure_topics, make_producer, read_dead_letters
 from streams.kafka_settings import DURABLE_FETCH_MAX_WAIT_MS, FETCH_MAX_WAIT_ENV, consumer_settings
 from streams.model_channel import ModelKeys, connect_redis
+from streams.outage import closing_quietly
 from streams.records import Detections, Frame, HardExample, ModelAnnouncement
 from streams.signing import PRIVATE_NAME, PUBLIC_NAME, Signer, init_keys
 from streams.topics import Topics, camera_ids_on_distinct_partitions
@@ -101,6 +102,10 @@ class ScenarioResult:
     fault: str
     checks: dict[str, bool] = field(default_factory=dict)  # what the scenario must show besides lost == 0
     lost_frames: list[str] = field(default_factory=list)  # the first few, "camera:seq"
+    # broker-restart with frames lost: where they are, read back from the broker after the run
+    # (frames topic: did they reach the broker; detections topic: did the agent answer them and
+    # only the bench's watcher miss it)
+    lost_found_in: dict[str, int] = field(default_factory=dict)
 
 
 class _Tally:
@@ -333,8 +338,15 @@ def broker_restart(rig: FaultRig) -> ScenarioResult:
                 "agent_running": agents[0].alive(),
                 "detected_before_the_fault": bool(before & sent),
                 "every_camera_detected_after_restart": all(c in tally.first_after for c in hit),
-                "data_kept": _frames_readable(bootstrap, topics, before & sent),
+                "data_kept": before & sent <= _read_back(bootstrap, topics.frames.name, Frame, before & sent),
             }
+            if result.lost:
+                with tally.lock:
+                    lost = sent - tally.inferred - tally.shed
+                result.lost_found_in = {
+                    "frames_topic": len(_read_back(bootstrap, topics.frames.name, Frame, lost)),
+                    "detections_topic": len(_read_back(bootstrap, topics.detections.name, Detections, lost)),
+                }
             return result
     finally:
         broker.kill()
@@ -345,22 +357,25 @@ def broker_restart(rig: FaultRig) -> ScenarioResult:
             os.environ[FETCH_MAX_WAIT_ENV] = saved_wait
 
 
-def _frames_readable(bootstrap: str, topics: Topics, frames: set[tuple[str, int]]) -> bool:
-    """Whether the frames topic still holds every one of ``frames`` (published before the broker died)."""
+def _read_back(
+    bootstrap: str, topic: str, record_type: type[Frame] | type[Detections], wanted: set[tuple[str, int]]
+) -> set[tuple[str, int]]:
+    """Which of ``wanted`` (camera, seq) the topic holds now, read from its beginning without a group."""
     consumer = KafkaConsumer(**consumer_settings(bootstrap, None))
     seen: set[tuple[str, int]] = set()
     try:
-        consumer.assign([TopicPartition(topics.frames.name, p) for p in range(topics.frames.partitions)])
+        consumer.assign([TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or {0}])
         consumer.seek_to_beginning()
         deadline = time.monotonic() + 20.0
-        while time.monotonic() < deadline and not frames <= seen:
+        while time.monotonic() < deadline and not wanted <= seen:
             for messages in consumer.poll(timeout_ms=500).values():
                 for msg in messages:
-                    frame = decode(Frame, msg.value, list(msg.headers or []))
-                    seen.add((frame.camera_id, frame.seq))
+                    record = decode(record_type, msg.value, list(msg.headers or []))
+                    seen.add((record.camera_id, record.seq))
     finally:
-        consumer.close()
-    return bool(frames) and frames <= seen
+        with closing_quietly():
+            consumer.close()
+    return seen & wanted
 
 
 def _wait_until_served(agent: AgentProcess, version: str, timeout_s: float) -> float | None:

@@ -7,6 +7,7 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -140,6 +141,7 @@ def cmd_bench_faults(args: argparse.Namespace) -> int:
             seconds=args.seconds,
             ray_port=args.ray_port,
             logs_dir=Path(args.logs).resolve() if args.logs else None,
+            broker_signal=signal.SIGTERM if args.broker_stop == "term" else signal.SIGKILL,
         )
         with contextlib.redirect_stdout(sys.stderr):  # Ray prints "a worker died" to stdout: keep stdout the JSON alone
             result = faults.run(rig, scenarios, progress=say_to_stderr("bench faults"))
@@ -259,6 +261,10 @@ def register(sub: Any, flags: Flags) -> None:
     b.add_argument("--ray-port", type=int, default=DEFAULT_BASE_PORT, help="trainer-killed: base of the pinned Ray port range")
     b.add_argument("--model", help="model the agents serve (default: the bundled student)")
     b.add_argument("--logs", metavar="DIR", help="keep each scenario's process logs (agents, broker, store) in DIR/SCENARIO/")
+    b.add_argument(
+        "--broker-stop", choices=("kill", "term"), default="kill",
+        help="broker-restart: stop the broker with SIGKILL (a crash) or SIGTERM (an orderly stop)",
+    )  # fmt: skip
     b.add_argument("--cameras", type=int, default=4)
     b.add_argument("--fps", type=float, default=5.0)
     b.add_argument("--seconds", type=float, default=20.0, help="stream length per scenario")

@@ -90,4 +90,54 @@ FilesystemStore.prototype.putMetadata = async function putMetadata(bucket, key, 
   await write(this.getResourcePath(bucket, key, 'metadata.json'), JSON.stringify(json, null, 2));
 };
 
+// Metadata kept in memory. The broker lists a partition's objects on every fetch, and s3rver
+// answers a list by reading every listed object's metadata and checksum files from disk (three
+// file operations per object): with a few thousand objects it took most of a core and the broker's
+// fetches fell behind 20 frames/s (bench faults broker-restart). This process is the store's only
+// writer, so every put, copy and delete of an object drops its entry, and a read that overlapped
+// a write of that object does not fill it.
+const metadataCache = new Map();
+const generations = new Map(); // object -> count of its writes' starts and ends
+let clears = 0; // multipart completions, which forget every object
+const cacheKey = (bucket, key) => `${bucket}/${key}`;
+const readMetadata = FilesystemStore.prototype.getMetadata;
+FilesystemStore.prototype.getMetadata = async function getMetadata(bucket, key) {
+  const id = cacheKey(bucket, key);
+  const cached = metadataCache.get(id);
+  if (cached !== undefined) return { ...cached };
+  const before = [generations.get(id), clears];
+  const metadata = await readMetadata.call(this, bucket, key);
+  if (generations.get(id) === before[0] && clears === before[1]) metadataCache.set(id, metadata);
+  return { ...metadata };
+};
+const writtenObject = {
+  putMetadata: args => [args[0], args[1]],
+  putObject: args => [args[0].bucket, args[0].key],
+  copyObject: args => [args[2], args[3]],
+  deleteObject: args => [args[0], args[1]],
+  putObjectMultipart: () => null, // the key is read inside
+};
+for (const [name, objectOf] of Object.entries(writtenObject)) {
+  const write = FilesystemStore.prototype[name];
+  FilesystemStore.prototype[name] = async function (...args) {
+    const object = objectOf(args);
+    const forget = () => {
+      if (object === null) {
+        clears += 1;
+        metadataCache.clear();
+        return;
+      }
+      const id = cacheKey(...object);
+      generations.set(id, (generations.get(id) || 0) + 1);
+      metadataCache.delete(id);
+    };
+    forget();
+    try {
+      return await write.apply(this, args);
+    } finally {
+      forget(); // and a read that overlapped the write does not fill the cache
+    }
+  };
+}
+
 require('s3rver/bin/s3rver.js');

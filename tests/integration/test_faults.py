@@ -4,6 +4,7 @@ frame counted from capture to detection by (camera, seq)."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import time
@@ -112,6 +113,35 @@ def test_the_durable_store_never_keeps_a_partial_upload(tmp_path: Path) -> None:
             assert answer.read() == b"complete-version"
         leftovers = [p.name for p in (tmp_path / "broker-store").rglob("*") if ".upload-" in p.name]
         assert leftovers == []
+    finally:
+        store.kill()
+        store.wait(10)
+
+
+@needs_s3rver
+def test_the_durable_store_lists_what_was_written_last(tmp_path: Path) -> None:
+    """The launcher keeps objects' metadata in memory (a list read every object's files from disk);
+    a list after an object is replaced or deleted must show the new size, or nothing."""
+    store, url = stack.start_store(tmp_path)
+
+    def call(method: str, path: str, data: bytes | None = None) -> bytes:
+        request = urllib.request.Request(f"{url}/{stack.STORE_BUCKET}/{path}", data=data, method=method)
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return answer.read()
+
+    def sizes() -> dict[str, int]:
+        text = call("GET", "?list-type=2&prefix=p/").decode()
+        return {key: int(size) for key, size in re.findall(r"<Key>([^<]+)</Key>.*?<Size>(\d+)</Size>", text, re.S)}
+
+    try:
+        call("PUT", "p/a", b"12345")
+        call("PUT", "p/b", b"1")
+        assert sizes() == {"p/a": 5, "p/b": 1}
+        assert sizes() == {"p/a": 5, "p/b": 1}  # from memory now
+        call("PUT", "p/a", b"1234567890")
+        call("DELETE", "p/b")
+        assert sizes() == {"p/a": 10}
+        assert call("GET", "p/a") == b"1234567890"
     finally:
         store.kill()
         store.wait(10)
