@@ -31,7 +31,9 @@ pytestmark = pytest.mark.integration
 def test_two_agents_split_the_cameras_and_a_killed_one_loses_no_frame(broker: str, vtest: str, tmp_path: Path) -> None:
     """One camera per partition, so both agents serve cameras; the serving one killed, the other one
     takes its cameras over, and every frame is accounted for (detected, or shed as stale)."""
-    rig = faults.FaultRig(broker, "student", vtest, tmp_path, cameras=8, fps=2.0, seconds=10.0)
+    # 20 s: the kill comes at 40%, and the takeover takes ~9 s (session timeout + rebalance) before
+    # frames captured after the kill are detected, which recovery_s waits for
+    rig = faults.FaultRig(broker, "student", vtest, tmp_path, cameras=8, fps=2.0, seconds=20.0)
     result = faults.run(rig, ["detector-killed"], progress=lambda _m: None)["scenarios"][0]
     assert result["checks"] == {"survivor_running": True, "victim_had_cameras": True, "survivor_took_them_over": True}, result
     assert "before the fault 2 agent(s) served cameras" in result["fault"], result
