@@ -43,7 +43,7 @@ from trainer.data import Example, LabelCache
 from trainer.labels import TeacherLabeler
 from trainer.registry import Lineage, Registry
 from trainer.report import read_weights
-from trainer.retrain import CycleResult, Retrainer, RetrainPolicy, fine_tune_settings
+from trainer.retrain import FINE_TUNE_LR, CycleResult, Retrainer, RetrainPolicy, fine_tune_settings
 from trainer.service import TrainerService
 from trainer.sources import ReplaySet
 from trainer.store import HardExampleStore
@@ -189,6 +189,9 @@ class ClosedLoop:
         alert_people: int = 5,
         progress: Callable[[str], None] | None = None,
         start_model: str | Path = "student",
+        replay_per_new: float = RetrainPolicy.replay_per_new,
+        lr: float = FINE_TUNE_LR,
+        adapt_batchnorm: bool = False,
     ) -> None:
         if not any(c.adapt for c in cameras):
             raise ValueError("at least one camera must be one to adapt")
@@ -200,6 +203,7 @@ class ClosedLoop:
         self.updates, self.workers, self.every, self.alert_people = updates, workers, every, alert_people
         self.say = progress or (lambda _m: None)
         self.start_model = start_model  # the model the loop starts from; its NAME.weights.npz beside it
+        self.replay_per_new, self.lr, self.adapt_batchnorm = replay_per_new, lr, adapt_batchnorm
         self.work = Path(tempfile.mkdtemp(prefix="pedstream-loop-"))
 
     @property
@@ -265,7 +269,11 @@ class ClosedLoop:
         (self.work / "cameras.yaml").write_text(yaml.safe_dump(site))
         agent = self._start_agent(self.work / "cameras.yaml")
         store = HardExampleStore(self.work / "store")
-        policy = RetrainPolicy(min_new_examples=10**9, job=fine_tune_settings(self.updates, self.workers))
+        policy = RetrainPolicy(
+            min_new_examples=10**9,
+            replay_per_new=self.replay_per_new,
+            job=fine_tune_settings(self.updates, self.workers, self.lr, freeze_batchnorm=not self.adapt_batchnorm),
+        )
         retrainer = Retrainer(
             store,
             registry,

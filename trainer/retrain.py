@@ -39,9 +39,12 @@ from trainer.student import StudentConfig, config_of
 FINE_TUNE_LR = 5e-4  # a quarter of training from scratch: adapt to the new cameras, keep the rest
 
 
-def fine_tune_settings(updates: int = 300, workers: int = 2, lr: float = FINE_TUNE_LR) -> JobSettings:
-    """Training settings of a retraining cycle: it starts from the current version's weights."""
-    return JobSettings(updates=updates, workers=workers, eval_every=0, warmup=10, policy=StalenessPolicy(lr=lr), freeze_batchnorm=True)
+def fine_tune_settings(updates: int = 300, workers: int = 2, lr: float = FINE_TUNE_LR, freeze_batchnorm: bool = True) -> JobSettings:
+    """Training settings of a retraining cycle: it starts from the current version's weights (and by
+    default keeps their batch-norm statistics; False lets them follow the cycle's examples)."""
+    return JobSettings(
+        updates=updates, workers=workers, eval_every=0, warmup=10, policy=StalenessPolicy(lr=lr), freeze_batchnorm=freeze_batchnorm
+    )
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from detectors.detector import Detector, read_model
 from streams.cameras.config import Look
 from streams.mot import MotSequence
 from streams.topics import Topics
+from trainer.retrain import FINE_TUNE_LR, RetrainPolicy
 from trainer.sources import ReplaySet
 
 DRIFTS = {"night": NIGHT, "none": Look()}
@@ -47,6 +48,9 @@ def run(
     every: int = 4,
     progress: Callable[[str], None] | None = None,
     start_model: str | Path = "student",
+    replay_per_new: float = RetrainPolicy.replay_per_new,
+    lr: float = FINE_TUNE_LR,
+    adapt_batchnorm: bool = False,
 ) -> dict[str, object]:
     cameras = site(sequence_dir, data_dir, drift)
     pets = MotSequence.load(data_dir / "PETS09-S2L1")
@@ -66,6 +70,9 @@ def run(
         every=every,
         progress=progress,
         start_model=start_model,
+        replay_per_new=replay_per_new,
+        lr=lr,
+        adapt_batchnorm=adapt_batchnorm,
     )
     out = loop.run()
     others = [c.camera_id for c in cameras if not c.adapt]
@@ -97,6 +104,7 @@ def run(
         "cycle": {
             **{k: v for k, v in asdict(cycle).items() if k != "train"},
             "train_s": cycle.train.get("seconds"),
+            "settings": {"updates": updates, "lr": lr, "replay_per_new": replay_per_new, "adapt_batchnorm": adapt_batchnorm},
             "updates_per_s": cycle.train.get("updates_per_s"),
         },
         "served_after": out.served_version,

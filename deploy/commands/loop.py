@@ -238,6 +238,9 @@ def cmd_bench_loop(args: argparse.Namespace) -> int:
             every=args.every,
             progress=say,
             start_model=args.start_model,
+            adapt_batchnorm=args.adapt_batchnorm,
+            # the trainer's defaults unless given (they live with torch, which this module must not import)
+            **{name: value for name, value in (("replay_per_new", args.replay_per_new), ("lr", args.lr)) if value is not None},
         )
     print(json.dumps(result, indent=2))
     return 0
@@ -250,6 +253,11 @@ def register_bench(bench_sub: Any, flags: Flags) -> None:
     b.add_argument("--updates", type=int, default=300, help="parameter-server updates of the retraining cycle")
     b.add_argument("--every", type=int, default=4, help="score every K-th held-out frame")
     b.add_argument("--start-model", default="student", help=START_MODEL_HELP)
+    b.add_argument("--replay-per-new", type=float,
+                   help="replay examples (what the start model was trained on) per new hard example in the cycle (default 2)")  # fmt: skip
+    b.add_argument("--lr", type=float, help="the cycle's learning rate (Adam; default the trainer's, 0.0005)")
+    b.add_argument("--adapt-batchnorm", action="store_true",
+                   help="let batch-norm statistics follow the cycle's examples (default: keep the start model's)")  # fmt: skip
     b.add_argument("--json", action="store_true", help="print JSON (the only output format)")
     b.add_argument("--ray-address")
     b.add_argument("--ray-port", type=int, default=DEFAULT_BASE_PORT)
