@@ -62,7 +62,7 @@ from streams.model_channel import ModelKeys, connect_redis
 from streams.outage import closing_quietly
 from streams.records import Detections, Frame, HardExample, ModelAnnouncement
 from streams.signing import PRIVATE_NAME, PUBLIC_NAME, Signer, init_keys
-from streams.topics import Topics, camera_ids_on_distinct_partitions
+from streams.topics import Topics, TopicSpec, camera_ids_on_distinct_partitions
 from streams.wire import META_HEADER, decode, encode
 from trainer.cluster import DEFAULT_BASE_PORT
 from trainer.registry import Lineage, Registry
@@ -342,14 +342,14 @@ def broker_restart(rig: FaultRig) -> ScenarioResult:
                 "agent_running": agents[0].alive(),
                 "detected_before_the_fault": bool(before & sent),
                 "every_camera_detected_after_restart": all(c in tally.first_after for c in hit),
-                "data_kept": before & sent <= _read_back(bootstrap, topics.frames.name, Frame, before & sent),
+                "data_kept": (before & sent) <= _read_back(bootstrap, topics.frames, Frame, before & sent),
             }
             if result.lost:
                 with tally.lock:
                     lost = sent - tally.inferred - tally.shed
                 result.lost_found_in = {
-                    "frames_topic": len(_read_back(bootstrap, topics.frames.name, Frame, lost)),
-                    "detections_topic": len(_read_back(bootstrap, topics.detections.name, Detections, lost)),
+                    "frames_topic": len(_read_back(bootstrap, topics.frames, Frame, lost)),
+                    "detections_topic": len(_read_back(bootstrap, topics.detections, Detections, lost)),
                 }
             return result
     finally:
@@ -362,13 +362,13 @@ def broker_restart(rig: FaultRig) -> ScenarioResult:
 
 
 def _read_back(
-    bootstrap: str, topic: str, record_type: type[Frame] | type[Detections], wanted: set[tuple[str, int]]
+    bootstrap: str, topic: TopicSpec, record_type: type[Frame] | type[Detections], wanted: set[tuple[str, int]]
 ) -> set[tuple[str, int]]:
     """Which of ``wanted`` (camera, seq) the topic holds now, read from its beginning without a group."""
     consumer = KafkaConsumer(**consumer_settings(bootstrap, None))
     seen: set[tuple[str, int]] = set()
     try:
-        consumer.assign([TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or {0}])
+        consumer.assign([TopicPartition(topic.name, p) for p in range(topic.partitions)])
         consumer.seek_to_beginning()
         deadline = time.monotonic() + 20.0
         while time.monotonic() < deadline and not wanted <= seen:
