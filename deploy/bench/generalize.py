@@ -3,6 +3,8 @@
 Leave one labelled camera out at a time, train the student (v1 recipe: the stock SSDLite's pretrained
 MobileNetV2 trunk, strong augmentation) on everything else, and score it on the left-out camera
 beside the stock SSDLite and both teachers, on the same frames, with one thread setting for all.
+The student is scored twice: as trained (float) and as a CPU edge would serve it (``student_int8``:
+``pedstream quantize``'s int8, calibrated on 20 of its own training images, none of the left-out camera).
 
 * PETS09-S2L1 frames 398-795 left out: trained on TUD-Campus (human labels), coco128-person (human),
   Market-cam6 and the unlabelled clips (teacher labels); no PETS frame at all.
@@ -26,6 +28,7 @@ import numpy as np
 
 from detectors.detector import TRAINED_ON_METADATA_KEY, Detector, read_model, with_metadata
 from detectors.evaluation import evaluate_sequence
+from detectors.quantize import quantize_int8
 from streams.mot import MotSequence
 from trainer.cluster import DEFAULT_BASE_PORT, RayPorts, ray_session
 from trainer.data import Augment, Example
@@ -35,6 +38,7 @@ from trainer.sources import dataset_examples, held_out_frames, labelled_examples
 from trainer.student import StudentConfig
 
 STOCK = {"ssdlite": "ssdlite_pedestrian.onnx", "nanodet": "nanodet.onnx", "centernet": "centernet.onnx"}
+INT8_CALIBRATION_IMAGES = 20  # `pedstream quantize`'s default count
 
 
 @dataclass(frozen=True)
@@ -112,7 +116,7 @@ def run(
     started = time.perf_counter()
     stock = {name: Detector.from_bytes(read_model(models / file), name=name, threads=threads) for name, file in STOCK.items()}
     out: list[dict[str, Any]] = []
-    trained: list[tuple[LeftOut, MotSequence, Any, list[dict[str, Any]], int]] = []
+    trained: list[tuple[LeftOut, MotSequence, Any, bytes, list[dict[str, Any]], int]] = []
     for camera in [c for c in CAMERAS if cameras is None or c.sequence in cameras]:
         sequence = MotSequence.load(data / camera.sequence)
         progress(f"{camera.sequence} left out: assembling the training set")
@@ -137,7 +141,13 @@ def run(
             job = TrainingJob(examples, settings, config, probe, work / camera.sequence, None, on_progress,
                               model_version=f"student-v1-without-{camera.sequence}")  # fmt: skip
             result = job.run()
-        trained.append((camera, sequence, result, trained_on, len(examples)))
+        # the served path on a CPU edge: int8, calibrated on the student's own training images (never
+        # the left-out camera's: they stand for a camera it has never seen)
+        calibration = [
+            examples[i].image for i in np.linspace(0, len(examples) - 1, min(INT8_CALIBRATION_IMAGES, len(examples))).astype(int)
+        ]
+        int8 = quantize_int8(result.model_onnx, calibration)
+        trained.append((camera, sequence, result, int8, trained_on, len(examples)))
         if keep is not None:
             kept = keep / f"student-without-{camera.sequence}.onnx"
             keep.mkdir(parents=True, exist_ok=True)
@@ -147,10 +157,13 @@ def run(
     # every model is timed after all training, with no Ray process left: timing right after a
     # camera's training measured every model 35-50% slower on the second camera
     _wait_for_children_to_exit()
-    for camera, sequence, result, trained_on, n_examples in trained:
-        student = Detector.from_bytes(result.model_onnx, name="student", threads=threads)
-        progress(f"{camera.sequence} left out: scoring the student and the stock models on the same frames")
-        models_scored = {"student": score(student, sequence, camera)} | {name: score(d, sequence, camera) for name, d in stock.items()}
+    for camera, sequence, result, int8, trained_on, n_examples in trained:
+        students = {"student": result.model_onnx, "student_int8": int8}
+        progress(f"{camera.sequence} left out: scoring the student (float and int8) and the stock models on the same frames")
+        models_scored = {
+            name: score(Detector.from_bytes(onnx, name=name, threads=threads), sequence, camera) for name, onnx in students.items()
+        }
+        models_scored |= {name: score(d, sequence, camera) for name, d in stock.items()}
         first, last = camera.frames or (1, sequence.length)
         out.append(
             {
@@ -164,6 +177,7 @@ def run(
                     "input_size": list(input_size),
                     "head_stride": head_stride,
                     "trunk_stride": trunk_stride,
+                    "int8_calibration": f"{min(INT8_CALIBRATION_IMAGES, n_examples)} of its training images",
                 },
             }
         )
