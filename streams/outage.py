@@ -84,7 +84,7 @@ def closing_quietly(prefixes: tuple[str, ...] = ("kafka", "aiokafka")) -> Iterat
     ``quiet_client_logs`` gives ``kafka.net.selector``) would not follow its parent's, so each is set."""
     names = [
         name
-        for name, logger in logging.root.manager.loggerDict.items()
+        for name, logger in list(logging.root.manager.loggerDict.items())  # other threads may add loggers
         if name.split(".")[0] in prefixes and isinstance(logger, logging.Logger) and logger.level != logging.NOTSET
     ]
     loggers = [logging.getLogger(p) for p in dict.fromkeys([*prefixes, *names])]
