@@ -166,12 +166,17 @@ def _drain(tally: _Tally, sent: set[tuple[str, int]], timeout_s: float) -> None:
         time.sleep(0.5)
 
 
+def _lost(tally: _Tally, sent: set[tuple[str, int]], dead: set[tuple[str, int]]) -> set[tuple[str, int]]:
+    """Frames sent and neither answered (inferred or shed) nor dead-lettered."""
+    with tally.lock:
+        return sent - tally.inferred - tally.shed - dead
+
+
 def _result(
     name: str, fault: str, tally: _Tally, sent: set[tuple[str, int]], dead: set[tuple[str, int]], hit: set[str], fault_ts: float | None
 ) -> ScenarioResult:
+    lost = sorted(_lost(tally, sent, dead))
     with tally.lock:
-        accounted = (tally.inferred | tally.shed | dead) & sent
-        lost = sorted(sent - accounted)
         duplicates = sum(n - 1 for key, n in tally.records.items() if key in sent and n > 1)
         after = [tally.first_after[c] - fault_ts for c in hit if c in tally.first_after] if fault_ts is not None else []
         recovery = round(max(after), 2) if after and len(after) == len(hit) else None
@@ -345,8 +350,7 @@ def broker_restart(rig: FaultRig) -> ScenarioResult:
                 "data_kept": (before & sent) <= _read_back(bootstrap, topics.frames, Frame, before & sent),
             }
             if result.lost:
-                with tally.lock:
-                    lost = sent - tally.inferred - tally.shed
+                lost = _lost(tally, sent, set())
                 result.lost_found_in = {
                     "frames_topic": len(_read_back(bootstrap, topics.frames, Frame, lost)),
                     "detections_topic": len(_read_back(bootstrap, topics.detections, Detections, lost)),
