@@ -192,6 +192,7 @@ class ClosedLoop:
         replay_per_new: float = RetrainPolicy.replay_per_new,
         lr: float = FINE_TUNE_LR,
         adapt_batchnorm: bool = False,
+        person_px: float | None = RetrainPolicy.person_px,
     ) -> None:
         if not any(c.adapt for c in cameras):
             raise ValueError("at least one camera must be one to adapt")
@@ -204,6 +205,7 @@ class ClosedLoop:
         self.say = progress or (lambda _m: None)
         self.start_model = start_model  # the model the loop starts from; its NAME.weights.npz beside it
         self.replay_per_new, self.lr, self.adapt_batchnorm = replay_per_new, lr, adapt_batchnorm
+        self.person_px = person_px  # the camera's own model's input fits its people (None: the start model's size)
         self.work = Path(tempfile.mkdtemp(prefix="pedstream-loop-"))
 
     @property
@@ -272,6 +274,7 @@ class ClosedLoop:
         policy = RetrainPolicy(
             min_new_examples=10**9,
             replay_per_new=self.replay_per_new,
+            person_px=self.person_px,
             job=fine_tune_settings(self.updates, self.workers, self.lr, freeze_batchnorm=not self.adapt_batchnorm),
         )
         retrainer = Retrainer(

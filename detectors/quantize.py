@@ -15,11 +15,28 @@ from pathlib import Path
 
 import numpy as np
 
-from detectors.backends.onnx_graph import without_spatial_pads
+from detectors.backends.onnx_graph import load_model, without_spatial_pads
 from detectors.detector import Detector, onnx_metadata, with_metadata
 from streams.errors import PedstreamError
 
 PRECISION_METADATA_KEY = "precision"
+
+
+def image_convolutions(model_bytes: bytes) -> list[str]:
+    """The convolutions that read the image's 3 colour channels. They stay float: with 3 input
+    channels int8 kernels have little to vectorise, and the student's first convolution took 18% of
+    its int8 inference (0.50 of 2.71 ms, 1 thread); kept float it is 2.66 -> 2.41 ms, same AP50."""
+    model = load_model(model_bytes)
+    weights = {init.name: tuple(init.dims) for init in model.graph.initializer}
+    out = []
+    for node in model.graph.node:
+        if node.op_type != "Conv" or len(node.input) < 2:
+            continue
+        groups = next((a.i for a in node.attribute if a.name == "group"), 1)
+        shape = weights.get(node.input[1], ())
+        if len(shape) == 4 and shape[1] * groups == 3:
+            out.append(node.name)
+    return out
 
 
 def quantize_int8(model_bytes: bytes, calibration_images: Iterable[np.ndarray]) -> bytes:
@@ -55,6 +72,7 @@ def quantize_int8(model_bytes: bytes, calibration_images: Iterable[np.ndarray]) 
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             per_channel=True,
+            nodes_to_exclude=image_convolutions(prepared.read_bytes()),
         )
         out = quantized.read_bytes()
     metadata = onnx_metadata(model_bytes)  # quantize_static keeps the graph, not always the metadata

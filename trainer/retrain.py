@@ -28,6 +28,7 @@ from streams.mot import GroundTruth
 from trainer import metrics
 from trainer.data import Example, LabelCache, shrink
 from trainer.gate import GatePolicy, combine, judge
+from trainer.input_size import fitted_config
 from trainer.job import JobSettings, TrainingJob
 from trainer.labels import TEACHER_SOURCE, Labels
 from trainer.ps import StalenessPolicy
@@ -56,6 +57,11 @@ class RetrainPolicy:
     replay_per_new: float = 2.0  # replay examples per new example (drawn with repetition from a smaller pool)
     min_replay: int = 64  # ...and at least this many: a few new examples must not carry a whole cycle
     job: JobSettings = field(default_factory=lambda: fine_tune_settings())
+    # the camera's own model gets a larger input when its people are small (trainer.input_size): the
+    # median teacher-labelled person at least this many pixels tall at the model's input (None: keep
+    # the served model's size), up to this width
+    person_px: float | None = 48.0
+    max_input_width: int = 640
 
 
 @dataclass
@@ -71,6 +77,8 @@ class CycleResult:
     seconds: float = 0.0
     outcome: str = "shipped"  # shipped, rejected, or waiting (too few gate frames: nothing trained)
     gate: dict[str, Any] = field(default_factory=dict)  # trainer.gate's report: verdict, reason, per camera
+    input_size: tuple[int, int] | None = None  # the candidate's (width, height); None when nothing was trained
+    ms_per_frame: dict[str, float] = field(default_factory=dict)  # detection on the gate frames: served, candidate
 
 
 def _truth(labels: Labels) -> GroundTruth:
@@ -118,11 +126,11 @@ class Retrainer:
         self.cache.put(example.sha256, TEACHER_SOURCE, labels.boxes.xyxy, labels.boxes.scores)
         return labels
 
-    def to_training(self, examples: list[StoredExample]) -> list[Example]:
+    def to_training(self, examples: list[StoredExample], max_width: int = STORAGE_WIDTH) -> list[Example]:
         out = []
         for e in examples:
             labels = self.label(e)
-            out.append(shrink(Example(_decode(e), labels.boxes.xyxy, labels.boxes.scores, TEACHER_SOURCE, e.sha256), STORAGE_WIDTH))
+            out.append(shrink(Example(_decode(e), labels.boxes.xyxy, labels.boxes.scores, TEACHER_SOURCE, e.sha256), max_width))
         return out
 
     def estimated_accuracy(self, camera: str) -> float | None:
@@ -191,7 +199,13 @@ class Retrainer:
         if init is None:
             raise PedstreamError(f"the served model {parent} has no training weights in the registry: it cannot be fine-tuned")
         self.say(f"labelling {len(new)} new hard examples from {', '.join(targets)} with the teacher")
+        parent_onnx = self.registry.onnx(parent)
+        config = self.config or config_of(parent_onnx, self.models_dir or Path("."))
         fresh = self.to_training(new)
+        if self.policy.person_px is not None and self.config is None:  # a config given by the operator stays as given
+            config = fitted_config(config, fresh, self.policy.person_px, self.policy.max_input_width)
+            if config.input_width * 5 // 4 > STORAGE_WIDTH:  # keep room to zoom in on the camera's own frames
+                fresh = self.to_training(new, max_width=config.input_width * 5 // 4)
         replay_pool = self.to_training(self.store.replay()) + self.base_examples
         rng = np.random.default_rng(len(new))
         take = max(int(round(len(fresh) * self.policy.replay_per_new)), self.policy.min_replay) if replay_pool else 0
@@ -199,16 +213,18 @@ class Retrainer:
         picks: Sequence[int] | np.ndarray = rng.choice(len(replay_pool), size=take, replace=take > len(replay_pool)) if take else []
         replay = [replay_pool[i] for i in picks]
         version = f"{_version_stem(targets)}-{time.strftime('%Y%m%d-%H%M%S')}"
-        self.say(f"training {version} for {', '.join(targets)} from {parent}: {len(fresh)} new + {len(replay)} replay examples")
+        self.say(
+            f"training {version} for {', '.join(targets)} from {parent}: {len(fresh)} new + {len(replay)} replay examples"
+            f" at {config.input_width}x{config.input_height}"
+        )
         settings = replace(self.policy.job, batch_size=min(self.policy.job.batch_size, len(fresh) + len(replay)))
-        parent_onnx = self.registry.onnx(parent)
-        config = self.config or config_of(parent_onnx, self.models_dir or Path("."))
         job = TrainingJob(fresh + replay, settings, config, None, init_weights=init, model_version=version)
         result = job.run()
         self.say(f"gating the candidate on the gate frames of {', '.join(targets)} (held-out time blocks, teacher labels)")
         candidate = Detector.from_bytes(result.model_onnx, name=version)
         served_detectors = {v: Detector.from_bytes(self.registry.onnx(v), name=v) for v in {served[c] or parent for c in targets}}
         gates = []
+        timing = _Timing()
         for camera in targets:
             served_version = served[camera] or parent
             served_detector = served_detectors[served_version]
@@ -217,8 +233,8 @@ class Retrainer:
                 judge(
                     camera,
                     served_version,
-                    self.detect_all(served_detector, held[camera]),
-                    self.detect_all(candidate, held[camera]),
+                    timing.detect_all("served", served_detector, held[camera]),
+                    timing.detect_all("candidate", candidate, held[camera]),
                     truths,
                     TEACHER_SOURCE.split(":")[0],  # "teacher": what labelled the gate frames (the lineage names the models)
                     self.policy.gate,
@@ -232,7 +248,10 @@ class Retrainer:
             metrics.HELD_OUT_AP50.labels(g.camera, "candidate").set(g.candidate_ap50)
         metrics.CYCLES.labels("shipped" if shipped else "rejected").inc()
         lineage = Lineage(
-            parent=parent, data={"new": len(fresh), "replay": len(replay)}, labels=TEACHER_SOURCE, notes=f"cameras {', '.join(targets)}"
+            parent=parent,
+            data={"new": len(fresh), "replay": len(replay)},
+            labels=TEACHER_SOURCE,
+            notes=f"cameras {', '.join(targets)}; input {config.input_width}x{config.input_height}",
         )
         gate_report = {"verdict": verdict, "reason": reason, "cameras": [g.as_dict() for g in gates], "policy": asdict(self.policy.gate)}
         self.registry.store(
@@ -261,10 +280,29 @@ class Retrainer:
             round(time.perf_counter() - started, 1),
             outcome="shipped" if shipped else "rejected",
             gate=gate_report,
+            input_size=(config.input_width, config.input_height),
+            ms_per_frame=timing.ms_per_frame(),
         )
 
-    def detect_all(self, detector: Detector, examples: list[StoredExample]) -> list[BoxArray]:
-        return [detector.detect([_decode(e)])[0] for e in examples]
+
+class _Timing:
+    """Detection on the gate frames, timed per model (what a camera's own, larger model costs)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.frames: dict[str, int] = {}
+
+    def detect_all(self, which: str, detector: Detector, examples: list[StoredExample]) -> list[BoxArray]:
+        images = [_decode(e) for e in examples]
+        detector.detect(images[:1])  # warm up: a fresh session's first run is several times slower
+        started = time.perf_counter()
+        found = [detector.detect([image])[0] for image in images]
+        self.seconds[which] = self.seconds.get(which, 0.0) + time.perf_counter() - started
+        self.frames[which] = self.frames.get(which, 0) + len(images)
+        return found
+
+    def ms_per_frame(self) -> dict[str, float]:
+        return {which: round(1000 * self.seconds[which] / max(self.frames[which], 1), 2) for which in self.seconds}
 
 
 def _version_stem(cameras: list[str]) -> str:

@@ -51,6 +51,7 @@ def run(
     replay_per_new: float = RetrainPolicy.replay_per_new,
     lr: float = FINE_TUNE_LR,
     adapt_batchnorm: bool = False,
+    person_px: float | None = RetrainPolicy.person_px,
 ) -> dict[str, object]:
     cameras = site(sequence_dir, data_dir, drift)
     pets = MotSequence.load(data_dir / "PETS09-S2L1")
@@ -73,6 +74,7 @@ def run(
         replay_per_new=replay_per_new,
         lr=lr,
         adapt_batchnorm=adapt_batchnorm,
+        person_px=person_px,
     )
     out = loop.run()
     others = [c.camera_id for c in cameras if not c.adapt]
@@ -104,7 +106,13 @@ def run(
         "cycle": {
             **{k: v for k, v in asdict(cycle).items() if k != "train"},
             "train_s": cycle.train.get("seconds"),
-            "settings": {"updates": updates, "lr": lr, "replay_per_new": replay_per_new, "adapt_batchnorm": adapt_batchnorm},
+            "settings": {
+                "updates": updates,
+                "lr": lr,
+                "replay_per_new": replay_per_new,
+                "adapt_batchnorm": adapt_batchnorm,
+                "person_px": person_px,
+            },  # fmt: skip
             "updates_per_s": cycle.train.get("updates_per_s"),
         },
         "served_after": out.served_version,

@@ -15,6 +15,10 @@ from streams.errors import PedstreamError
 from trainer.cluster import DEFAULT_BASE_PORT
 
 STORE_ENV = "PEDSTREAM_STORE"
+PERSON_PX_HELP = (
+    "a camera's own model gets a larger input (up to --max-input-width wide) until the median person the teacher "
+    "labelled on that camera is this many pixels tall at it (default 48; 0: keep the served model's size)"
+)
 START_MODEL_HELP = "the student the loop starts from (its NAME.weights.npz beside NAME.onnx); default the bundled one"
 
 
@@ -52,6 +56,8 @@ def cmd_trainer(args: argparse.Namespace) -> int:
         min_agreement=args.min_agreement,
         gate=GatePolicy(min_frames=args.gate_frames, margin=args.gate_margin, confidence=args.gate_confidence),
         job=fine_tune_settings(args.updates, args.workers, args.lr),
+        person_px=args.person_px or None,
+        max_input_width=args.max_input_width,
     )
     say = lambda m: print(f"[trainer] {m}", file=sys.stderr, flush=True)  # noqa: E731
     retrainer = Retrainer(
@@ -182,6 +188,8 @@ def register(sub: Any, flags: Flags) -> None:
     p.add_argument("--updates", type=int, default=300, help="parameter-server updates per cycle")
     p.add_argument("--workers", type=int, default=2, help="Ray trainers per cycle")
     p.add_argument("--lr", type=float, default=5e-4, help="fine-tuning learning rate (Adam)")
+    p.add_argument("--person-px", type=float, default=48.0, help=PERSON_PX_HELP)
+    p.add_argument("--max-input-width", type=int, default=640, help="the widest input a camera's own model may get")
     p.add_argument(
         "--replay-sequence",
         help="MOT-style folder the current model was trained on: its teacher-labelled "
@@ -220,6 +228,12 @@ def cmd_bench_loop(args: argparse.Namespace) -> int:
 
     topics = Topics(args.topic_prefix or f"loop{os.getpid()}")
     sequence = Path(args.sequence) if args.sequence else data / "PETS09-S2L1"
+    # the trainer's defaults unless given (they live with torch, which this module must not import)
+    cycle_overrides: dict[str, Any] = {
+        name: value for name, value in (("replay_per_new", args.replay_per_new), ("lr", args.lr)) if value is not None
+    }
+    if args.person_px is not None:
+        cycle_overrides["person_px"] = args.person_px or None  # 0: keep the start model's input size
     say = lambda m: print(f"[bench loop] {m}", file=sys.stderr, flush=True)  # noqa: E731
     with (
         endpoints_or_temporary_stack(args.bootstrap, args.redis, topics, announce=say) as endpoints,
@@ -239,8 +253,7 @@ def cmd_bench_loop(args: argparse.Namespace) -> int:
             progress=say,
             start_model=args.start_model,
             adapt_batchnorm=args.adapt_batchnorm,
-            # the trainer's defaults unless given (they live with torch, which this module must not import)
-            **{name: value for name, value in (("replay_per_new", args.replay_per_new), ("lr", args.lr)) if value is not None},
+            **cycle_overrides,
         )
     print(json.dumps(result, indent=2))
     return 0
@@ -258,6 +271,7 @@ def register_bench(bench_sub: Any, flags: Flags) -> None:
     b.add_argument("--lr", type=float, help="the cycle's learning rate (Adam; default the trainer's, 0.0005)")
     b.add_argument("--adapt-batchnorm", action="store_true",
                    help="let batch-norm statistics follow the cycle's examples (default: keep the start model's)")  # fmt: skip
+    b.add_argument("--person-px", type=float, help=PERSON_PX_HELP)
     b.add_argument("--json", action="store_true", help="print JSON (the only output format)")
     b.add_argument("--ray-address")
     b.add_argument("--ray-port", type=int, default=DEFAULT_BASE_PORT)

@@ -9,7 +9,8 @@ import pytest
 
 from detectors.boxes import box_iou
 from detectors.detector import Detector, read_model
-from detectors.quantize import quantize_int8
+from detectors.backends.onnx_graph import load_model
+from detectors.quantize import image_convolutions, quantize_int8
 from streams.errors import PedstreamError
 from streams.mot import MotSequence
 
@@ -27,6 +28,13 @@ def test_the_int8_student_keeps_its_contract_and_finds_the_same_people(shared_da
     assert len(a) >= 3 and abs(len(a) - len(b)) <= 1
     best = box_iou(a.xyxy, b.xyxy).max(axis=1)
     assert float(np.mean(best)) > 0.8, best
+    # the convolution that reads the colour channels stays float; every other one is int8
+    # (QDQ: a quantized convolution reads its weights from a DequantizeLinear node)
+    graph = load_model(int8_bytes).graph
+    dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    weights_int8 = {n.name: n.input[1] in dequantized for n in graph.node if n.op_type == "Conv"}
+    assert image_convolutions(read_model("student")) == ["/trunk/conv0/Conv"]
+    assert weights_int8.pop("/trunk/conv0/Conv") is False and weights_int8 and all(weights_int8.values())
     with pytest.raises(PedstreamError, match="already quantized"):
         quantize_int8(int8_bytes, calibration)
     with pytest.raises(PedstreamError, match="needs calibration images"):
