@@ -302,15 +302,27 @@ def cmd_bench_generalize(args: argparse.Namespace) -> int:
     from deploy.bench import generalize
     from trainer.sources import default_label_cache
 
+    threads = _thread_settings(args.threads)
     with tempfile.TemporaryDirectory(prefix="pedstream-generalize-") as work:
         result = generalize.run(
             data_dir(args.data), models_dir(args.data), default_label_cache(), Path(work), updates=args.updates,
-            threads=args.threads, ray_port=args.ray_port, progress=lambda m: print(f"[bench generalize] {m}", file=sys.stderr, flush=True),
+            threads=threads, ray_port=args.ray_port,
+            progress=lambda m: print(f"[bench generalize] {m}", file=sys.stderr, flush=True),
             input_size=_input_size(args.input_size), head_stride=args.head_stride, trunk_stride=args.trunk_stride,
             cameras=_left_out(args.left_out), keep=Path(args.keep) if args.keep else None,
         )  # fmt: skip
     print(json.dumps(result, indent=2))
     return 0
+
+
+def _thread_settings(text: str) -> tuple[int, ...]:
+    try:
+        settings = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        settings = ()
+    if not settings or min(settings) < 1:
+        raise PedstreamError(f"--threads {text!r}: give thread counts >= 1, comma-separated (for example 1,2)")
+    return settings
 
 
 def _left_out(text: str) -> tuple[str, ...]:
@@ -329,7 +341,8 @@ def register_bench(bench_sub: Any, flags: Flags) -> None:
         "generalize", help="leave one labelled camera out, train the student on the rest, score it beside the stock models there"
     )
     g.add_argument("--updates", type=int, default=2000, help="parameter-server updates per left-out camera (v1 has 2500)")
-    g.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads of every model scored (one setting for all)")
+    g.add_argument("--threads", default="1,2", help="ONNX Runtime thread settings to time every model at, the same for all "
+                   "(the first is each model's fps; 1 is the detector agent's)")  # fmt: skip
     g.add_argument("--ray-port", type=int, default=DEFAULT_BASE_PORT, help="base of the pinned Ray port range (base .. base+119)")
     g.add_argument("--input-size", default="320x240", help="student input WIDTHxHEIGHT (the bundled v1's by default)")
     g.add_argument("--head-stride", type=int, choices=(4, 8), default=8, help="student head stride (8: v1's; 4 for small people)")

@@ -123,3 +123,10 @@ def test_tune_prints_its_report_as_json_only_when_asked(
     assert cli.main(["tune", "--model", str(model), "--trials", "4", "--work-dir", str(tmp_path / "db")]) == 0
     out = capsys.readouterr().out
     assert out.startswith("tuned m.onnx: 4 trials in 1.5 s for llvm; database abc123") and "{" not in out
+
+
+@pytest.mark.parametrize("threads", ["0", "two", ",", "1,-2"])
+def test_bench_generalize_names_a_bad_thread_setting_before_training(threads: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["bench", "generalize", "--threads", threads, "--left-out", "TUD-Campus"]) == 2
+    err = capsys.readouterr().err
+    assert f"--threads {threads!r}" in err and "Traceback" not in err

@@ -57,3 +57,16 @@ def test_merge_moves_boxes_to_the_frame_and_removes_seam_duplicates() -> None:
     assert len(merged) == 1 and merged.scores[0] == pytest.approx(0.9)
     assert merged.xyxy[0].tolist() == [100, 10, 115, 60]
     assert len(merge([BoxArray.empty(), BoxArray.empty()], tiles)) == 0
+
+
+def test_heatmap_peaks_are_3x3_maxima_above_the_threshold_best_first_border_included() -> None:
+    from detectors.adapters.student import heatmap_peaks
+
+    heatmap = np.full((6, 8), 0.01, np.float32)
+    heatmap[0, 0] = 0.9  # a corner: the border must not hide it
+    heatmap[3, 4], heatmap[3, 5] = 0.7, 0.6  # 0.6 sits beside a higher neighbour: not a peak
+    heatmap[5, 7] = 0.04  # a peak, but under the threshold
+    rows, cols, scores = heatmap_peaks(heatmap, min_score=0.05)
+    assert list(zip(rows.tolist(), cols.tolist(), strict=True)) == [(0, 0), (3, 4)]
+    assert scores.tolist() == pytest.approx([0.9, 0.7])
+    assert len(heatmap_peaks(heatmap, min_score=0.05, top_k=1)[0]) == 1

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from detectors.backends.onnx_graph import load_model
 from detectors.boxes import box_iou
 from detectors.detector import Detector, read_model
-from detectors.backends.onnx_graph import load_model
 from detectors.quantize import image_convolutions, quantize_int8
 from streams.errors import PedstreamError
 from streams.mot import MotSequence
