@@ -3,17 +3,20 @@
 Outputs ``heatmap`` [N, 1, H/s, W/s] (sigmoid applied) and ``regression`` [N, 4, H/s, W/s], s the
 stride (4 for student v0, 8 for a light head; read off the output's size):
 log(box width / 16), log(box height / 16) in input pixels, then the centre's offset within its cell.
-Peaks are local maxima of the heatmap (3x3); the model names its format in its ONNX metadata.
+Every cell above ``MIN_SCORE`` (the best ``CANDIDATES``) is decoded into a box, then boxes overlapping
+a better one by IoU > 0.5 are dropped. (Keeping only the heatmap's 3x3 local maxima, as CenterNet
+does, merged people walking side by side: on TUD-Campus the bundled v1 found 74% of them, AP50 0.737;
+decoded this way 96%, AP50 0.908. On PETS09-S2L1 398-795 the student that never saw PETS: 0.680 ->
+0.739.) The model names its format in its ONNX metadata.
 """
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 
 from detectors.adapters.base import ImageMeta, ModelAdapter
 from detectors.backends.base import TensorSpec
-from detectors.boxes import clip_boxes, scale_boxes
+from detectors.boxes import clip_boxes, nms, scale_boxes
 from detectors.results import BoxArray
 
 INPUT_NAME = "images"
@@ -23,20 +26,19 @@ STRIDE = 4
 SIZE_UNIT = 16.0
 MAX_DETECTIONS = 100
 MIN_SCORE = 0.05
-_SQUARE_3X3 = np.ones((3, 3), np.uint8)
+CANDIDATES = 300  # best cells decoded into boxes before non-maximum suppression
+NMS_IOU = 0.5
 
 
-def heatmap_peaks(
-    heatmap: np.ndarray, min_score: float = MIN_SCORE, top_k: int = MAX_DETECTIONS
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(rows, cols, scores) of the local maxima (3x3) of a 2-D heatmap above ``min_score``, best first."""
-    heatmap = np.ascontiguousarray(heatmap, dtype=np.float32)
-    neighbourhood = cv2.dilate(heatmap, _SQUARE_3X3)  # the 3x3 maximum; the border is left out, not zero
-    peaks = (heatmap >= neighbourhood) & (heatmap > min_score)
-    rows, cols = np.nonzero(peaks)
-    scores = heatmap[rows, cols]
-    order = np.argsort(-scores)[:top_k]
-    return rows[order], cols[order], scores[order]
+def heatmap_cells(heatmap: np.ndarray, min_score: float = MIN_SCORE, top_k: int = CANDIDATES) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rows, cols, scores) of the ``top_k`` best cells of a 2-D heatmap above ``min_score``, best first."""
+    flat = heatmap.ravel()
+    found = np.flatnonzero(flat > min_score)
+    if found.size > top_k:
+        found = found[np.argpartition(-flat[found], top_k - 1)[:top_k]]
+    found = found[np.argsort(-flat[found], kind="stable")]
+    rows, cols = np.divmod(found, heatmap.shape[1])
+    return rows, cols, flat[found]
 
 
 class StudentAdapter(ModelAdapter):
@@ -53,7 +55,7 @@ class StudentAdapter(ModelAdapter):
         heatmap = heatmaps[index, 0]
         regression = self.output(outputs, OUTPUT_REGRESSION)[index]
         stride = self.input_size[1] / heatmaps.shape[2]  # 4 (v0) or 8 (v1's light head): read off the output
-        rows, cols, scores = heatmap_peaks(heatmap)
+        rows, cols, scores = heatmap_cells(heatmap)
         if rows.size == 0:
             return BoxArray.empty()
         log_w, log_h, off_x, off_y = (regression[c, rows, cols] for c in range(4))
@@ -62,5 +64,6 @@ class StudentAdapter(ModelAdapter):
         bw = np.exp(np.clip(log_w, -4, 4)) * SIZE_UNIT
         bh = np.exp(np.clip(log_h, -4, 4)) * SIZE_UNIT
         xyxy = np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], axis=1)
-        xyxy = clip_boxes(scale_boxes(xyxy, meta.scale_x, meta.scale_y), meta.width, meta.height)
-        return BoxArray.of(xyxy, scores)
+        keep = nms(xyxy, scores, NMS_IOU)[:MAX_DETECTIONS]
+        xyxy = clip_boxes(scale_boxes(xyxy[keep], meta.scale_x, meta.scale_y), meta.width, meta.height)
+        return BoxArray.of(xyxy, scores[keep])

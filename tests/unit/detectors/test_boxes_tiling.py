@@ -59,14 +59,34 @@ def test_merge_moves_boxes_to_the_frame_and_removes_seam_duplicates() -> None:
     assert len(merge([BoxArray.empty(), BoxArray.empty()], tiles)) == 0
 
 
-def test_heatmap_peaks_are_3x3_maxima_above_the_threshold_best_first_border_included() -> None:
-    from detectors.adapters.student import heatmap_peaks
+def _greedy_nms(xyxy: np.ndarray, scores: np.ndarray, iou_threshold: float) -> list[int]:
+    order, keep = list(np.argsort(-scores, kind="stable")), []
+    while order:
+        best = order.pop(0)
+        keep.append(int(best))
+        order = [i for i in order if box_iou(xyxy[best : best + 1], xyxy[i : i + 1])[0, 0] <= iou_threshold]
+    return keep
+
+
+def test_nms_is_the_greedy_algorithm_ties_zero_and_negative_scores_included() -> None:
+    rng = np.random.default_rng(7)
+    for trial in range(60):
+        n = int(rng.integers(1, 60))
+        corner = rng.uniform(0, 300, (n, 2))
+        xyxy = np.column_stack([corner, corner + rng.uniform(0, 80, (n, 2))]).astype(np.float32)
+        scores = np.round(rng.uniform(-0.2, 1, n), 1 if trial % 2 else 6).astype(np.float32)  # ties on odd trials
+        for threshold in (0.3, 0.5, 0.7):
+            assert nms(xyxy, scores, threshold).tolist() == _greedy_nms(xyxy, scores, threshold)
+
+
+def test_heatmap_cells_are_the_best_cells_above_the_threshold_best_first() -> None:
+    from detectors.adapters.student import heatmap_cells
 
     heatmap = np.full((6, 8), 0.01, np.float32)
-    heatmap[0, 0] = 0.9  # a corner: the border must not hide it
-    heatmap[3, 4], heatmap[3, 5] = 0.7, 0.6  # 0.6 sits beside a higher neighbour: not a peak
-    heatmap[5, 7] = 0.04  # a peak, but under the threshold
-    rows, cols, scores = heatmap_peaks(heatmap, min_score=0.05)
-    assert list(zip(rows.tolist(), cols.tolist(), strict=True)) == [(0, 0), (3, 4)]
-    assert scores.tolist() == pytest.approx([0.9, 0.7])
-    assert len(heatmap_peaks(heatmap, min_score=0.05, top_k=1)[0]) == 1
+    heatmap[0, 0] = 0.9
+    heatmap[3, 4], heatmap[3, 5] = 0.7, 0.6  # neighbours both count: side-by-side people have neighbouring centres
+    heatmap[5, 7] = 0.04  # under the threshold
+    rows, cols, scores = heatmap_cells(heatmap, min_score=0.05)
+    assert list(zip(rows.tolist(), cols.tolist(), strict=True)) == [(0, 0), (3, 4), (3, 5)]
+    assert scores.tolist() == pytest.approx([0.9, 0.7, 0.6])
+    assert heatmap_cells(heatmap, min_score=0.05, top_k=2)[0].tolist() == [0, 3]
