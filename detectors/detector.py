@@ -58,7 +58,11 @@ def trained_on(model_bytes: bytes) -> list[dict[str, object]]:
 
 
 BUNDLED_MODELS = Path(__file__).parent / "models"
-BUNDLED_NAMES = {"student": "student.onnx"}  # `--model student`: the project's own student, shipped in the package
+# `--model student`: the project's own student, shipped in the package as the edge serves it (int8,
+# `pedstream quantize`); `--model student-float` is the same network before quantization. Both
+# fine-tune from the same training weights.
+BUNDLED_NAMES = {"student": "student.onnx", "student-float": "student-float.onnx"}
+BUNDLED_WEIGHTS = "student.weights.npz"
 
 
 def model_path(name_or_path: str | Path) -> Path:
@@ -72,7 +76,7 @@ def weights_path(name_or_path: str | Path) -> Path | None:
     """The training weights kept beside a student model file (``NAME.weights.npz`` next to
     ``NAME.onnx``), which fine-tuning starts from; None when there are none."""
     path = model_path(name_or_path)
-    weights = path.with_name(path.stem + ".weights.npz")
+    weights = BUNDLED_MODELS / BUNDLED_WEIGHTS if str(name_or_path) in BUNDLED_NAMES else path.with_name(path.stem + ".weights.npz")
     return weights if weights.is_file() else None
 
 

@@ -20,6 +20,12 @@ from detectors.detector import Detector, onnx_metadata, with_metadata
 from streams.errors import PedstreamError
 
 PRECISION_METADATA_KEY = "precision"
+INT8_CALIBRATION_IMAGES = 20  # `pedstream quantize`'s default; a few dozen frames of the cameras served are plenty
+
+
+def calibration_picks(available: int, count: int = INT8_CALIBRATION_IMAGES) -> list[int]:
+    """Indices of ``count`` images spread evenly over ``available`` ones (all when fewer)."""
+    return [int(i) for i in np.linspace(0, available - 1, min(count, available)).astype(int)] if available else []
 
 
 def image_convolutions(model_bytes: bytes) -> list[str]:

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from detectors.backends.onnx_graph import is_quantized
 from trainer.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,8 @@ def compile_version(registry: Registry, version: str, targets: dict[str, str] | 
     wanted = dict(targets) if targets is not None else {**declared_targets(registry), host_id: str(host_target())}
     published, skipped = [], {}
     model = registry.onnx(version)
+    if is_quantized(model):  # ONNX Runtime's int8 kernels serve it; TVM here compiles float graphs
+        return {"version": version, "published": [], "skipped": dict.fromkeys(wanted, "an int8 model: ONNX Runtime serves it")}
     for target_id, target_json in sorted(wanted.items()):
         if registry.client.hexists(registry.keys.artifacts(version), target_id):
             skipped[target_id] = "already published"

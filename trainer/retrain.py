@@ -20,8 +20,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from detectors.detector import Detector
+from detectors.detector import Detector, onnx_metadata
 from detectors.evaluation import average_precision
+from detectors.quantize import PRECISION_METADATA_KEY, calibration_picks, quantize_int8
 from detectors.results import BoxArray
 from streams.errors import PedstreamError
 from streams.mot import GroundTruth
@@ -133,6 +134,14 @@ class Retrainer:
             out.append(shrink(Example(_decode(e), labels.boxes.xyxy, labels.boxes.scores, TEACHER_SOURCE, e.sha256), max_width))
         return out
 
+    def _as_served(self, candidate_onnx: bytes, parent_onnx: bytes, fresh: list[Example]) -> bytes:
+        """The candidate in its parent's precision: int8 when the parent is (the bundled student is),
+        calibrated on the camera's own new examples, so the gate judges what the edge would serve."""
+        if onnx_metadata(parent_onnx).get(PRECISION_METADATA_KEY) != "int8":
+            return candidate_onnx
+        self.say("quantizing the candidate to int8, as its parent (calibrated on the camera's new examples)")
+        return quantize_int8(candidate_onnx, [fresh[i].image for i in calibration_picks(len(fresh))])
+
     def estimated_accuracy(self, camera: str) -> float | None:
         """AP50 of the edge model's detections on the camera's latest mined frames vs the teacher."""
         recent = (self.store.new_examples(camera) + self.store.held_out(camera))[-self.policy.agreement_window :]
@@ -221,7 +230,8 @@ class Retrainer:
         job = TrainingJob(fresh + replay, settings, config, None, init_weights=init, model_version=version)
         result = job.run()
         self.say(f"gating the candidate on the gate frames of {', '.join(targets)} (held-out time blocks, teacher labels)")
-        candidate = Detector.from_bytes(result.model_onnx, name=version)
+        candidate_onnx = self._as_served(result.model_onnx, parent_onnx, fresh)
+        candidate = Detector.from_bytes(candidate_onnx, name=version)
         served_detectors = {v: Detector.from_bytes(self.registry.onnx(v), name=v) for v in {served[c] or parent for c in targets}}
         gates = []
         timing = _Timing()
@@ -255,7 +265,7 @@ class Retrainer:
         )
         gate_report = {"verdict": verdict, "reason": reason, "cameras": [g.as_dict() for g in gates], "policy": asdict(self.policy.gate)}
         self.registry.store(
-            result.model_onnx,
+            candidate_onnx,
             lineage,
             {f"ap50_{g.camera}": g.candidate_ap50 for g in gates},
             state="approved" if shipped else "rejected",

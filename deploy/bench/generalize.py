@@ -29,7 +29,7 @@ import numpy as np
 
 from detectors.detector import TRAINED_ON_METADATA_KEY, Detector, read_model, with_metadata
 from detectors.evaluation import evaluate_sequence
-from detectors.quantize import quantize_int8
+from detectors.quantize import calibration_picks, quantize_int8
 from streams.mot import MotSequence
 from trainer.cluster import DEFAULT_BASE_PORT, RayPorts, ray_session
 from trainer.data import Augment, Example
@@ -39,7 +39,6 @@ from trainer.sources import dataset_examples, held_out_frames, labelled_examples
 from trainer.student import StudentConfig
 
 STOCK = {"ssdlite": "ssdlite_pedestrian.onnx", "nanodet": "nanodet.onnx", "centernet": "centernet.onnx"}
-INT8_CALIBRATION_IMAGES = 20  # `pedstream quantize`'s default count
 
 
 @dataclass(frozen=True)
@@ -151,9 +150,7 @@ def run(
             result = job.run()
         # the served path on a CPU edge: int8, calibrated on the student's own training images (never
         # the left-out camera's: they stand for a camera it has never seen)
-        calibration = [
-            examples[i].image for i in np.linspace(0, len(examples) - 1, min(INT8_CALIBRATION_IMAGES, len(examples))).astype(int)
-        ]
+        calibration = [examples[i].image for i in calibration_picks(len(examples))]
         int8 = quantize_int8(result.model_onnx, calibration)
         trained.append((camera, sequence, result, int8, trained_on, len(examples)))
         if keep is not None:
@@ -182,7 +179,7 @@ def run(
                     "input_size": list(input_size),
                     "head_stride": head_stride,
                     "trunk_stride": trunk_stride,
-                    "int8_calibration": f"{min(INT8_CALIBRATION_IMAGES, n_examples)} of its training images",
+                    "int8_calibration": f"{len(calibration_picks(n_examples))} of its training images",
                 },
             }
         )

@@ -78,9 +78,11 @@ def data_dir(value: str | None) -> Path:
 
 
 def find_model(value: str) -> str:
-    """``--model``: the bundled ``student``, a path, or a file name in $PEDSTREAM_MODELS
-    (``--model nanodet.onnx`` works from any folder once the variable is set)."""
-    return _find(value, MODELS_ENV) if value != "student" else value
+    """``--model``: the bundled ``student`` (or ``student-float``), a path, or a file name in
+    $PEDSTREAM_MODELS (``--model nanodet.onnx`` works from any folder once the variable is set)."""
+    from detectors.detector import BUNDLED_NAMES
+
+    return value if value in BUNDLED_NAMES else _find(value, MODELS_ENV)
 
 
 def find_sequence(value: str) -> str:

@@ -311,7 +311,7 @@ def register(sub: Any, flags: Flags) -> None:
     p.add_argument("--model", required=True, help="ONNX model file, or 'student' for the bundled student")
     p.add_argument("--calibration", required=True, help="MOT-style sequence folder of the cameras the model will serve")
     p.add_argument("--frames", help="A:B of the calibration sequence, 1-based inclusive (default: all)")
-    p.add_argument("--count", type=int, default=20, help="calibration frames, spread over the range")
+    p.add_argument("--count", type=int, default=20, help="calibration frames, spread over the range (default 20)")
     p.add_argument("--out", required=True, help="where to write the int8 ONNX model")
     p.set_defaults(func=cmd_quantize)
 

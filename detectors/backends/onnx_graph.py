@@ -122,13 +122,18 @@ def fold_pads_into_convs(model: onnx.ModelProto) -> int:
 _QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "ConvInteger", "MatMulInteger"}
 
 
+def is_quantized(model_bytes: bytes) -> bool:
+    """Whether the model holds int8 (quantized) operators."""
+    return any(node.op_type in _QUANTIZED_OPS for node in load_model(model_bytes).graph.node)
+
+
 def without_spatial_pads(model_bytes: bytes) -> bytes:
     """The model with its zero ``Pad`` nodes folded into the convolutions that read them, or the
     same bytes when there is nothing to fold. Quantized models are left as they are (constant
     folding could turn their int8 weights back into floats)."""
     model = load_model(model_bytes)
     ops = {node.op_type for node in model.graph.node}
-    if "Pad" not in ops or ops & _QUANTIZED_OPS:
+    if "Pad" not in ops or ops & _QUANTIZED_OPS:  # (is_quantized, on the graph already parsed)
         return model_bytes
     folded = fold_constants(model_bytes)  # ORT's own pad fusion may take some here, once their sizes are constants
     fold_pads_into_convs(folded)

@@ -31,7 +31,7 @@ from tvm.relax.pipeline import zero_pipeline  # noqa: E402
 from tvm.target import codegen  # noqa: E402
 
 from detectors.backends.base import Backend, BackendError, TensorSpec  # noqa: E402
-from detectors.backends.onnx_graph import fold_constants, fold_pads_into_convs, load_model, signature  # noqa: E402
+from detectors.backends.onnx_graph import fold_constants, fold_pads_into_convs, is_quantized, load_model, signature  # noqa: E402
 from detectors.backends.tvm_graph import DEFAULT_LAYOUT, clip_as_relax_ops, to_layout  # noqa: E402
 from detectors.backends.tvm_schedule import DEFAULT_SCHEDULE, cpu_schedule  # noqa: E402
 
@@ -181,6 +181,8 @@ class TvmBackend(Backend):
         threads: int = 0,
     ) -> None:
         super().__init__(model_bytes)
+        if is_quantized(model_bytes):
+            raise BackendError("an int8 (quantized) model: pedstream compiles float graphs with TVM; ONNX Runtime serves int8")
         if threads > 0:
             set_threads(threads)
         self.target = target or host_target()

@@ -57,6 +57,11 @@ def test_a_cycle_driven_by_mined_hard_examples_changes_the_served_version_withou
     assert out.hard_examples["pets-night"]["held_out"] > 0 and "pets-night" in out.cycle.per_camera
     # the candidate passed the gate and is what the agent serves
     assert out.cycle.shipped, out.cycle.reason
+    # PETS09-S2L1's people are small (median 81 of 576 px): the camera's own model sees them larger
+    # than v0's 384x288 does (trainer.input_size), and the cycle says what that costs per frame
+    assert out.cycle.input_size is not None and out.cycle.input_size[0] > 384
+    assert out.cycle.input_size[0] * 3 == out.cycle.input_size[1] * 4
+    assert set(out.cycle.ms_per_frame) == {"served", "candidate"}
     assert out.served_version == out.cycle.version != out.start_version
     # it learned: the camera's AP50 on the second half of the sequence (never trained on) rose
     assert out.ap50_after["pets-night"] >= out.ap50_before["pets-night"] + 0.15, (out.ap50_before, out.ap50_after)

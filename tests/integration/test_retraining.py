@@ -15,6 +15,8 @@ import cv2
 import pytest
 import torch
 
+from detectors.detector import onnx_metadata
+from detectors.quantize import quantize_int8
 from streams.bus import HardExamplePublisher, ensure_topics, make_producer
 from streams.model_channel import ModelKeys, connect_redis
 from streams.mot import MotSequence
@@ -83,7 +85,10 @@ def test_service_stores_hard_examples_ships_a_passing_candidate_and_keeps_a_fail
     registry = Registry(client, ModelKeys.for_topics(topics.prefix), Signer.load(tmp_path / "keys" / PRIVATE_NAME))
     torch.manual_seed(0)
     student = Student(SMALL)
-    registry.publish(export_onnx(student, "s-0"), Lineage(notes="untrained start"), weights=model_weights(student))
+    # an int8 start, as the bundled student is: the candidates must come out int8 too
+    calibration = [image for _, image in MotSequence.load(shared_data / "PETS09-S2L1").frames(1, 60, 20)]
+    start = quantize_int8(export_onnx(student, "s-0"), calibration)
+    registry.publish(start, Lineage(notes="untrained start"), weights=model_weights(student))
 
     store = HardExampleStore(tmp_path / "store")
     job = JobSettings(updates=12, workers=2, batch_size=4, eval_every=0, warmup=2)
@@ -114,6 +119,7 @@ def test_service_stores_hard_examples_ships_a_passing_candidate_and_keeps_a_fail
         current_after_first = registry.current_version()
         serving_after_first = registry.serving("pets")
         shipped_entry = registry.entry(shipped["version"])
+        shipped_precision = onnx_metadata(registry.onnx(shipped["version"])).get("precision")
 
         second_batch = hard_examples(pets, "pets", range(200, 320, 3))
         deliver(second_batch, len(first_batch) + len(second_batch))
@@ -141,6 +147,7 @@ def test_service_stores_hard_examples_ships_a_passing_candidate_and_keeps_a_fail
     assert shipped_entry["announcement"]["scope"] == ["pets"] and shipped_entry["announcement"]["signature"]
     assert shipped_entry["gate"]["cameras"][0]["labels"].startswith("teacher") and shipped_entry["gate"]["cameras"][0]["frames"] == 14
     assert shipped_entry["lineage"]["parent"] == "s-0" and shipped_entry["lineage"]["data"]["new"] == counts["new"]
+    assert shipped_precision == "int8"  # as its parent, calibrated on the camera's examples
     # too few gate frames: nothing trained, nothing stored; an unknown camera is named
     assert waiting is not None and waiting["outcome"] == "waiting" and "pets has 27 gate frames" in waiting["reason"]
     assert unknown is not None and "no hard examples from camera nosuch" in unknown["error"]

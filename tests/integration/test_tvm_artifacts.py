@@ -23,7 +23,7 @@ from trainer.compiling import compile_version, declared_targets
 from trainer.registry import Registry
 
 pytestmark = pytest.mark.integration
-STUDENT = BUNDLED_MODELS / "student.onnx"
+STUDENT = BUNDLED_MODELS / "student-float.onnx"
 
 
 def test_trainer_compiles_for_the_declared_target_and_the_agent_loads_it_without_compiling(

@@ -9,7 +9,7 @@ import pytest
 
 from detectors.backends.onnx_graph import load_model
 from detectors.boxes import box_iou
-from detectors.detector import Detector, read_model
+from detectors.detector import Detector, read_model, weights_path
 from detectors.quantize import image_convolutions, quantize_int8
 from streams.errors import PedstreamError
 from streams.mot import MotSequence
@@ -18,10 +18,14 @@ from streams.mot import MotSequence
 def test_the_int8_student_keeps_its_contract_and_finds_the_same_people(shared_data: Path) -> None:
     pets = MotSequence.load(shared_data / "PETS09-S2L1")
     calibration = [image for _, image in pets.frames(1, 397, 50)]
-    int8_bytes = quantize_int8(read_model("student"), calibration)
-    floats = Detector.from_bytes(read_model("student"), name="float", threads=1)
+    int8_bytes = quantize_int8(read_model("student-float"), calibration)
+    floats = Detector.from_bytes(read_model("student-float"), name="float", threads=1)
     int8 = Detector.from_bytes(int8_bytes, name="int8", threads=1)
     assert int8.info.format == "student" and int8.version == floats.version
+    # the bundled `--model student` is this int8 network; `--model student-float` the float one
+    bundled = Detector.from_bytes(read_model("student"), name="bundled", threads=1)
+    assert bundled.info.metadata["precision"] == "int8" and bundled.version == floats.version
+    assert weights_path("student") == weights_path("student-float") is not None
     assert int8.info.metadata["precision"] == "int8" and int8.info.metadata["calibration_frames"] == str(len(calibration))
     [(_, frame)] = list(pets.frames(500, 500))  # a frame it was not calibrated on
     a, b = floats.detect([frame])[0].above(0.5), int8.detect([frame])[0].above(0.5)
@@ -33,9 +37,17 @@ def test_the_int8_student_keeps_its_contract_and_finds_the_same_people(shared_da
     graph = load_model(int8_bytes).graph
     dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
     weights_int8 = {n.name: n.input[1] in dequantized for n in graph.node if n.op_type == "Conv"}
-    assert image_convolutions(read_model("student")) == ["/trunk/conv0/Conv"]
+    assert image_convolutions(read_model("student-float")) == ["/trunk/conv0/Conv"]
     assert weights_int8.pop("/trunk/conv0/Conv") is False and weights_int8 and all(weights_int8.values())
     with pytest.raises(PedstreamError, match="already quantized"):
         quantize_int8(int8_bytes, calibration)
     with pytest.raises(PedstreamError, match="needs calibration images"):
-        quantize_int8(read_model("student"), [])
+        quantize_int8(read_model("student-float"), [])
+
+
+def test_tvm_refuses_an_int8_model_and_onnx_runtime_serves_it() -> None:
+    pytest.importorskip("tvm")
+    from detectors.backends.selection import choose_backend
+
+    choice = choose_backend("tvm", read_model("student"), threads=1)
+    assert choice.backend.name == "ort" and "int8" in choice.reason
