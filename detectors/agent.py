@@ -658,7 +658,8 @@ class DetectorAgent:
             metrics.ALERTS.labels(frame.camera_id, alert.rule).inc()
         if self.agreement is not None and frame.jpeg is not None:
             self.agreement.offer(frame.camera_id, model_version, frame.jpeg, found)
-        reasons = state.miner.decide(found, state.tracker.just_lost(), frame.capture_ts, brightness)
+        onboarding = not self.models.has_own(frame.camera_id)
+        reasons = state.miner.decide(found, state.tracker.just_lost(), frame.capture_ts, brightness, onboarding)
         if reasons and frame.jpeg is not None:
             example = HardExample(
                 camera_id=frame.camera_id,

@@ -12,13 +12,17 @@ from streams.records import HardExampleReason
 @dataclass(frozen=True)
 class MiningPolicy:
     """Scores in [threshold - band, threshold + band] are uncertain; ``random_rate`` of frames are
-    sampled; frames darker than ``dark_below`` (mean pixel value, 0-255) are hard whatever the model
-    says, since a model blinded by the dark finds nothing it could be unsure about."""
+    sampled (``onboarding_rate`` while the camera has no model of its own: the trainer needs a fair
+    sample of a new camera, gate frames included, to build it one, and a general model that does
+    well there is rarely unsure); frames darker than ``dark_below`` (mean pixel value, 0-255) are
+    hard whatever the model says, since a model blinded by the dark finds nothing it could be unsure
+    about. The per-minute budget bounds them all."""
 
     threshold: float = 0.5
     band: float = 0.15
     min_uncertain: int = 1
     random_rate: float = 0.01
+    onboarding_rate: float = 0.25
     per_minute: float = 6.0
     dark_below: float = 50.0
 
@@ -35,7 +39,9 @@ class HardExampleMiner:
         self.mined = 0
         self.skipped_budget = 0
 
-    def reasons(self, boxes: BoxArray, lost_tracks: int, brightness: float | None = None) -> list[HardExampleReason]:
+    def reasons(
+        self, boxes: BoxArray, lost_tracks: int, brightness: float | None = None, onboarding: bool = False
+    ) -> list[HardExampleReason]:
         """Why this frame is hard (possibly several reasons), before the budget is applied.
 
         ``lost_tracks`` is how many confirmed tracks the detector just failed to find again: the
@@ -50,16 +56,19 @@ class HardExampleMiner:
             reasons.append("flicker")
         if brightness is not None and brightness < p.dark_below:
             reasons.append("dark")
-        if self._rng.random() < p.random_rate:
+        if self._rng.random() < (p.onboarding_rate if onboarding else p.random_rate):
             reasons.append("random")
         return reasons
 
-    def decide(self, boxes: BoxArray, lost_tracks: int, ts: float, brightness: float | None = None) -> list[HardExampleReason]:
-        """The reasons to publish this frame as a hard example, or [] (not hard, or over budget)."""
+    def decide(
+        self, boxes: BoxArray, lost_tracks: int, ts: float, brightness: float | None = None, onboarding: bool = False
+    ) -> list[HardExampleReason]:
+        """The reasons to publish this frame as a hard example, or [] (not hard, or over budget).
+        ``onboarding``: the camera has no model of its own yet."""
         if self._last_ts is not None:
             self._tokens = min(max(1.0, self.policy.per_minute), self._tokens + (ts - self._last_ts) * self.policy.per_minute / 60.0)
         self._last_ts = ts
-        reasons = self.reasons(boxes, lost_tracks, brightness)
+        reasons = self.reasons(boxes, lost_tracks, brightness, onboarding)
         if not reasons:
             return []
         if self._tokens < 1.0:

@@ -79,6 +79,10 @@ class ServedModels:
                 )
         return None
 
+    def has_own(self, camera: str) -> bool:
+        """Whether the camera serves a model of its own (not the general one)."""
+        return self._own(camera) is not None
+
     def _own(self, camera: str) -> Served | None:
         with self._lock:
             return self._cameras.get(camera)

@@ -30,7 +30,8 @@ from tests.integration.test_detector_agent import publish_frames, stop
 from trainer.registry import Lineage, Registry
 
 pytestmark = pytest.mark.integration
-STUDENT = BUNDLED_MODELS / "student.onnx"
+STUDENT = BUNDLED_MODELS / "student.onnx"  # int8, as the edge serves it
+STUDENT_FLOAT = BUNDLED_MODELS / "student-float.onnx"  # the same network before quantization (its weights are plain tensors)
 
 
 @pytest.fixture
@@ -350,7 +351,7 @@ def test_an_agent_rolls_a_camera_back_on_its_own_when_agreement_with_its_teacher
         _wait_for(lambda: _serving(registry, "ar-a") == "ar-good", 60, "the agent to serve ar-good")
         camera.start()
         _wait_for(lambda: len([d for d in watch.snapshot() if d.model_version == "ar-good"]) >= 60, 60, "6 s of ar-good on the camera")
-        bad = registry.store(with_version(_turned_down(STUDENT.read_bytes()), "ar-bad"), scope=["yard"])
+        bad = registry.store(with_version(_turned_down(STUDENT_FLOAT.read_bytes()), "ar-bad"), scope=["yard"])
         registry.assign(bad.version, ["yard"])
         _wait_for(lambda: "yard" in (status().get("reverted") or {}), 60, "the agent to roll the camera back")
         reason = status()["reverted"]["yard"]

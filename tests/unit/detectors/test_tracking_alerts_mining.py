@@ -80,3 +80,11 @@ def test_miner_reasons_and_budget() -> None:
     assert miner.reasons(people(0), lost_tracks=0, brightness=110.0) == []
     mined = sum(bool(miner.decide(people(10, score=0.45), 0, ts=i * 0.1)) for i in range(600))  # 60 s of hard frames
     assert 6 <= mined <= 7 and miner.skipped_budget == 600 - mined
+
+
+def test_a_camera_without_a_model_of_its_own_is_sampled_at_the_onboarding_rate() -> None:
+    miner = HardExampleMiner(MiningPolicy(random_rate=0.01, onboarding_rate=0.25, per_minute=10**6), seed=1)
+    sure = people(5, score=0.95)  # a general model that does well: never unsure
+    onboarding = sum(bool(miner.decide(sure, 0, ts=i * 0.2, onboarding=True)) for i in range(2000))
+    own = sum(bool(miner.decide(sure, 0, ts=400 + i * 0.2)) for i in range(2000))
+    assert 400 <= onboarding <= 600 and own <= 50  # ~25% vs ~1% of the frames
