@@ -22,6 +22,7 @@ import redis
 
 from deploy.cli import build_parser
 from deploy.commands.common import find_model, find_sequence
+from detectors.detector import model_path
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -101,8 +102,8 @@ def test_every_readme_command_is_planned_parses_and_names_files_that_exist(monke
             pytest.fail(f"README command does not parse: {command}")
         for name in ("model", "teacher_model"):
             value = getattr(args, name, None)
-            if value and value != "student":
-                assert Path(find_model(value)).is_file(), f"{command}: --{name.replace('_', '-')} {value} not found"
+            if value:
+                assert model_path(find_model(value)).is_file(), f"{command}: --{name.replace('_', '-')} {value} not found"
         if getattr(args, "sequence", None):
             assert (Path(find_sequence(args.sequence)) / "seqinfo.ini").is_file(), f"{command}: --sequence {args.sequence}"
         for path in re.findall(r"(?:detectors|\$PEDSTREAM_DATA)/\S+", command):
