@@ -6,7 +6,7 @@ Frame numbers follow MOT: they count from 1 and line up with the video's frames 
 from __future__ import annotations
 
 import configparser
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -117,7 +117,14 @@ class MotSequence:
         stop = self.length if stop is None else min(stop, self.length)
         if start < 1 or every < 1:
             raise ValueError("start and every must be >= 1")
-        wanted = range(start, stop + 1, every)
+        return self.picked_frames(range(start, stop + 1, every))
+
+    def picked_frames(self, numbers: Iterable[int]) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield ``(frame_number, bgr_image)`` for these frame numbers (1-based), in order, each once;
+        numbers past the end are skipped."""
+        wanted = sorted({n for n in numbers if n <= self.length})
+        if wanted and wanted[0] < 1:
+            raise ValueError("frame numbers start at 1")
         if self.image_dir is not None:
             for number in wanted:
                 image = cv2.imread(str(self.image_dir / f"{number:06d}.jpg"))
@@ -125,13 +132,15 @@ class MotSequence:
                     raise SourceError(f"{self.image_dir}: cannot read frame {number:06d}.jpg")
                 yield number, image
             return
+        if not wanted:
+            return
         assert self.video is not None
         capture = cv2.VideoCapture(str(self.video))
         if not capture.isOpened():
             raise SourceError(f"{self.video}: cannot open video")
         try:
             wanted_set = set(wanted)
-            for number in range(1, stop + 1):
+            for number in range(1, wanted[-1] + 1):
                 if number not in wanted_set:
                     if not capture.grab():
                         break

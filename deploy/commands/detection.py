@@ -162,12 +162,12 @@ def _tiling(text: str | None, overlap: int, full_frame: bool) -> Tiling | None:
 
 def cmd_quantize(args: argparse.Namespace) -> int:
     from detectors.detector import model_path, read_model
-    from detectors.quantize import quantize_int8
+    from detectors.quantize import calibration_picks, quantize_int8
 
     sequence = MotSequence.load(find_sequence(args.calibration))
     start, stop = parse_frame_range(args.frames, sequence.length)
-    every = max(1, (stop - start + 1) // args.count)
-    images = [image for _, image in sequence.frames(start, stop, every)][: args.count]
+    picked = [start + i for i in calibration_picks(stop - start + 1, args.count)]  # spread as the trainer spreads its own
+    images = [image for _, image in sequence.picked_frames(picked)]
     print(f"[quantize] calibrating on {len(images)} frames of {sequence.name} {start}-{stop}", file=sys.stderr, flush=True)
     out = Path(args.out)
     out.write_bytes(quantize_int8(read_model(find_model(args.model)), images))

@@ -29,6 +29,18 @@ def test_tud_and_frames_iteration(shared_data: Path) -> None:
     frames = list(seq.frames(start=5, stop=20, every=5))
     assert [n for n, _ in frames] == [5, 10, 15, 20]
     assert frames[0][1].shape == (480, 640, 3)
+    picked = list(seq.picked_frames([20, 5, 20, 500]))  # in order, each once, past the end skipped
+    assert [n for n, _ in picked] == [5, 20]
+    np.testing.assert_array_equal(picked[1][1], frames[-1][1])
+
+
+def test_picked_frames_from_a_video_match_the_frames_read_in_order(shared_data: Path) -> None:
+    seq = MotSequence.load(shared_data / "PETS09-S2L1")
+    in_order = dict(seq.frames(1, 12))
+    picked = list(seq.picked_frames([12, 3, 7]))
+    assert [n for n, _ in picked] == [3, 7, 12]
+    for number, image in picked:
+        np.testing.assert_array_equal(image, in_order[number])
 
 
 def test_image_folder_sequence(tmp_path: Path) -> None:
@@ -40,6 +52,7 @@ def test_image_folder_sequence(tmp_path: Path) -> None:
     (tmp_path / "gt" / "gt.txt").write_text("2,1,1,2,3,4,0,-1,-1,-1\n")
     seq = MotSequence.load(tmp_path)
     assert seq.image_dir is not None and [n for n, _ in seq.frames()] == [1, 2, 3]
+    assert [int(image[0, 0, 0]) // 40 for _, image in seq.picked_frames([3, 1])] == [1, 3]  # read by number, not all
     assert not seq.gt(2).consider[0]
 
 
