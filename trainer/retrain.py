@@ -210,12 +210,12 @@ class Retrainer:
         self.say(f"labelling {len(new)} new hard examples from {', '.join(targets)} with the teacher")
         parent_onnx = self.registry.onnx(parent)
         config = self.config or config_of(parent_onnx, self.models_dir or Path("."))
-        fit_input = self.policy.person_px is not None and self.config is None  # a config given by the operator stays as given
+        person_px = self.policy.person_px if self.config is None else None  # a config given by the operator stays as given
         # decoded and labelled once, wide enough for the largest input the fit may choose
-        fresh = self.to_training(new, max_width=max(STORAGE_WIDTH, self.policy.max_input_width * 5 // 4) if fit_input else STORAGE_WIDTH)
-        if fit_input:
-            assert self.policy.person_px is not None
-            config = fitted_config(config, fresh, self.policy.person_px, self.policy.max_input_width)
+        widest = max(STORAGE_WIDTH, self.policy.max_input_width * 5 // 4) if person_px is not None else STORAGE_WIDTH
+        fresh = self.to_training(new, max_width=widest)
+        if person_px is not None:
+            config = fitted_config(config, fresh, person_px, self.policy.max_input_width)
         # kept 5/4 of the input wide (room to zoom in on the camera's own frames), at least STORAGE_WIDTH
         fresh = [shrink(example, max(STORAGE_WIDTH, config.input_width * 5 // 4)) for example in fresh]
         replay_pool = self.to_training(self.store.replay()) + self.base_examples
