@@ -21,6 +21,7 @@ from torch import nn
 from detectors.adapters.registry import FORMAT_METADATA_KEY
 from detectors.adapters.student import INPUT_NAME, OUTPUT_HEATMAP, OUTPUT_REGRESSION, StudentAdapter
 from detectors.detector import VERSION_METADATA_KEY, onnx_metadata
+from detectors.frame_input import with_frame_input
 from streams.errors import PedstreamError
 from trainer.pretrained import (
     SSDLITE_STRIDE4,
@@ -191,7 +192,8 @@ def gflops(model: Student) -> float:
 
 
 def export_onnx(model: Student, version: str, extra_metadata: dict[str, str] | None = None) -> bytes:
-    """The model as ONNX (dynamic batch) with pedstream's metadata: format, version, input size."""
+    """The model as ONNX (dynamic batch) with pedstream's metadata: format, version, input size. It
+    takes the frame as decoded (uint8 BGR NHWC, ``detectors.frame_input``); the torch model takes RGB / 255 NCHW."""
     model.eval()
     cfg = model.config
     dummy = torch.zeros(1, 3, cfg.input_height, cfg.input_width)
@@ -225,4 +227,4 @@ def export_onnx(model: Student, version: str, extra_metadata: dict[str, str] | N
         **(extra_metadata or {}),
     }
     onnx.helper.set_model_props(proto, metadata)
-    return bytes(proto.SerializeToString())
+    return with_frame_input(bytes(proto.SerializeToString()))

@@ -27,9 +27,11 @@ class ModelAdapter(ABC):
     """One detector family. Subclasses set ``format`` and the input layout, and decode outputs."""
 
     format: ClassVar[str]
-    layout: ClassVar[str] = "NCHW"  # or "NHWC"
-    dtype: ClassVar[str] = "float32"
-    scale_to_unit: ClassVar[bool] = True  # divide pixel values by 255
+    # the input contract; an adapter whose models come in two contracts sets these per instance
+    layout: str = "NCHW"  # or "NHWC"
+    dtype: str = "float32"
+    scale_to_unit: bool = True  # divide pixel values by 255
+    rgb: bool = True  # False: the model takes the frame's BGR channel order as decoded
 
     def __init__(self, inputs: list[TensorSpec], outputs: list[TensorSpec], input_size: tuple[int, int] | None = None) -> None:
         self.input_name = inputs[0].name
@@ -52,17 +54,21 @@ class ModelAdapter(ABC):
         h, w = image_bgr.shape[:2]
         in_w, in_h = self.input_size
         resized = cv2.resize(image_bgr, (in_w, in_h), interpolation=cv2.INTER_LINEAR)
-        rgb = cv2.cvtColor(resized, cv2.COLOR_BGR2RGB)
+        meta = ImageMeta(w, h, w / in_w, h / in_h)
+        if not self.rgb and self.dtype == "uint8" and self.layout == "NHWC":
+            return resized, meta  # the model takes the frame as it is (detectors.frame_input)
+        rgb = cv2.cvtColor(resized, cv2.COLOR_BGR2RGB) if self.rgb else resized
         tensor = rgb.astype(self.dtype)
         if self.scale_to_unit:
             tensor *= np.float32(1.0 / 255.0)
         if self.layout == "NCHW":
             tensor = tensor.transpose(2, 0, 1)
-        return np.ascontiguousarray(tensor), ImageMeta(w, h, w / in_w, h / in_h)
+        return np.ascontiguousarray(tensor), meta
 
     def preprocess(self, images: list[np.ndarray]) -> tuple[np.ndarray, list[ImageMeta]]:
         tensors, metas = zip(*(self.preprocess_one(img) for img in images), strict=False)
-        return np.stack(tensors), list(metas)
+        batch = tensors[0][np.newaxis] if len(tensors) == 1 else np.stack(tensors)  # one frame: no copy
+        return batch, list(metas)
 
     @abstractmethod
     def decode(self, outputs: list[np.ndarray], index: int, meta: ImageMeta) -> BoxArray:

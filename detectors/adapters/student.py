@@ -17,6 +17,7 @@ import numpy as np
 from detectors.adapters.base import ImageMeta, ModelAdapter
 from detectors.backends.base import TensorSpec
 from detectors.boxes import clip_boxes, nms, scale_boxes
+from detectors.frame_input import FRAME_INPUT_DTYPE
 from detectors.results import BoxArray
 
 INPUT_NAME = "images"
@@ -42,9 +43,15 @@ def heatmap_cells(heatmap: np.ndarray, min_score: float = MIN_SCORE, top_k: int 
 
 
 class StudentAdapter(ModelAdapter):
-    """Input float [N, 3, H, W] RGB / 255 at the size in the model's metadata (384x288 by default)."""
+    """Input uint8 [N, H, W, 3] BGR, the frame as decoded and resized (``detectors.frame_input``), or,
+    for students exported before that, float [N, 3, H, W] RGB / 255; told apart by the input's dtype."""
 
     format = "student"
+
+    def __init__(self, inputs: list[TensorSpec], outputs: list[TensorSpec], input_size: tuple[int, int] | None = None) -> None:
+        if inputs[0].dtype == FRAME_INPUT_DTYPE:
+            self.layout, self.dtype, self.scale_to_unit, self.rgb = "NHWC", FRAME_INPUT_DTYPE, False, False
+        super().__init__(inputs, outputs, input_size)
 
     @classmethod
     def matches(cls, inputs: list[TensorSpec], outputs: list[TensorSpec], metadata: dict[str, str]) -> bool:

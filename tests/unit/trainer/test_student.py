@@ -19,6 +19,12 @@ from trainer.student import Student, StudentConfig, config_of, count_parameters,
 from trainer.targets import make_targets
 
 
+def network_input(frames: np.ndarray) -> torch.Tensor:
+    """What the torch student takes (RGB / 255, NCHW) for the exported model's frame input (uint8 BGR, NHWC)."""
+    assert frames.dtype == np.uint8 and frames.shape[-1] == 3
+    return torch.from_numpy(frames[..., ::-1].transpose(0, 3, 1, 2).astype(np.float32) / 255)
+
+
 def test_exported_student_runs_through_the_edge_adapter_with_matching_outputs() -> None:
     torch.manual_seed(0)
     model = Student()
@@ -29,7 +35,7 @@ def test_exported_student_runs_through_the_edge_adapter_with_matching_outputs() 
     batch, metas = detector.preprocess([image, image[:, ::-1].copy()])
     model.eval()
     with torch.no_grad():
-        heatmap, regression = model(torch.from_numpy(batch))
+        heatmap, regression = model(network_input(batch))
     ours = detector.infer(batch)
     np.testing.assert_allclose(ours[0], heatmap.numpy(), atol=1e-5)
     np.testing.assert_allclose(ours[1], regression.numpy(), atol=1e-5)
@@ -86,7 +92,7 @@ def test_student_v1_on_the_pretrained_trunk_exports_the_same_contract(shared_mod
     batch, _ = detector.preprocess([image])
     model.eval()
     with torch.no_grad():
-        heatmap, regression = model(torch.from_numpy(batch))
+        heatmap, regression = model(network_input(batch))
     assert heatmap.shape == (1, 1, 192 // STRIDE, 256 // STRIDE) and regression.shape == (1, 4, 192 // STRIDE, 256 // STRIDE)
     ours = detector.infer(batch)
     np.testing.assert_allclose(ours[0], heatmap.numpy(), atol=1e-4)
@@ -113,7 +119,7 @@ def test_a_student_with_the_trunk_s_stride_32_features_exports_and_rebuilds(shar
     batch, _ = detector.preprocess([(np.random.default_rng(2).random((480, 640, 3)) * 255).astype(np.uint8)])
     model.eval()
     with torch.no_grad():
-        heatmap, _ = model(torch.from_numpy(batch))
+        heatmap, _ = model(network_input(batch))
     assert heatmap.shape == (1, 1, 30, 40)
     np.testing.assert_allclose(detector.infer(batch)[0], heatmap.numpy(), atol=1e-4)
     with pytest.raises(ValueError, match="trunk_stride"):
