@@ -1,10 +1,10 @@
 """Models that take the camera's frame as decoded: uint8 BGR pixels, NHWC, resized to the input size.
 
-A model trained on RGB / 255 in NCHW (the student) wastes about a fifth of its edge time on the CPU
-side turning each frame into that layout: channel swap, float conversion, scaling, transpose, and a
-fresh float buffer each time. ``with_frame_input`` prepends those steps to the ONNX graph itself
-(Transpose, Gather of the channels, Cast, Mul), where ONNX Runtime runs them from its own memory
-arena; the edge then only resizes the frame. The network after the prefix is unchanged, so a
+A model trained on RGB / 255 in NCHW (the student) needs each frame turned into that layout:
+channel swap, float conversion, scaling, transpose, each into a fresh float buffer. ``with_frame_input``
+prepends those steps to the ONNX graph itself (Transpose, Gather of the channels, Cast, Mul), where
+ONNX Runtime runs them from its own memory arena; the edge then only resizes the frame, and queued
+batches are uint8, a quarter of the size (docs/detectors.md has the measurement). The network after the prefix is unchanged, so a
 float or int8 model gives the same boxes either way (``tests/unit/detectors/test_frame_input.py``).
 Adapters tell the two contracts apart by the input's dtype (uint8: frame input).
 """
