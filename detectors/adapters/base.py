@@ -54,16 +54,13 @@ class ModelAdapter(ABC):
         h, w = image_bgr.shape[:2]
         in_w, in_h = self.input_size
         resized = cv2.resize(image_bgr, (in_w, in_h), interpolation=cv2.INTER_LINEAR)
-        meta = ImageMeta(w, h, w / in_w, h / in_h)
-        if not self.rgb and self.dtype == "uint8" and self.layout == "NHWC":
-            return resized, meta  # the model takes the frame as it is (detectors.frame_input)
         rgb = cv2.cvtColor(resized, cv2.COLOR_BGR2RGB) if self.rgb else resized
-        tensor = rgb.astype(self.dtype)
+        tensor = rgb.astype(self.dtype, copy=False)  # a uint8 model (frame input) takes the resized frame as it is
         if self.scale_to_unit:
             tensor *= np.float32(1.0 / 255.0)
         if self.layout == "NCHW":
             tensor = tensor.transpose(2, 0, 1)
-        return np.ascontiguousarray(tensor), meta
+        return np.ascontiguousarray(tensor), ImageMeta(w, h, w / in_w, h / in_h)
 
     def preprocess(self, images: list[np.ndarray]) -> tuple[np.ndarray, list[ImageMeta]]:
         tensors, metas = zip(*(self.preprocess_one(img) for img in images), strict=False)
