@@ -213,8 +213,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print_json(out)
     else:
         print(
-            f"{sequence.name} frames {start}-{stop} every {args.every}: AP50 {result.ap50:.3f}, "
-            f"best recall {result.recall:.3f}, {result.fps:.1f} fps ({detector.backend.name})"
+            f"{sequence.name} frames {start}-{stop} every {args.every}: AP50 {result.ap50:.3f} "
+            f"({result.ap50_labelled_sizes:.3f} at labelled sizes), best recall {result.recall:.3f}, "
+            f"{result.fps:.1f} fps ({detector.backend.name})"
         )
     return 0
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from detectors.evaluation import average_precision
+from detectors.evaluation import average_precision, within_labelled_sizes
 from detectors.results import BoxArray
 from streams.mot import GroundTruth
 
@@ -82,3 +82,17 @@ def test_nothing_found_or_nobody_there() -> None:
 def test_one_detection_list_per_frame() -> None:
     with pytest.raises(ValueError, match="2 detection lists for 1 frames"):
         average_precision([BoxArray.empty(), BoxArray.empty()], [truth(A)])
+
+
+def test_labelled_sizes_drop_only_boxes_too_short_to_match_a_labelled_person() -> None:
+    """Labelled people are 100 px tall: a 40 px box (an unlabelled person far away) goes, a 60 px box
+    stays (it could still match at IoU 0.5 by height), and the hits are the same."""
+    far_away = [400.0, 400.0, 420.0, 440.0]  # 40 px
+    half_height = [200.0, 0.0, 300.0, 60.0]  # 60 px, overlaps B by 0.6
+    detections = [found((A, 0.9), (far_away, 0.95), (half_height, 0.85))]
+    truths = [truth(A, B)]
+    [kept] = within_labelled_sizes(detections, truths)
+    assert sorted((kept.xyxy[:, 3] - kept.xyxy[:, 1]).tolist()) == [60.0, 100.0]
+    plain, sized = average_precision(detections, truths), average_precision([kept], truths)
+    assert sized.ap50 > plain.ap50 and sized.recall == plain.recall
+    assert within_labelled_sizes(detections, [truth()]) == detections  # nothing labelled: nothing to go by
