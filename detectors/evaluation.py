@@ -93,11 +93,7 @@ def within_labelled_sizes(detections: list[BoxArray], truths: list[GroundTruth])
     if labelled.size == 0:
         return detections
     floor = float(labelled.min()) * LABELLED_SIZE_FRACTION
-    kept = []
-    for found in detections:
-        tall = (found.xyxy[:, 3] - found.xyxy[:, 1]) >= floor
-        kept.append(BoxArray.of(found.xyxy[tall], found.scores[tall]))
-    return kept
+    return [found[(found.xyxy[:, 3] - found.xyxy[:, 1]) >= floor] for found in detections]
 
 
 def _all_point_ap(recall: np.ndarray, precision: np.ndarray) -> float:
