@@ -34,9 +34,10 @@ from streams.mot import MotSequence
 from trainer.cluster import DEFAULT_BASE_PORT, RayPorts, ray_session
 from trainer.data import Augment, Example
 from trainer.job import JobSettings, TrainingJob
-from trainer.ps import StalenessPolicy
+from trainer.ps import StalenessPolicy, model_weights
 from trainer.sources import dataset_examples, held_out_frames, labelled_examples, video_examples
-from trainer.student import StudentConfig
+from trainer.stem import DISTILLED_STEM, MOBILENETV2_STEM, DistilledStemResult, distill_stem
+from trainer.student import Student, StudentConfig
 
 STOCK = {"ssdlite": "ssdlite_pedestrian.onnx", "nanodet": "nanodet.onnx", "centernet": "centernet.onnx"}
 
@@ -78,6 +79,15 @@ def training_set(
         examples += found
         summary.append({"name": video.name, "every": every, "labels": "teacher", "images": len(found)})
     return examples, summary
+
+
+STEM_SOURCES = "coco128-person, Market-cam6 and the unlabelled clips (images only; no labelled camera)"
+
+
+def distilled_stem(models: Path, examples: list[Example], cache: Path, progress: Callable[[str], None]) -> DistilledStemResult:
+    """The distilled stem from the training images of neither labelled camera (cached in ``cache``)."""
+    unscored = [e for e in examples if not any(e.ref.startswith(name) for name in LABELLED_SEQUENCES)]
+    return distill_stem(models / STOCK["ssdlite"], unscored, cache_dir=cache, progress=progress)
 
 
 def _wait_for_children_to_exit(timeout_s: float = 30.0) -> None:
@@ -122,9 +132,12 @@ def run(
     trunk_stride: int = 16,
     cameras: tuple[str, ...] | None = None,
     keep: Path | None = None,
+    stem: str = MOBILENETV2_STEM,
 ) -> dict[str, Any]:
     """``keep``: also write each left-out camera's student there (``student-without-CAMERA.onnx`` and
-    its ``.weights.npz``), a start model for ``bench loop`` on a camera that model never saw."""
+    its ``.weights.npz``), a start model for ``bench loop`` on a camera that model never saw.
+    ``stem="distilled"``: the students start from ``trainer.stem``'s distilled stem, distilled on the
+    training images of neither labelled camera (so one stem, cached, serves every left-out camera)."""
     started = time.perf_counter()
     stock = {name: read_model(models / file) for name, file in STOCK.items()}
     out: list[dict[str, Any]] = []
@@ -139,7 +152,14 @@ def run(
             head_stride=head_stride,
             trunk=str(models / STOCK["ssdlite"]),
             trunk_stride=trunk_stride,
+            stem=stem,
         )
+        init = None
+        if stem == DISTILLED_STEM:
+            distilled = distilled_stem(models, examples, cache, progress)
+            student = Student(config)
+            student.load_stem(distilled.weights)
+            init = model_weights(student)
         settings = JobSettings(policy=StalenessPolicy(lr=0.002), augment=Augment.strong(), batch_size=8, updates=updates,
                                workers=2, mode="async", eval_every=0)  # fmt: skip
         probe = held_out_frames(sequence, camera.frames or (1, sequence.length), max(camera.every * 4, 4))
@@ -150,7 +170,7 @@ def run(
 
         progress(f"{camera.sequence} left out: training on {len(examples)} images ({updates} updates, 2 Ray trainers)")
         with ray_session(None, RayPorts(ray_port), num_cpus=2):
-            job = TrainingJob(examples, settings, config, probe, work / camera.sequence, None, on_progress,
+            job = TrainingJob(examples, settings, config, probe, work / camera.sequence, init, on_progress,
                               model_version=f"student-v1-without-{camera.sequence}")  # fmt: skip
             result = job.run()
         # the served path on a CPU edge: int8, calibrated on the student's own training images (never
@@ -184,6 +204,8 @@ def run(
                     "input_size": list(input_size),
                     "head_stride": head_stride,
                     "trunk_stride": trunk_stride,
+                    "stem": stem,
+                    **({"stem_distilled_on": STEM_SOURCES} if stem == DISTILLED_STEM else {}),
                     "int8_calibration": f"{len(calibration_picks(n_examples))} of its training images",
                 },
             }

@@ -48,7 +48,11 @@ def student_config(args: argparse.Namespace) -> Any:
         extra["trunk"] = str(trunk)
     if args.trunk_stride == 32 and not args.trunk:
         raise PedstreamError("--trunk-stride 32 needs a pretrained trunk (--trunk ssdlite)")
-    return StudentConfig(input_width=width, input_height=height, head_stride=args.head_stride, trunk_stride=args.trunk_stride, **extra)
+    if args.stem == "distilled" and not args.trunk:
+        raise PedstreamError("--stem distilled needs a pretrained trunk (--trunk ssdlite)")
+    return StudentConfig(
+        input_width=width, input_height=height, head_stride=args.head_stride, trunk_stride=args.trunk_stride, stem=args.stem, **extra
+    )
 
 
 def job_settings(args: argparse.Namespace, **overrides: Any) -> Any:
@@ -124,6 +128,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         RayPorts(args.ray_port).check_free()  # before the labelling work, not after it
     examples, held_out, data_summary = load_training_data(args, teachers)
     init = read_weights(Path(args.init)) if args.init else None
+    if init is None and config.stem == "distilled":
+        init = _with_distilled_stem(config, examples)
     bar = ProgressBar(f"train {settings.mode} x{settings.workers}")
     last_ap: list[float] = []
 
@@ -186,6 +192,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _with_distilled_stem(config: Any, examples: list[Any]) -> Any:
+    """A fresh student's weights with its stem distilled on the training images (cached by content)."""
+    from trainer.ps import model_weights
+    from trainer.sources import default_label_cache
+    from trainer.stem import distill_stem
+    from trainer.student import Student
+
+    assert config.trunk is not None  # student_config refuses a distilled stem without a trunk
+    distilled = distill_stem(Path(config.trunk), examples, cache_dir=default_label_cache(),
+                             progress=lambda message: print(f"[train] {message}", file=sys.stderr, flush=True))  # fmt: skip
+    student = Student(config)
+    student.load_stem(distilled.weights)
+    return model_weights(student)
+
+
 def add_job_flags(p: argparse.ArgumentParser) -> None:
     """Flags shared by ``train`` and ``bench train``."""
     p.add_argument("--sequence", help="MOT-style sequence folder to train on (default: PETS09-S2L1 in the data folder)")
@@ -211,6 +232,9 @@ def add_job_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--trunk-stride", type=int, choices=(16, 32), default=16, help="with --trunk: 32 adds the trunk's stride-32 features (large people)"
     )
+    p.add_argument("--stem", choices=("mobilenetv2", "distilled"), default="mobilenetv2",
+                   help="with --trunk: distilled replaces the trunk's first blocks with a cheaper stem distilled from them "
+                   "on the training images (trainer/stem.py; cached)")  # fmt: skip
     p.add_argument("--widths", help="student backbone channel widths W1,W2,W3,W4 (default: the student's)")
     p.add_argument("--neck", type=int, help="student neck/head channels (default: the student's)")
     p.add_argument(
@@ -309,7 +333,7 @@ def cmd_bench_generalize(args: argparse.Namespace) -> int:
             threads=threads, ray_port=args.ray_port,
             progress=lambda m: print(f"[bench generalize] {m}", file=sys.stderr, flush=True),
             input_size=_input_size(args.input_size), head_stride=args.head_stride, trunk_stride=args.trunk_stride,
-            cameras=_left_out(args.left_out), keep=Path(args.keep) if args.keep else None,
+            cameras=_left_out(args.left_out), keep=Path(args.keep) if args.keep else None, stem=args.stem,
         )  # fmt: skip
     print(json.dumps(result, indent=2))
     return 0
@@ -347,6 +371,8 @@ def register_bench(bench_sub: Any, flags: Flags) -> None:
     g.add_argument("--input-size", default="320x240", help="student input WIDTHxHEIGHT (the bundled v1's by default)")
     g.add_argument("--head-stride", type=int, choices=(4, 8), default=8, help="student head stride (8: v1's; 4 for small people)")
     g.add_argument("--trunk-stride", type=int, choices=(16, 32), default=16, help="32: the trunk's stride-32 features in the neck too")
+    g.add_argument("--stem", choices=("mobilenetv2", "distilled"), default="mobilenetv2",
+                   help="distilled: a cheaper stem distilled from the trunk's first blocks (trainer/stem.py)")  # fmt: skip
     g.add_argument("--left-out", default="PETS09-S2L1,TUD-Campus", help="which labelled cameras to leave out, one at a time")
     g.add_argument("--keep", metavar="DIR", help="also write each left-out camera's student there "
                    "(student-without-CAMERA.onnx + .weights.npz: a start model for `bench loop` on that camera)")  # fmt: skip
