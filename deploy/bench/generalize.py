@@ -1,8 +1,8 @@
 """``pedstream bench generalize``: does the student work on a camera it has never seen?
 
-Leave one labelled camera out at a time, train the student (v1 recipe: the stock SSDLite's pretrained
-MobileNetV2 trunk, strong augmentation) on everything else, and score it on the left-out camera
-beside the stock SSDLite and both teachers, on the same frames, with one thread setting for all
+Leave one labelled camera out at a time, train the student (v1.1 recipe: the stock SSDLite's
+pretrained MobileNetV2 trunk behind a stem distilled from its first blocks, strong augmentation) on
+everything else, and score it on the left-out camera beside the stock SSDLite and both teachers, on the same frames, with one thread setting for all
 (``fps``: 1 thread, as the detector agent serves; ``fps_by_threads`` also gives 2).
 The student is scored twice: as trained (float) and as a CPU edge would serve it (``student_int8``:
 ``pedstream quantize``'s int8, calibrated on 20 of its own training images, none of the left-out camera).
@@ -13,7 +13,9 @@ The student is scored twice: as trained (float) and as a CPU edge would serve it
   and the unlabelled clips; no TUD frame.
 
 Teacher labels are cached by frame content (``PEDSTREAM_LABEL_CACHE``), so a second run labels
-nothing. The JSON says for each camera what its student was trained on and with which labels.
+nothing; the distilled stem is cached the same way (it is distilled once, on the images of neither
+labelled camera, and serves both). The JSON says for each camera what its student was trained on
+and with which labels.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from trainer.data import Augment, Example
 from trainer.job import JobSettings, TrainingJob
 from trainer.ps import StalenessPolicy, model_weights
 from trainer.sources import dataset_examples, held_out_frames, labelled_examples, video_examples
-from trainer.stem import DISTILLED_STEM, MOBILENETV2_STEM, DistilledStemResult, distill_stem
+from trainer.stem import DISTILLED_STEM, DistilledStemResult, distill_stem
 from trainer.student import Student, StudentConfig
 
 STOCK = {"ssdlite": "ssdlite_pedestrian.onnx", "nanodet": "nanodet.onnx", "centernet": "centernet.onnx"}
@@ -132,7 +134,7 @@ def run(
     trunk_stride: int = 16,
     cameras: tuple[str, ...] | None = None,
     keep: Path | None = None,
-    stem: str = MOBILENETV2_STEM,
+    stem: str = DISTILLED_STEM,
 ) -> dict[str, Any]:
     """``keep``: also write each left-out camera's student there (``student-without-CAMERA.onnx`` and
     its ``.weights.npz``), a start model for ``bench loop`` on a camera that model never saw.

@@ -371,8 +371,9 @@ def register_bench(bench_sub: Any, flags: Flags) -> None:
     g.add_argument("--input-size", default="320x240", help="student input WIDTHxHEIGHT (the bundled v1's by default)")
     g.add_argument("--head-stride", type=int, choices=(4, 8), default=8, help="student head stride (8: v1's; 4 for small people)")
     g.add_argument("--trunk-stride", type=int, choices=(16, 32), default=16, help="32: the trunk's stride-32 features in the neck too")
-    g.add_argument("--stem", choices=("mobilenetv2", "distilled"), default="mobilenetv2",
-                   help="distilled: a cheaper stem distilled from the trunk's first blocks (trainer/stem.py)")  # fmt: skip
+    g.add_argument("--stem", choices=("mobilenetv2", "distilled"), default="distilled",
+                   help="distilled (v1.1's): a cheaper stem distilled from the trunk's first blocks (trainer/stem.py); "
+                   "mobilenetv2: those blocks themselves")  # fmt: skip
     g.add_argument("--left-out", default="PETS09-S2L1,TUD-Campus", help="which labelled cameras to leave out, one at a time")
     g.add_argument("--keep", metavar="DIR", help="also write each left-out camera's student there "
                    "(student-without-CAMERA.onnx + .weights.npz: a start model for `bench loop` on that camera)")  # fmt: skip
