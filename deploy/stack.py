@@ -406,15 +406,21 @@ def last_state_path(home: Path | None = None) -> Path:
     return stack_state_path(home).with_name("stack.last.json")
 
 
-def _reusable_port(address: str | None) -> int | None:
-    """The port of ``address`` (``host:port`` or a URL) when nothing listens on it now, else None (a new one)."""
+def _reusable_port(address: str | None, wait_s: float = 3.0) -> int | None:
+    """The port of ``address`` (``host:port`` or a URL) once nothing listens on it (waiting up to
+    ``wait_s`` for a process that is still going away), else None (a new one)."""
     if not address:
         return None
     try:
         port = int(address.rstrip("/").rsplit(":", 1)[1].split("/")[0])
     except (IndexError, ValueError):
         return None
-    return None if port_open(LOOPBACK, port) else port
+    deadline = time.monotonic() + wait_s
+    while port_open(LOOPBACK, port):
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.1)
+    return port
 
 
 def status(home: Path | None = None) -> dict[str, object]:

@@ -27,18 +27,24 @@ def test_the_int8_student_keeps_its_contract_and_finds_the_same_people(shared_da
     assert bundled.info.metadata["precision"] == "int8" and bundled.version == floats.version
     assert weights_path("student") == weights_path("student-float") is not None
     assert int8.info.metadata["precision"] == "int8" and int8.info.metadata["calibration_frames"] == str(len(calibration))
-    [(_, frame)] = list(pets.frames(500, 500))  # a frame it was not calibrated on
-    a, b = floats.detect([frame])[0].above(0.5), int8.detect([frame])[0].above(0.5)
-    assert len(a) >= 3 and abs(len(a) - len(b)) <= 1
-    best = box_iou(a.xyxy, b.xyxy).max(axis=1)
-    assert float(np.mean(best)) > 0.8, best
+    # every confident box of either (score >= 0.4) has a close twin in the other (score >= 0.25: scores
+    # move a little under int8), on frames it was not calibrated on (4-8 people each)
+    best: list[float] = []
+    for _, frame in pets.picked_frames([500, 600, 700]):
+        a, b = floats.detect([frame])[0], int8.detect([frame])[0]
+        for confident, other in ((a.above(0.4), b.above(0.25)), (b.above(0.4), a.above(0.25))):
+            if len(confident):
+                assert len(other), "a confident box with nothing near it"
+                best += box_iou(confident.xyxy, other.xyxy).max(axis=1).tolist()
+    assert len(best) >= 12 and float(np.mean(best)) > 0.8 and min(best) > 0.5, best
     # the convolution that reads the colour channels stays float; every other one is int8
     # (QDQ: a quantized convolution reads its weights from a DequantizeLinear node)
     graph = load_model(int8_bytes).graph
     dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
     weights_int8 = {n.name: n.input[1] in dequantized for n in graph.node if n.op_type == "Conv"}
-    assert image_convolutions(read_model("student-float")) == ["/trunk/conv0/Conv"]
-    assert weights_int8.pop("/trunk/conv0/Conv") is False and weights_int8 and all(weights_int8.values())
+    [first] = image_convolutions(read_model("student-float"))
+    assert first.startswith("/trunk/")  # the trunk's first convolution (v1.1: its distilled stem's)
+    assert weights_int8.pop(first) is False and weights_int8 and all(weights_int8.values())
     with pytest.raises(PedstreamError, match="already quantized"):
         quantize_int8(int8_bytes, calibration)
     with pytest.raises(PedstreamError, match="needs calibration images"):
