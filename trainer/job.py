@@ -30,6 +30,7 @@ from trainer import metrics
 from trainer.actors import ParameterShard, Trainer, save_examples, save_weights, split_into_shards
 from trainer.data import Augment, Example
 from trainer.ps import StalenessPolicy, Weights, load_weights, model_weights
+from trainer.stem import distill_stem
 from trainer.student import Student, StudentConfig, export_onnx
 
 MODES = ("async", "sync")
@@ -127,6 +128,19 @@ def evaluate_weights(weights: Weights, config: StudentConfig, held_out: HeldOut,
     found = [detector.detect([image])[0] for image in held_out.images]
     score = average_precision(found, held_out.truths)
     return score.ap50, score.recall, onnx_bytes
+
+
+def with_distilled_stem(
+    config: StudentConfig, examples: list[Example], cache_dir: Path | None, progress: Callable[[str], None] | None = None
+) -> Weights:
+    """A fresh student's weights (``config.stem == "distilled"``) with its stem distilled on the images
+    of ``examples`` (``trainer.stem``; cached in ``cache_dir``): the start of a job that trains it."""
+    if config.trunk is None:
+        raise ValueError("a distilled stem needs a pretrained trunk (StudentConfig.trunk)")
+    distilled = distill_stem(Path(config.trunk), examples, cache_dir=cache_dir, progress=progress)
+    student = Student(config)
+    student.load_stem(distilled.weights)
+    return model_weights(student)
 
 
 class TrainingJob:

@@ -3,9 +3,9 @@
 MobileNetV2's blocks 0-2 (strides 2 and 4: a 3x3 conv, then depthwise convs over 32-144 channels at
 160x120 and 80x60 for a 320x240 input) cost about half of the int8 student's time on a CPU edge,
 though they make only the trunk's stride-4 features (24 channels). The distilled stem makes the same
-features with two plain 3x3 convs (stride 2 to 16 channels, stride 2 to 32), one depthwise 3x3 conv at
-stride 4 and a 1x1 projection to 24: int8 inference 3.7 -> 2.3 ms per 320x240 frame on one core. It is trained, with no labels, to
-reproduce the trunk's stride-4 features and, through the unchanged blocks after them, its stride-8
+features with two plain 3x3 convs (stride 2 to 16 channels, stride 2 to 32), one depthwise 3x3 conv
+at stride 4 and a 1x1 projection to 24: int8 inference 3.7 -> 2.3 ms per 320x240 frame on one core.
+It is trained, with no labels, to reproduce the trunk's stride-4 features and, through the unchanged blocks after them, its stride-8
 features, on images that are never scored (COCO photos and the unlabelled clips), so a student
 built on it is still honest on every left-out camera. The result is cached, keyed by its inputs.
 """
@@ -101,9 +101,7 @@ class DistillSettings:
 @dataclass(frozen=True)
 class DistilledStemResult:
     weights: dict[str, np.ndarray]  # DistilledStem's state dict
-    images: int
-    steps: int
-    seconds: float
+    seconds: float  # spent distilling (0 when cached)
     # mean squared error over the teacher features' variance at the end (0: identical features)
     relative_error_stride4: float
     relative_error_stride8: float
@@ -145,7 +143,7 @@ def distill_stem(
             errors = saved["_relative_errors"]
         if progress:
             progress(f"distilled stem: cached ({cached.name})")
-        return DistilledStemResult(weights, len(examples), settings.steps, 0.0, float(errors[0]), float(errors[1]), True)
+        return DistilledStemResult(weights, 0.0, float(errors[0]), float(errors[1]), True)
 
     started = time.perf_counter()
     torch.manual_seed(settings.seed)
@@ -186,4 +184,4 @@ def distill_stem(
         partial = cached.with_suffix(".partial.npz")
         np.savez(partial, _relative_errors=np.array([err4, err8]), **weights)
         partial.replace(cached)
-    return DistilledStemResult(weights, len(examples), settings.steps, time.perf_counter() - started, err4, err8, False)
+    return DistilledStemResult(weights, time.perf_counter() - started, err4, err8, False)

@@ -36,11 +36,11 @@ from detectors.quantize import calibration_picks, quantize_int8
 from streams.mot import MotSequence
 from trainer.cluster import DEFAULT_BASE_PORT, RayPorts, ray_session
 from trainer.data import Augment, Example
-from trainer.job import JobSettings, TrainingJob
-from trainer.ps import StalenessPolicy, model_weights
+from trainer.job import JobSettings, TrainingJob, with_distilled_stem
+from trainer.ps import StalenessPolicy
 from trainer.sources import dataset_examples, held_out_frames, labelled_examples, video_examples
-from trainer.stem import DISTILLED_STEM, DistilledStemResult, distill_stem
-from trainer.student import Student, StudentConfig
+from trainer.stem import DISTILLED_STEM
+from trainer.student import StudentConfig
 
 STOCK = {"ssdlite": "ssdlite_pedestrian.onnx", "nanodet": "nanodet.onnx", "centernet": "centernet.onnx"}
 
@@ -87,10 +87,10 @@ def training_set(
 STEM_SOURCES = "coco128-person, Market-cam6 and the unlabelled clips (images only; no labelled camera)"
 
 
-def distilled_stem(models: Path, examples: list[Example], cache: Path, progress: Callable[[str], None]) -> DistilledStemResult:
-    """The distilled stem from the training images of neither labelled camera (cached in ``cache``)."""
-    unscored = [e for e in examples if not any(e.ref.startswith(name) for name in LABELLED_SEQUENCES)]
-    return distill_stem(models / STOCK["ssdlite"], unscored, cache_dir=cache, progress=progress)
+def never_scored(examples: list[Example]) -> list[Example]:
+    """The training images of neither labelled camera: what the stem is distilled on, so that one
+    stem (cached) serves every left-out camera."""
+    return [e for e in examples if not any(e.ref.startswith(name) for name in LABELLED_SEQUENCES)]
 
 
 def _wait_for_children_to_exit(timeout_s: float = 30.0) -> None:
@@ -157,12 +157,7 @@ def run(
             trunk_stride=trunk_stride,
             stem=stem,
         )
-        init = None
-        if stem == DISTILLED_STEM:
-            distilled = distilled_stem(models, examples, cache, progress)
-            student = Student(config)
-            student.load_stem(distilled.weights)
-            init = model_weights(student)
+        init = with_distilled_stem(config, never_scored(examples), cache, progress) if stem == DISTILLED_STEM else None
         settings = JobSettings(policy=StalenessPolicy(lr=0.002), augment=Augment.strong(), batch_size=8, updates=updates,
                                workers=2, mode="async", eval_every=0)  # fmt: skip
         probe = held_out_frames(sequence, camera.frames or (1, sequence.length), max(camera.every * 4, 4))

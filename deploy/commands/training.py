@@ -118,8 +118,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     teachers = _prepare(args)
     from detectors.detector import TRAINED_ON_METADATA_KEY, with_metadata
     from trainer.cluster import RayPorts, ray_session
-    from trainer.job import TrainingJob
+    from trainer.job import TrainingJob, with_distilled_stem
     from trainer.report import read_weights, write_outputs
+    from trainer.sources import default_label_cache
     from trainer.student import Student, count_parameters, gflops
 
     config = student_config(args)
@@ -128,8 +129,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         RayPorts(args.ray_port).check_free()  # before the labelling work, not after it
     examples, held_out, data_summary = load_training_data(args, teachers)
     init = read_weights(Path(args.init)) if args.init else None
-    if init is None and config.stem == "distilled":
-        init = _with_distilled_stem(config, examples)
+    if init is None and config.stem == "distilled":  # student_config refuses it without a trunk
+        init = with_distilled_stem(config, examples, default_label_cache(), lambda m: print(f"[train] {m}", file=sys.stderr, flush=True))
     bar = ProgressBar(f"train {settings.mode} x{settings.workers}")
     last_ap: list[float] = []
 
@@ -190,21 +191,6 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"model {paths.get('model')}, metrics {paths['metrics']}, curves {paths['curves']}"
         )
     return 0
-
-
-def _with_distilled_stem(config: Any, examples: list[Any]) -> Any:
-    """A fresh student's weights with its stem distilled on the training images (cached by content)."""
-    from trainer.ps import model_weights
-    from trainer.sources import default_label_cache
-    from trainer.stem import distill_stem
-    from trainer.student import Student
-
-    assert config.trunk is not None  # student_config refuses a distilled stem without a trunk
-    distilled = distill_stem(Path(config.trunk), examples, cache_dir=default_label_cache(),
-                             progress=lambda message: print(f"[train] {message}", file=sys.stderr, flush=True))  # fmt: skip
-    student = Student(config)
-    student.load_stem(distilled.weights)
-    return model_weights(student)
 
 
 def add_job_flags(p: argparse.ArgumentParser) -> None:
