@@ -77,6 +77,9 @@ class ParameterShard:
     def pull(self) -> tuple[int, Weights]:
         return self.server.pull()
 
+    def pull_averaged(self) -> tuple[int, Weights]:
+        return self.server.pull_averaged()
+
     def checkpoint(self) -> int:
         if self.path is not None:
             self.server.checkpoint(self.path)

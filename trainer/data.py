@@ -141,7 +141,15 @@ def _looks(bgr: np.ndarray, augment: Augment, rng: np.random.Generator) -> np.nd
 
 def prepare(example: Example, input_w: int, input_h: int, augment: Augment, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """(CHW float RGB/255 image at the input size, boxes in input pixels) with augmentation."""
-    image, boxes = example.image, example.boxes.astype(np.float32)
+    image, boxes, _scores = prepare_scored(example, input_w, input_h, augment, rng)
+    return image, boxes
+
+
+def prepare_scored(
+    example: Example, input_w: int, input_h: int, augment: Augment, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``prepare``, also giving the confidence of each box that is still in view."""
+    image, boxes, scores = example.image, example.boxes.astype(np.float32), example.scores
     h, w = image.shape[:2]
     x0, y0, cw, ch = _window(w, h, input_w, input_h, augment, rng)
     # one affine map from the window to the input: crops and canvases (grey outside the frame) alike
@@ -151,7 +159,7 @@ def prepare(example: Example, input_w: int, input_h: int, augment: Augment, rng:
     boxes = (boxes - np.array([x0, y0, x0, y0], np.float32)) * np.array([sx, sy, sx, sy], np.float32)
     boxes = clip_boxes(boxes, input_w, input_h)
     keep = ((boxes[:, 2] - boxes[:, 0]) > 2) & ((boxes[:, 3] - boxes[:, 1]) > 4)
-    boxes = boxes[keep]
+    boxes, scores = boxes[keep], scores[keep]
     if augment.enabled and augment.flip and rng.random() < 0.5:
         resized = resized[:, ::-1]
         boxes = np.stack([input_w - boxes[:, 2], boxes[:, 1], input_w - boxes[:, 0], boxes[:, 3]], axis=1) if len(boxes) else boxes
@@ -161,7 +169,7 @@ def prepare(example: Example, input_w: int, input_h: int, augment: Augment, rng:
     if augment.enabled:
         rgb = (rgb - 0.5) * (1 + rng.uniform(-augment.contrast, augment.contrast)) + 0.5
         rgb = np.clip(rgb + rng.uniform(-augment.brightness, augment.brightness) * 0.5, 0.0, 1.0)
-    return rgb.transpose(2, 0, 1).copy(), boxes
+    return rgb.transpose(2, 0, 1).copy(), boxes, scores
 
 
 def make_batch(
@@ -173,12 +181,13 @@ def make_batch(
     min_score: float = 0.3,
     stride: int = 4,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Images (N, 3, H, W) and stacked targets for a list of examples (labels below ``min_score`` dropped)."""
+    """Images (N, 3, H, W) and stacked targets for a list of examples. Labels from ``min_score`` up
+    are people; the labeller's less confident boxes are ignored (neither people nor background)."""
     images, targets = [], []
     for ex in examples:
-        confident = Example(ex.image, ex.boxes[ex.scores >= min_score], ex.scores[ex.scores >= min_score], ex.source, ex.ref)
-        image, boxes = prepare(confident, input_w, input_h, augment, rng)
+        image, boxes, scores = prepare_scored(ex, input_w, input_h, augment, rng)
+        confident = scores >= min_score
         images.append(image)
-        targets.append(make_targets(boxes, input_w, input_h, stride))
+        targets.append(make_targets(boxes[confident], input_w, input_h, stride, ignored=boxes[~confident]))
     stacked = {k: torch.from_numpy(np.stack([t[k] for t in targets])) for k in targets[0]}
     return torch.from_numpy(np.stack(images)), stacked

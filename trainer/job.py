@@ -216,8 +216,9 @@ class TrainingJob:
     def trainer_pids(self) -> list[int]:
         return ray.get([t.pid.remote() for t in self.trainers], timeout=self.settings.timeout_s)
 
-    def _pull(self) -> tuple[int, Weights]:
-        pulled = ray.get([s.pull.remote() for s in self.shards], timeout=self.settings.timeout_s)
+    def _pull(self, averaged: bool = False) -> tuple[int, Weights]:
+        """The weights of every shard (``averaged``: what the job ships, see ``StalenessPolicy.average_decay``)."""
+        pulled = ray.get([(s.pull_averaged if averaged else s.pull).remote() for s in self.shards], timeout=self.settings.timeout_s)
         weights: Weights = {}
         for _version, part in pulled:
             weights.update(part)
@@ -281,7 +282,7 @@ class TrainingJob:
         s = self.settings
         ray.get([shard.checkpoint.remote() for shard in self.shards], timeout=s.timeout_s)
         shard_stats = ray.get([shard.stats.remote() for shard in self.shards], timeout=s.timeout_s)
-        _version, weights = self._pull()
+        _version, weights = self._pull(averaged=True)
         ap50 = recall = None
         onnx_bytes = b""
         if self.held_out is None:
@@ -332,7 +333,7 @@ class TrainingJob:
             self.seconds_to_loss = elapsed
         ap50 = None
         if self.held_out is not None and s.eval_every and self.updates % s.eval_every == 0 and self.updates < s.updates:
-            _v, weights = self._pull()
+            _v, weights = self._pull(averaged=True)
             ap50, _recall, _ = evaluate_weights(weights, self.config, self.held_out)
             self.ap_curve.append((self.updates, round(elapsed, 3), ap50))
             metrics.HELD_OUT_AP50.labels("held-out", "job").set(ap50)

@@ -19,6 +19,10 @@ from streams.mot import GroundTruth
 
 TEACHER_SOURCE = "teacher: nanodet + centernet, weighted box fusion"
 ORACLE_SOURCE = "oracle: MOT ground truth standing in for human annotators"
+# training labels also keep the teachers' unsure boxes (fused confidence from here up to 0.3): training
+# ignores their area instead of teaching the student that a half-seen person is background
+UNSURE_FROM = 0.1
+TEACHER_WITH_UNSURE_SOURCE = f"{TEACHER_SOURCE}, unsure boxes from {UNSURE_FROM}"
 
 
 @dataclass(frozen=True)

@@ -33,10 +33,16 @@ class StalenessPolicy:
     staleness_bound: int = 8
     optimizer: str = "adam"  # or "sgd"
     betas: tuple[float, float] = (0.9, 0.999)
+    # the server also keeps an exponential moving average of the weights (YOLOX's "EMA"), updated after
+    # every applied gradient with this decay (ramped up over the first updates); the job ships the
+    # average. 0: no average, the job ships the last weights
+    average_decay: float = 0.0
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("adam", "sgd"):
             raise ValueError(f"optimizer must be adam or sgd, not {self.optimizer!r}")
+        if not 0.0 <= self.average_decay < 1.0:
+            raise ValueError(f"average_decay must be in [0, 1), not {self.average_decay}")
 
     def rate(self, staleness: int) -> float:
         """The learning rate for a gradient ``staleness`` versions old."""
@@ -63,9 +69,24 @@ class ParameterServer:
     applied: int = 0
     dropped: int = 0
     staleness_seen: list[int] = field(default_factory=list)
+    averaged: Weights = field(default_factory=dict)  # the moving average of the weights (policy.average_decay)
 
     def pull(self) -> tuple[int, Weights]:
         return self.version, self.weights
+
+    def pull_averaged(self) -> tuple[int, Weights]:
+        """The weights to ship: their moving average when the policy keeps one, else the weights."""
+        return self.version, self.averaged or self.weights
+
+    def _update_average(self) -> None:
+        # ramped decay (YOLOX): early weights, far from trained, fade out of the average quickly
+        decay = min(self.policy.average_decay, (1 + self.applied) / (10 + self.applied))
+        for name, value in self.weights.items():
+            previous = self.averaged.get(name)
+            if previous is None or not np.issubdtype(value.dtype, np.floating):
+                self.averaged[name] = value.copy()  # counters (batch-norm's num_batches_tracked) are taken as they are
+            else:
+                self.averaged[name] = (decay * previous + (1 - decay) * value).astype(value.dtype)
 
     def push(
         self, grads: Weights, based_on: int, grad_norm: float | None = None, buffers: Weights | None = None, lr_scale: float = 1.0
@@ -105,6 +126,8 @@ class ParameterServer:
                 self.weights[name] = value
         self.version += 1
         self.applied += 1
+        if self.policy.average_decay:
+            self._update_average()
         return PushResult(True, staleness, lr, self.version)
 
     def checkpoint(self, path: Path) -> None:
@@ -117,6 +140,7 @@ class ParameterServer:
                     "second_moment": self.second_moment,
                     "version": self.version,
                     "applied": self.applied,
+                    "averaged": self.averaged,
                 }
             )
         )
@@ -125,7 +149,10 @@ class ParameterServer:
     @classmethod
     def restore(cls, path: Path, policy: StalenessPolicy) -> ParameterServer:
         state = pickle.loads(path.read_bytes())
-        return cls(state["weights"], policy, state["version"], state["velocity"], state["second_moment"], state["applied"])
+        return cls(
+            state["weights"], policy, state["version"], state["velocity"], state["second_moment"], state["applied"],
+            averaged=state.get("averaged", {}),
+        )  # fmt: skip
 
 
 def model_weights(model: torch.nn.Module) -> Weights:

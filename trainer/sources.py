@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +17,7 @@ from streams.errors import PedstreamError
 from streams.mot import MotSequence, parse_frame_range
 from trainer.data import Example, LabelCache, label_frames, shrink
 from trainer.job import HeldOut
-from trainer.labels import ORACLE_SOURCE, TEACHER_SOURCE, Labels, OracleLabeler, TeacherLabeler
+from trainer.labels import ORACLE_SOURCE, TEACHER_WITH_UNSURE_SOURCE, UNSURE_FROM, Labels, OracleLabeler, TeacherLabeler
 
 LABELERS = ("teacher", "oracle")
 STORAGE_WIDTH = 576  # examples are kept at this width (1.5x the student's input) to save memory
@@ -46,18 +46,8 @@ def labelled_examples(
     if labeler == "teacher":
         if models_dir is None:
             raise PedstreamError("the teacher labeller needs the models folder (set PEDSTREAM_MODELS)")
-        teacher_holder: list[TeacherLabeler] = []
-
-        def label(image: np.ndarray) -> Labels:
-            if not teacher_holder:  # load the teachers only when a frame is not cached
-                teacher_holder.append(TeacherLabeler(models_dir))
-            return teacher_holder[0].label(image)
-
-        source = TEACHER_SOURCE
         refs = ((f"{sequence.name}#{n}", image) for n, image in sequence.frames(start, stop, every))
-        examples = label_frames(
-            refs, label, source, LabelCache(cache_dir) if cache_dir else None, (lambda done: progress(done, total)) if progress else None
-        )
+        examples = _teacher_labelled(refs, models_dir, cache_dir, (lambda done: progress(done, total)) if progress else None)
     else:
         oracle = OracleLabeler()
         examples = []
@@ -149,17 +139,24 @@ def video_examples(
             frames.append((f"{video.stem}@{digest}#{index}", image))
         index += 1
     capture.release()
+    count = len(frames) or total // every
+    examples = _teacher_labelled(frames, models_dir, cache_dir, (lambda done: progress(done, count)) if progress else None)
+    return [shrink(e, STORAGE_WIDTH) for e in examples]
+
+
+def _teacher_labelled(
+    frames: Iterable[tuple[str, np.ndarray]], models_dir: Path, cache_dir: Path | None, progress: Callable[[int], None] | None
+) -> list[Example]:
+    """(ref, image) frames labelled for training by the teachers, unsure boxes kept (see
+    ``UNSURE_FROM``); the teachers are loaded only when a frame is not cached."""
     teacher_holder: list[TeacherLabeler] = []
 
     def label(image: np.ndarray) -> Labels:
         if not teacher_holder:
-            teacher_holder.append(TeacherLabeler(models_dir))
+            teacher_holder.append(TeacherLabeler(models_dir, min_score=UNSURE_FROM))
         return teacher_holder[0].label(image)
 
-    count = len(frames) or total // every
-    examples = label_frames(frames, label, TEACHER_SOURCE, LabelCache(cache_dir) if cache_dir else None,
-                            (lambda done: progress(done, count)) if progress else None)  # fmt: skip
-    return [shrink(e, STORAGE_WIDTH) for e in examples]
+    return label_frames(frames, label, TEACHER_WITH_UNSURE_SOURCE, LabelCache(cache_dir) if cache_dir else None, progress)
 
 
 def dataset_examples(path: Path, every: int = 1) -> tuple[list[Example], dict[str, object]]:

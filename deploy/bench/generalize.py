@@ -136,6 +136,7 @@ def run(
     cameras: tuple[str, ...] | None = None,
     keep: Path | None = None,
     stem: str = DISTILLED_STEM,
+    average_decay: float = 0.0,
 ) -> dict[str, Any]:
     """``keep``: also write each left-out camera's student there (``student-without-CAMERA.onnx`` and
     its ``.weights.npz``), a start model for ``bench loop`` on a camera that model never saw.
@@ -158,8 +159,8 @@ def run(
             stem=stem,
         )
         init = with_distilled_stem(config, never_scored(examples), cache, progress) if stem == DISTILLED_STEM else None
-        settings = JobSettings(policy=StalenessPolicy(lr=0.002), augment=Augment.strong(), batch_size=8, updates=updates,
-                               workers=2, mode="async", eval_every=0)  # fmt: skip
+        settings = JobSettings(policy=StalenessPolicy(lr=0.002, average_decay=average_decay), augment=Augment.strong(), batch_size=8,
+                               updates=updates, workers=2, mode="async", eval_every=0)  # fmt: skip
         probe = held_out_frames(sequence, camera.frames or (1, sequence.length), max(camera.every * 4, 4))
 
         def on_progress(p: Any, name: str = camera.sequence) -> None:
@@ -203,6 +204,7 @@ def run(
                     "head_stride": head_stride,
                     "trunk_stride": trunk_stride,
                     "stem": stem,
+                    "average_decay": average_decay,
                     **({"stem_distilled_on": STEM_SOURCES} if stem == DISTILLED_STEM else {}),
                     "int8_calibration": f"{len(calibration_picks(n_examples))} of its training images",
                 },

@@ -20,7 +20,8 @@ from streams.mot import MotSequence
 from trainer.cluster import LOOPBACK, LocalRayCluster, RayPorts, sockets_off_loopback
 from trainer.data import Augment
 from trainer.job import JobSettings, TrainingJob
-from trainer.sources import held_out_frames, labelled_examples
+from trainer.labels import UNSURE_FROM
+from trainer.sources import held_out_frames, labelled_examples, video_examples
 from trainer.student import StudentConfig
 
 pytestmark = pytest.mark.integration  # a real Ray head (and, for `pedstream train`, real processes)
@@ -59,6 +60,17 @@ def pets(shared_data: Path) -> MotSequence:
 @pytest.fixture(scope="module")
 def examples(pets: MotSequence) -> list:
     return labelled_examples(pets, (1, 120), "oracle", None, None, every=3)
+
+
+def test_teacher_training_labels_keep_unsure_boxes_and_cache_them(shared_models: Path, shared_data: Path, tmp_path: Path) -> None:
+    clip = shared_data / "unlabelled" / "city_crossing_street.mp4"
+    labelled = video_examples(clip, 40, shared_models, tmp_path)
+    scores = [float(s) for e in labelled for s in e.scores]
+    assert len(labelled) >= 5 and min(scores) >= UNSURE_FROM - 1e-6
+    assert any(s < 0.3 for s in scores) and any(s >= 0.3 for s in scores)  # sure people and unsure ones
+    cached = video_examples(clip, 40, tmp_path / "no-models", tmp_path)  # cached: the teachers are not even loaded
+    assert [e.ref for e in cached] == [e.ref for e in labelled]
+    assert all((a.scores == b.scores).all() for a, b in zip(cached, labelled, strict=True))
 
 
 def settings(**kw: object) -> JobSettings:

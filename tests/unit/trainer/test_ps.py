@@ -90,6 +90,26 @@ def test_adam_scales_its_step_by_staleness_too(staleness: int) -> None:
     np.testing.assert_allclose(ps.weights["w"], np.array([-1, 1, -1]) * 0.01 / (1 + staleness), rtol=1e-3)
 
 
+def test_the_server_ships_a_moving_average_of_the_weights_when_asked(tmp_path: Path) -> None:
+    policy = StalenessPolicy(lr=0.1, momentum=0.0, clip_norm=1e9, optimizer="sgd", average_decay=0.9)
+    ps = ParameterServer({"w": np.zeros(2, np.float32), "count": np.zeros((), np.int64)}, policy)
+    for _ in range(200):
+        ps.push({"w": np.ones(2, np.float32)}, based_on=ps.version, buffers={"count": ps.weights["count"] + 1})
+    version, averaged = ps.pull_averaged()
+    assert version == 200 and ps.weights["w"][0] == pytest.approx(-20.0, abs=1e-4)
+    # the weights walk down by 0.1 per update: once the decay has ramped up (update 80), the average
+    # trails them by decay / (1 - decay) = 9 updates
+    assert averaged["w"][0] == pytest.approx(-20.0 + 0.9, abs=0.02)
+    assert averaged["w"].dtype == np.float32 and averaged["count"] == 200  # counters are copied, not averaged
+    ps.checkpoint(tmp_path / "ps.ckpt")
+    np.testing.assert_array_equal(ParameterServer.restore(tmp_path / "ps.ckpt", policy).pull_averaged()[1]["w"], averaged["w"])
+    plain = server()
+    plain.push({"w": np.ones(2, np.float32)}, based_on=0)
+    assert plain.pull_averaged()[1] is plain.weights  # no average kept: the last weights are shipped
+    with pytest.raises(ValueError, match="average_decay"):
+        StalenessPolicy(average_decay=1.0)
+
+
 def test_parameters_are_split_into_balanced_shards() -> None:
     weights = {"a": np.zeros(100), "b": np.zeros(60), "c": np.zeros(50), "d": np.zeros(10)}
     shards = split_into_shards(weights, 2)

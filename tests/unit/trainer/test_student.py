@@ -13,10 +13,10 @@ from detectors.adapters.student import SIZE_UNIT, STRIDE
 from detectors.detector import Detector
 from detectors.results import BoxArray
 from streams.errors import PedstreamError
-from trainer.data import Augment, Example, prepare
+from trainer.data import Augment, Example, make_batch, prepare
 from trainer.labels import weighted_box_fusion
 from trainer.student import Student, StudentConfig, config_of, count_parameters, export_onnx, gflops
-from trainer.targets import make_targets
+from trainer.targets import detection_loss, focal_loss, make_targets
 
 
 def network_input(frames: np.ndarray) -> torch.Tensor:
@@ -56,6 +56,28 @@ def test_targets_decode_back_to_the_boxes() -> None:
         decoded.append([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2])
     decoded = np.array(sorted(decoded))
     np.testing.assert_allclose(decoded, boxes[np.argsort(boxes[:, 0])], atol=1e-3)
+
+
+def test_unsure_boxes_are_neither_people_nor_background() -> None:
+    image = np.full((288, 384, 3), 90, np.uint8)
+    sure, unsure = [40, 40, 80, 160], [200, 60, 240, 180]
+    example = Example(image, np.array([sure, unsure], np.float32), np.array([0.8, 0.2], np.float32), "teacher", "t#1")
+    images, targets = make_batch([example], 384, 288, Augment(enabled=False), np.random.default_rng(0), min_score=0.3)
+    assert images.shape == (1, 3, 288, 384) and targets["mask"].sum() == 1  # only the sure box is a person
+    weight = targets["background_weight"][0]
+    assert weight[60 // STRIDE, 220 // STRIDE] == 0 and weight[60 // STRIDE, 280 // STRIDE] == 1  # inside the unsure box / beside it
+    assert targets["heatmap"][0, 0, 60 // STRIDE, 220 // STRIDE] == 0
+    # a confident detection on the unsure person costs nothing; the same detection on empty ground does
+    heatmap = targets["heatmap"].clone()
+    on_unsure, on_empty = heatmap.clone(), heatmap.clone()
+    on_unsure[0, 0, 120 // STRIDE, 220 // STRIDE] = 0.9
+    on_empty[0, 0, 120 // STRIDE, 320 // STRIDE] = 0.9
+    baseline = float(focal_loss(heatmap, targets["heatmap"], targets["background_weight"]))
+    assert float(focal_loss(on_unsure, targets["heatmap"], targets["background_weight"])) == pytest.approx(baseline)
+    assert float(focal_loss(on_empty, targets["heatmap"], targets["background_weight"])) > baseline + 1
+    assert float(focal_loss(on_unsure, targets["heatmap"])) > baseline + 1  # without the weight it is background
+    regression = torch.zeros(1, 4, 288 // STRIDE, 384 // STRIDE)
+    assert torch.isfinite(detection_loss(on_unsure, regression, targets))
 
 
 def test_box_fusion_rewards_agreement() -> None:
