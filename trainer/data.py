@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import torch
 
-from detectors.boxes import clip_boxes
+from detectors.boxes import box_area, clip_boxes
 from trainer.labels import Labels
 from trainer.targets import make_targets
 
@@ -172,6 +172,19 @@ def prepare_scored(
     return rgb.transpose(2, 0, 1).copy(), boxes, scores
 
 
+def unsure_regions(unsure: np.ndarray, people: np.ndarray, part_of: float = 0.7) -> np.ndarray:
+    """The unsure boxes to leave out of training, less those that lie mostly (``part_of`` of their
+    area) inside a person's box: a part of someone already labelled (a head, an upper body), whose
+    area must stay background around that person's centre, or the heatmap learns double peaks."""
+    if len(unsure) == 0 or len(people) == 0:
+        return unsure
+    top_left = np.maximum(unsure[:, None, :2], people[None, :, :2])
+    bottom_right = np.minimum(unsure[:, None, 2:], people[None, :, 2:])
+    inside = np.prod(np.clip(bottom_right - top_left, 0, None), axis=2) / np.maximum(box_area(unsure), 1e-6)[:, None]
+    kept: np.ndarray = unsure[inside.max(axis=1) < part_of]
+    return kept
+
+
 def make_batch(
     examples: list[Example],
     input_w: int,
@@ -188,6 +201,7 @@ def make_batch(
         image, boxes, scores = prepare_scored(ex, input_w, input_h, augment, rng)
         confident = scores >= min_score
         images.append(image)
-        targets.append(make_targets(boxes[confident], input_w, input_h, stride, ignored=boxes[~confident]))
+        ignored = unsure_regions(boxes[~confident], boxes[confident])
+        targets.append(make_targets(boxes[confident], input_w, input_h, stride, ignored=ignored))
     stacked = {k: torch.from_numpy(np.stack([t[k] for t in targets])) for k in targets[0]}
     return torch.from_numpy(np.stack(images)), stacked

@@ -58,6 +58,9 @@ CAMERAS = (LeftOut("PETS09-S2L1", (398, 795), 2), LeftOut("TUD-Campus", None, 1)
 LABELLED_SEQUENCES = ("PETS09-S2L1", "TUD-Campus")
 
 
+CLIP_EVERY = 5  # every 5th frame of each unlabelled clip (teacher labels): ~600 images of 10 other places
+
+
 def training_set(
     data: Path, models: Path, cache: Path, left_out: str, say: Callable[[str], None]
 ) -> tuple[list[Example], list[dict[str, Any]]]:
@@ -75,7 +78,7 @@ def training_set(
     coco, described = dataset_examples(data / "coco128-person")
     examples += coco
     summary.append(described)
-    videos = [(data / "Market-cam6" / "Market-cam6.mp4", 10)] + [(clip, 15) for clip in sorted((data / "unlabelled").glob("*.mp4"))]
+    videos = [(data / "Market-cam6" / "Market-cam6.mp4", 10)] + [(clip, CLIP_EVERY) for clip in sorted((data / "unlabelled").glob("*.mp4"))]
     for video, every in videos:
         say(f"teacher labels for {video.name} (every {every}th frame; cached)")
         found = video_examples(video, every, models, cache)
