@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from detectors.adapters.student import SIZE_UNIT, STRIDE
 
@@ -22,27 +23,16 @@ def gaussian_radius(height: float, width: float, min_overlap: float = 0.7) -> fl
     return float(max(0.0, min(r1, r2, r3)))
 
 
-REGRESSION_AREA = 0.3  # cells where a person's Gaussian is at least this learn their box too
-
-
 def make_targets(
     boxes: np.ndarray, input_w: int, input_h: int, stride: int = STRIDE, ignored: np.ndarray | None = None
 ) -> dict[str, np.ndarray]:
     """Targets for one image from (N, 4) boxes in input pixels: heatmap (1, h, w), regression (4, h, w),
-    mask (h, w: 1 at each person's centre), regression weight (h, w) and background weight (h, w).
-
-    The box is regressed at the centre and at the cells around it where the person's Gaussian is at
-    least ``REGRESSION_AREA``, weighted by it (TTFNet's Gaussian-weighted area), each cell with the
-    offset from itself to the centre. The edge decodes every cell above its score floor and keeps the
-    best boxes by NMS; a neighbour of the centre that had never been taught a box gave a stray one
-    (on TUD-Campus most false positives scored 0.2-0.5 overlapped a person at IoU 0.1-0.5).
-    Background weight is 0 over ``ignored`` boxes (people the labeller was unsure of), so the
-    heatmap is taught neither that they are people nor that they are background."""
+    mask (h, w), and background weight (h, w): 0 over ``ignored`` boxes (people the labeller was unsure
+    of), so the heatmap is taught neither that they are people nor that they are background."""
     h, w = input_h // stride, input_w // stride
     heatmap = np.zeros((1, h, w), np.float32)
     regression = np.zeros((4, h, w), np.float32)
     mask = np.zeros((h, w), np.float32)
-    regression_weight = np.zeros((h, w), np.float32)  # also which person owns a cell: the strongest Gaussian there
     background_weight = np.ones((h, w), np.float32)
     for x1, y1, x2, y2 in ignored if ignored is not None else ():
         rows = slice(max(0, int(y1 // stride)), int(np.ceil(y2 / stride)))
@@ -60,19 +50,9 @@ def make_targets(
         blob = np.exp(-((xs - col) ** 2 + (ys - row) ** 2) / (2 * sigma**2))
         heatmap[0] = np.maximum(heatmap[0], blob)
         heatmap[0, row, col] = 1.0
-        blob[row, col] = 1.0
-        area = (blob >= REGRESSION_AREA) & (blob > regression_weight)
-        regression[0][area], regression[1][area] = np.log(bw / SIZE_UNIT), np.log(bh / SIZE_UNIT)
-        regression[2][area], regression[3][area] = cx - xs[area], cy - ys[area]
-        regression_weight[area] = blob[area]
+        regression[:, row, col] = [np.log(bw / SIZE_UNIT), np.log(bh / SIZE_UNIT), cx - col, cy - row]
         mask[row, col] = 1.0
-    return {
-        "heatmap": heatmap,
-        "regression": regression,
-        "mask": mask,
-        "regression_weight": regression_weight,
-        "background_weight": background_weight,
-    }
+    return {"heatmap": heatmap, "regression": regression, "mask": mask, "background_weight": background_weight}
 
 
 def focal_loss(pred: torch.Tensor, target: torch.Tensor, background_weight: torch.Tensor | None = None) -> torch.Tensor:
@@ -90,7 +70,8 @@ def focal_loss(pred: torch.Tensor, target: torch.Tensor, background_weight: torc
 
 
 def detection_loss(heatmap: torch.Tensor, regression: torch.Tensor, targets: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Focal loss on the heatmap plus L1 on size and offset over each person's regression area."""
-    weight = targets["regression_weight"].unsqueeze(1)
-    reg = (torch.abs(regression - targets["regression"]) * weight).sum() / weight.sum().clamp(min=1.0)
+    """Focal loss on the heatmap plus L1 on size and offset at the centres."""
+    mask = targets["mask"].unsqueeze(1)
+    count = mask.sum().clamp(min=1.0)
+    reg = F.l1_loss(regression * mask, targets["regression"] * mask, reduction="sum") / count
     return focal_loss(heatmap, targets["heatmap"], targets.get("background_weight")) + reg

@@ -58,23 +58,6 @@ def test_targets_decode_back_to_the_boxes() -> None:
     np.testing.assert_allclose(decoded, boxes[np.argsort(boxes[:, 0])], atol=1e-3)
 
 
-def test_cells_around_a_centre_learn_the_same_box_weighted_by_the_gaussian() -> None:
-    box = np.array([[100, 40, 160, 200]], np.float32)  # 60 x 160 px: a near person
-    t = make_targets(box, 384, 288, stride=8)
-    area = np.argwhere(t["regression_weight"] > 0)
-    assert len(area) > 4 and t["mask"].sum() == 1  # more than the centre, one person
-    for r, c in area:
-        lw, lh, ox, oy = t["regression"][:, r, c]
-        cx, cy, w, h = (c + ox) * 8, (r + oy) * 8, np.exp(lw) * SIZE_UNIT, np.exp(lh) * SIZE_UNIT
-        np.testing.assert_allclose([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], box[0], atol=1e-3)
-    centre = tuple(np.argwhere(t["mask"] == 1)[0])
-    assert t["regression_weight"][centre] == 1.0 and t["regression_weight"].max() == 1.0
-    # where two people's areas meet, a cell learns the box of the one whose Gaussian is stronger there
-    two = make_targets(np.array([[100, 40, 160, 200], [124, 40, 184, 200]], np.float32), 384, 288, stride=8)
-    r, c = np.argwhere(two["mask"] == 1)[0]
-    np.testing.assert_allclose(two["regression"][2:, r, c] + [c, r], [130 / 8, 120 / 8], atol=1e-5)
-
-
 def test_unsure_boxes_are_neither_people_nor_background() -> None:
     image = np.full((288, 384, 3), 90, np.uint8)
     sure, unsure = [40, 40, 80, 160], [200, 60, 240, 180]
