@@ -139,7 +139,7 @@ def run(
     cameras: tuple[str, ...] | None = None,
     keep: Path | None = None,
     stem: str = DISTILLED_STEM,
-    average_decay: float = 0.0,
+    average_decay: float = 0.995,
 ) -> dict[str, Any]:
     """``keep``: also write each left-out camera's student there (``student-without-CAMERA.onnx`` and
     its ``.weights.npz``), a start model for ``bench loop`` on a camera that model never saw.

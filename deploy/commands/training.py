@@ -364,7 +364,7 @@ def register_bench(bench_sub: Any, flags: Flags) -> None:
     g.add_argument("--stem", choices=("mobilenetv2", "distilled"), default="distilled",
                    help="distilled (v1.1's): a cheaper stem distilled from the trunk's first blocks (trainer/stem.py); "
                    "mobilenetv2: those blocks themselves")  # fmt: skip
-    g.add_argument("--average-decay", type=float, default=0.0, help=AVERAGE_DECAY_HELP)
+    g.add_argument("--average-decay", type=float, default=0.995, help=AVERAGE_DECAY_HELP + "; v1.2's 0.995 by default")
     g.add_argument("--left-out", default="PETS09-S2L1,TUD-Campus", help="which labelled cameras to leave out, one at a time")
     g.add_argument("--keep", metavar="DIR", help="also write each left-out camera's student there "
                    "(student-without-CAMERA.onnx + .weights.npz: a start model for `bench loop` on that camera)")  # fmt: skip
