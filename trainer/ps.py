@@ -79,7 +79,8 @@ class ParameterServer:
         return self.version, self.averaged or self.weights
 
     def _update_average(self) -> None:
-        # ramped decay (YOLOX): early weights, far from trained, fade out of the average quickly
+        # decay ramped up as TensorFlow's ExponentialMovingAverage does with num_updates: early
+        # weights, far from trained, fade out of the average quickly
         decay = min(self.policy.average_decay, (1 + self.applied) / (10 + self.applied))
         for name, value in self.weights.items():
             previous = self.averaged.get(name)
