@@ -1,4 +1,4 @@
-"""Box maths as small functions: IoU, non-maximum suppression (OpenCV's), clipping, scaling."""
+"""Box maths as small functions: intersection, IoU, non-maximum suppression (OpenCV's), clipping, scaling."""
 
 from __future__ import annotations
 
@@ -12,6 +12,14 @@ def box_area(xyxy: np.ndarray) -> np.ndarray:
     return area
 
 
+def box_intersection(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
+    """Overlap area of every box in ``boxes_a`` (N, 4) with every box in ``boxes_b`` (M, 4): (N, M)."""
+    top_left = np.maximum(boxes_a[:, None, :2], boxes_b[None, :, :2])
+    bottom_right = np.minimum(boxes_a[:, None, 2:], boxes_b[None, :, 2:])
+    inter: np.ndarray = np.prod(np.clip(bottom_right - top_left, 0, None), axis=2)
+    return inter
+
+
 def box_iou(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
     """IoU of every box in ``boxes_a`` (N, 4) with every box in ``boxes_b`` (M, 4): an (N, M) matrix.
 
@@ -21,9 +29,7 @@ def box_iou(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
     """
     if len(boxes_a) == 0 or len(boxes_b) == 0:
         return np.zeros((len(boxes_a), len(boxes_b)), np.float32)
-    top_left = np.maximum(boxes_a[:, None, :2], boxes_b[None, :, :2])
-    bottom_right = np.minimum(boxes_a[:, None, 2:], boxes_b[None, :, 2:])
-    inter = np.prod(np.clip(bottom_right - top_left, 0, None), axis=2)
+    inter = box_intersection(boxes_a, boxes_b)
     union = box_area(boxes_a)[:, None] + box_area(boxes_b)[None, :] - inter
     iou: np.ndarray = (inter / np.maximum(union, 1e-9)).astype(np.float32)
     return iou

@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import torch
 
-from detectors.boxes import box_area, clip_boxes
+from detectors.boxes import box_area, box_intersection, clip_boxes
 from trainer.labels import Labels
 from trainer.targets import make_targets
 
@@ -178,9 +178,7 @@ def unsure_regions(unsure: np.ndarray, people: np.ndarray, part_of: float = 0.7)
     area must stay background around that person's centre, or the heatmap learns double peaks."""
     if len(unsure) == 0 or len(people) == 0:
         return unsure
-    top_left = np.maximum(unsure[:, None, :2], people[None, :, :2])
-    bottom_right = np.minimum(unsure[:, None, 2:], people[None, :, 2:])
-    inside = np.prod(np.clip(bottom_right - top_left, 0, None), axis=2) / np.maximum(box_area(unsure), 1e-6)[:, None]
+    inside = box_intersection(unsure, people) / np.maximum(box_area(unsure), 1e-6)[:, None]
     kept: np.ndarray = unsure[inside.max(axis=1) < part_of]
     return kept
 
