@@ -24,8 +24,8 @@ def box_iou(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
     """IoU of every box in ``boxes_a`` (N, 4) with every box in ``boxes_b`` (M, 4): an (N, M) matrix.
 
     Examples:
-        >>> box_iou(np.array([[0, 0, 2, 2.]]), np.array([[1, 0, 3, 2.], [5, 5, 6, 6.]])).round(3).tolist()
-        [[0.333, 0.0]]
+        >>> print(box_iou(np.array([[0, 0, 2, 2.]]), np.array([[1, 0, 3, 2.], [5, 5, 6, 6.]])).round(3))
+        [[0.333 0.   ]]
     """
     if len(boxes_a) == 0 or len(boxes_b) == 0:
         return np.zeros((len(boxes_a), len(boxes_b)), np.float32)

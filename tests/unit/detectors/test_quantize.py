@@ -21,10 +21,10 @@ def test_the_int8_student_keeps_its_contract_and_finds_the_same_people(shared_da
     int8_bytes = quantize_int8(read_model("student-float"), calibration)
     floats = Detector.from_bytes(read_model("student-float"), name="float", threads=1)
     int8 = Detector.from_bytes(int8_bytes, name="int8", threads=1)
-    assert int8.info.format == "student" and int8.version == floats.version
+    assert int8.info.format == "student" and int8.version == f"{floats.version}-int8"
     # the bundled `--model student` is this int8 network; `--model student-float` the float one
     bundled = Detector.from_bytes(read_model("student"), name="bundled", threads=1)
-    assert bundled.info.metadata["precision"] == "int8" and bundled.version == floats.version
+    assert bundled.info.metadata["precision"] == "int8" and bundled.version == f"{floats.version}-int8"
     assert weights_path("student") == weights_path("student-float") is not None
     assert int8.info.metadata["precision"] == "int8" and int8.info.metadata["calibration_frames"] == str(len(calibration))
     # every confident box of either (score >= 0.4) has a close twin in the other (score >= 0.25: scores

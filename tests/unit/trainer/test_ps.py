@@ -110,6 +110,17 @@ def test_the_server_ships_a_moving_average_of_the_weights_when_asked(tmp_path: P
         StalenessPolicy(average_decay=1.0)
 
 
+def test_a_long_average_is_honoured_not_capped_by_a_ramp() -> None:
+    # decay 0.998 over a 2000-update job spans ~460 updates of a steady walk (sum of j * 0.998**j over
+    # sum of 0.998**j); TensorFlow's num_updates ramp would have cut it to ~200
+    policy = StalenessPolicy(lr=0.1, momentum=0.0, clip_norm=1e9, optimizer="sgd", average_decay=0.998)
+    ps = ParameterServer({"w": np.zeros(1, np.float32)}, policy)
+    for _ in range(2000):
+        ps.push({"w": np.ones(1, np.float32)}, based_on=ps.version)
+    trail = (ps.pull_averaged()[1]["w"][0] - ps.weights["w"][0]) / 0.1
+    assert trail == pytest.approx(461.8, abs=2)
+
+
 def test_parameters_are_split_into_balanced_shards() -> None:
     weights = {"a": np.zeros(100), "b": np.zeros(60), "c": np.zeros(50), "d": np.zeros(10)}
     shards = split_into_shards(weights, 2)
