@@ -36,6 +36,7 @@ from streams.cameras.looks import render
 from streams.errors import PedstreamError
 from streams.model_channel import ModelKeys, connect_redis
 from streams.mot import MotSequence, parse_frame_range
+from streams.polling import wait_until
 from streams.records import Alert, Detections
 from streams.signing import PRIVATE_NAME, PUBLIC_NAME, Signer, init_keys
 from streams.topics import Topics
@@ -141,15 +142,6 @@ def score_camera(detector: Detector, camera: SiteCamera, every: int) -> float:
 
     first, last = camera.scored
     return round(evaluate_sequence(detect, camera.sequence, first, last, every).ap50, 4)
-
-
-def _wait(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
 class _Counter:
@@ -293,7 +285,9 @@ class ClosedLoop:
         counter = _Counter(self.bootstrap, self.topics, self.live_source.camera_id)  # its consumers join while the agent starts
         try:
             self.say(f"detector agent starting; registry current {start_version}")
-            _wait(lambda: registry.agents().get(AGENT_ID, {}).get("serving") == start_version, 180, "the agent to serve the start model")
+            wait_until(
+                lambda: registry.agents().get(AGENT_ID, {}).get("serving") == start_version, 180, "the agent to serve the start model"
+            )
             if not service.wait_until_assigned(60):  # else a short stream can end before the trainer reads it
                 raise PedstreamError("the trainer's hard-example consumer got no partition within 60 s (is the broker up?)")
             self.say(
@@ -398,7 +392,7 @@ class ClosedLoop:
             cameras = registry.agents().get(AGENT_ID, {}).get("cameras", {})
             return bool(cameras.get(camera.camera_id, {}).get("version") == version)
 
-        _wait(serving_on_camera, 60, f"the agent to serve the new model on {camera.camera_id}")
+        wait_until(serving_on_camera, 60, f"the agent to serve the new model on {camera.camera_id}")
         serving_at = float(registry.agents()[AGENT_ID]["ts"])
         live.wait(60)
         live.stop()

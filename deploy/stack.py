@@ -44,6 +44,7 @@ from streams.endpoints import (
 )
 from streams.errors import StackError
 from streams.kafka_settings import admin_settings
+from streams.polling import wait_until
 from streams.redis_roles import new_passwords, provision, role_url
 from streams.topics import Topics
 
@@ -132,12 +133,11 @@ def _is_zombie(pid: int) -> bool:
         return False
 
 
-def _wait_until(check, timeout_s: float, what: str, log_path: Path | None = None) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.1)
+def _wait_until(check: Callable[[], bool], timeout_s: float, what: str, log_path: Path | None = None) -> None:
+    try:
+        return wait_until(check, timeout_s, what, interval_s=0.1)
+    except TimeoutError:
+        pass
     tail = ""
     if log_path is not None and log_path.exists():
         tail = "\n" + "\n".join(log_path.read_text(errors="replace").splitlines()[-10:])

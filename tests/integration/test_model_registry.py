@@ -9,7 +9,6 @@ from __future__ import annotations
 import shutil
 import subprocess
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +22,7 @@ from deploy.stack import free_loopback_port, lock_redis, start_redis
 from detectors.detector import BUNDLED_MODELS, onnx_metadata, with_version
 from streams.bus import RecordWatch, ensure_topics
 from streams.model_channel import ModelKeys, ModelReader, ModelWatcher, connect_redis
+from streams.polling import wait_until
 from streams.records import Detections
 from streams.signing import PRIVATE_NAME, PUBLIC_NAME, Signer, VerificationError, Verifier, init_keys
 from streams.topics import Topics
@@ -116,15 +116,6 @@ def _start_agent(
     return agent.start()
 
 
-def _wait_for(condition, timeout_s: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def _serving(registry: Registry, agent_id: str) -> str | None:
     return registry.agents().get(agent_id, {}).get("serving")
 
@@ -170,19 +161,19 @@ def test_agent_hot_swaps_per_camera_refuses_bad_orders_and_rolls_back_without_lo
         return str(refused.get("reason")) if refused.get("version") == version else ""
 
     try:
-        _wait_for(lambda: _serving(registry, "swap-a") == "s-first", 60, "the agent to load the current version at start")
+        wait_until(lambda: _serving(registry, "swap-a") == "s-first", 60, "the agent to load the current version at start")
         camera.start()
-        _wait_for(lambda: "s-first" in watch.versions(), 60, "detections by s-first")
+        wait_until(lambda: "s-first" in watch.versions(), 60, "detections by s-first")
         registry.publish(with_version(STUDENT.read_bytes(), "s-second"), Lineage(parent="s-first"))
-        _wait_for(lambda: "s-second" in watch.versions(), 20, "detections by s-second")
+        wait_until(lambda: "s-second" in watch.versions(), 20, "detections by s-second")
         # a camera that appears now, with no model of its own, is served the general model from its first frame
         second_camera.start()
-        _wait_for(lambda: len(versions_of("cam-b")) >= 5, 30, "cam-b's first detections")
+        wait_until(lambda: len(versions_of("cam-b")) >= 5, 30, "cam-b's first detections")
         assert set(versions_of("cam-b")[:5]) == {"s-second"}
         # cam-b gets a model of its own; cam keeps the general one
         own = registry.store(with_version(STUDENT.read_bytes(), "cam-b-own"), scope=["cam-b"])
         registry.assign(own.version, ["cam-b"])
-        _wait_for(lambda: "cam-b-own" in versions_of("cam-b"), 20, "cam-b's own model")
+        wait_until(lambda: "cam-b-own" in versions_of("cam-b"), 20, "cam-b's own model")
         # a second agent (its own consumer group) started now loads every order in force, not its --model
         late = _start_agent(
             shared_models / "ssdlite_pedestrian.onnx",
@@ -194,30 +185,30 @@ def test_agent_hot_swaps_per_camera_refuses_bad_orders_and_rolls_back_without_lo
             "swap-b",
             group=f"late-{uuid.uuid4().hex[:6]}",
         )
-        _wait_for(lambda: _serving(registry, "swap-b") == "s-second", 60, "the late agent to load the current version")
-        _wait_for(
+        wait_until(lambda: _serving(registry, "swap-b") == "s-second", 60, "the late agent to load the current version")
+        wait_until(
             lambda: registry.agents()["swap-b"].get("cameras", {}).get("cam-b", {}).get("version") == "cam-b-own", 30, "its cam-b model"
         )
         # orders an agent must refuse: tampered bytes, an unsigned (rejected) version, a replayed old order
         tampered = registry.store(with_version(STUDENT.read_bytes(), "s-tampered"))
         registry.client.set(registry.keys.onnx("s-tampered"), b"not the signed bytes")
         registry.make_current(tampered.version)
-        _wait_for(lambda: "sha256" in refusal("s-tampered"), 20, "the refusal of tampered bytes")
+        wait_until(lambda: "sha256" in refusal("s-tampered"), 20, "the refusal of tampered bytes")
         rejected = registry.store(with_version(STUDENT.read_bytes(), "s-rejected"), state="rejected", reason="failed the gate")
         registry.client.publish(registry.keys.channel, rejected.model_copy(update={"serial": 10**15}).model_dump_json())
-        _wait_for(lambda: "unsigned" in refusal("s-rejected"), 20, "the refusal of an unsigned version")
+        wait_until(lambda: "unsigned" in refusal("s-rejected"), 20, "the refusal of an unsigned version")
         registry.client.publish(registry.keys.channel, first.model_dump_json())  # s-first's old, validly signed order
-        _wait_for(lambda: "not newer" in refusal("s-first"), 20, "the refusal of a replayed order")
+        wait_until(lambda: "not newer" in refusal("s-first"), 20, "the refusal of a replayed order")
         assert _serving(registry, "swap-a") == "s-second"
         registry.rollback()  # s-tampered -> s-second: already serving; once more -> s-first
         registry.rollback()
-        _wait_for(
+        wait_until(
             lambda: _serving(registry, "swap-a") == _serving(registry, "swap-b") == "s-first", 20, "the rollback to s-first on both agents"
         )
         assert registry.agents()["swap-a"]["cameras"]["cam-b"]["version"] == "cam-b-own"  # its own model is not the general one
         camera.join(60)
         second_camera.join(60)
-        _wait_for(lambda: len(_seqs(watch, "swap-a", "cam")) >= frames, 60, "every frame")
+        wait_until(lambda: len(_seqs(watch, "swap-a", "cam")) >= frames, 60, "every frame")
     finally:
         stop(agent)
         if "late" in locals():
@@ -250,7 +241,7 @@ def test_redis_restart_mid_stream_does_not_stop_detection(broker: str, keys: Pat
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        _wait_for(lambda: _answers(url), 10, "redis-server")
+        wait_until(lambda: _answers(url), 10, "redis-server")
         return proc
 
     redis_proc = start_redis()
@@ -262,22 +253,22 @@ def test_redis_restart_mid_stream_does_not_stop_detection(broker: str, keys: Pat
     watch = DetectionsWatch(broker, topics)
     frames = 100
     try:
-        _wait_for(lambda: _serving(registry, "redis-a") == "r-1", 60, "the agent to load r-1")
+        wait_until(lambda: _serving(registry, "redis-a") == "r-1", 60, "the agent to load r-1")
         camera = threading.Thread(
             target=publish_frames, args=(broker, topics, {"id": "cam", "source": vtest, "max_frames": frames, "fps": 10, "realtime": True})
         )
         camera.start()
-        _wait_for(lambda: "r-1" in watch.versions(), 60, "detections by r-1")
+        wait_until(lambda: "r-1" in watch.versions(), 60, "detections by r-1")
         redis_proc.terminate()
         redis_proc.wait(10)
         during = len(watch.records)
-        _wait_for(lambda: len(watch.records) >= during + 10, 20, "detection to go on without Redis")
+        wait_until(lambda: len(watch.records) >= during + 10, 20, "detection to go on without Redis")
         redis_proc = start_redis()  # an empty Redis (it keeps nothing on disk): publish again
         registry = Registry(connect_redis(url), ModelKeys.for_topics(topics.prefix), Signer.load(keys / PRIVATE_NAME))
         registry.publish(with_version(STUDENT.read_bytes(), "r-2"))
-        _wait_for(lambda: _serving(registry, "redis-a") == "r-2", 30, "the agent to reconnect and swap to r-2")
+        wait_until(lambda: _serving(registry, "redis-a") == "r-2", 30, "the agent to reconnect and swap to r-2")
         camera.join(60)
-        _wait_for(lambda: len({d.seq for d in watch.records}) >= frames, 60, "every frame's detections")
+        wait_until(lambda: len({d.seq for d in watch.records}) >= frames, 60, "every frame's detections")
     finally:
         stop(agent)
         watch.close()
@@ -309,9 +300,9 @@ def test_an_edge_user_follows_the_registry_and_cannot_change_it(keys: Path, tmp_
         received: list[str] = []
         watcher = ModelWatcher(roles["edge"], model_keys, lambda order: received.append(order.version)).start()
         try:
-            _wait_for(lambda: received == ["e-1"], 10, "the order in force")
+            wait_until(lambda: received == ["e-1"], 10, "the order in force")
             registry.publish(with_version(STUDENT.read_bytes(), "e-2"))
-            _wait_for(lambda: received == ["e-1", "e-2"], 10, "the announced order")
+            wait_until(lambda: received == ["e-1", "e-2"], 10, "the announced order")
         finally:
             watcher.stop()
         assert onnx_metadata(reader.fetch(reader.orders()["*"]))["pedstream_version"] == "e-2"
@@ -348,17 +339,17 @@ def test_an_agent_rolls_a_camera_back_on_its_own_when_agreement_with_its_teacher
     camera = threading.Thread(target=publish_frames, args=(broker, topics, yard), daemon=True)
     status = lambda: registry.agents().get("ar-a", {})  # noqa: E731
     try:
-        _wait_for(lambda: _serving(registry, "ar-a") == "ar-good", 60, "the agent to serve ar-good")
+        wait_until(lambda: _serving(registry, "ar-a") == "ar-good", 60, "the agent to serve ar-good")
         camera.start()
-        _wait_for(lambda: len([d for d in watch.snapshot() if d.model_version == "ar-good"]) >= 60, 60, "6 s of ar-good on the camera")
+        wait_until(lambda: len([d for d in watch.snapshot() if d.model_version == "ar-good"]) >= 60, 60, "6 s of ar-good on the camera")
         bad = registry.store(with_version(_turned_down(STUDENT_FLOAT.read_bytes()), "ar-bad"), scope=["yard"])
         registry.assign(bad.version, ["yard"])
-        _wait_for(lambda: "yard" in (status().get("reverted") or {}), 60, "the agent to roll the camera back")
+        wait_until(lambda: "yard" in (status().get("reverted") or {}), 60, "the agent to roll the camera back")
         reason = status()["reverted"]["yard"]
         scopes = lambda: status().get("cameras") or {}  # noqa: E731 - scope -> what serves it; a camera back on the general model has none
-        _wait_for(lambda: (scopes().get("yard") or scopes().get("*") or {}).get("version") == "ar-good", 20, "ar-good on the camera again")
+        wait_until(lambda: (scopes().get("yard") or scopes().get("*") or {}).get("version") == "ar-good", 20, "ar-good on the camera again")
         seen = len(watch.snapshot())
-        _wait_for(lambda: len(watch.snapshot()) >= seen + 10, 30, "detections after the rollback")
+        wait_until(lambda: len(watch.snapshot()) >= seen + 10, 30, "detections after the rollback")
     finally:
         stop(agent)
         watch.close()
