@@ -37,8 +37,14 @@ class StalenessPolicy:
     # every applied gradient with this decay (ramped up over the first updates); the job ships the
     # average. 0: no average, the job ships the last weights
     average_decay: float = 0.0
+    # learning-rate multipliers by weight-name prefix, first match wins (("trunk.", 0.1): the
+    # pretrained trunk moves a tenth as fast as the head trained from scratch); others get 1
+    lr_scale_by_prefix: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:
+        for prefix, scale in self.lr_scale_by_prefix:
+            if not prefix or not 0.0 <= scale <= 1.0:
+                raise ValueError(f"lr_scale_by_prefix needs a prefix and a scale in [0, 1], not {prefix!r}: {scale}")
         if self.optimizer not in ("adam", "sgd"):
             raise ValueError(f"optimizer must be adam or sgd, not {self.optimizer!r}")
         if not 0.0 <= self.average_decay < 1.0:
@@ -47,6 +53,10 @@ class StalenessPolicy:
     def rate(self, staleness: int) -> float:
         """The learning rate for a gradient ``staleness`` versions old."""
         return self.lr / (1 + max(0, staleness))
+
+    def scale_of(self, name: str) -> float:
+        """The learning-rate multiplier of the weight called ``name``."""
+        return next((scale for prefix, scale in self.lr_scale_by_prefix if name.startswith(prefix)), 1.0)
 
 
 @dataclass
@@ -118,14 +128,14 @@ class ParameterServer:
                 v = self.velocity.get(name)
                 v = grad if v is None else self.policy.momentum * v + grad
                 self.velocity[name] = v
-                self.weights[name] = self.weights[name] - lr * v
+                self.weights[name] = self.weights[name] - lr * self.policy.scale_of(name) * v
             else:
                 b1, b2 = self.policy.betas
                 m = b1 * self.velocity.get(name, 0.0) + (1 - b1) * grad
                 v = b2 * self.second_moment.get(name, 0.0) + (1 - b2) * grad * grad
                 self.velocity[name], self.second_moment[name] = m, v
                 update = (m / (1 - b1**step)) / (np.sqrt(v / (1 - b2**step)) + 1e-8)
-                self.weights[name] = (self.weights[name] - lr * update).astype(self.weights[name].dtype)
+                self.weights[name] = (self.weights[name] - lr * self.policy.scale_of(name) * update).astype(self.weights[name].dtype)
         for name, value in (buffers or {}).items():
             if name in self.weights:
                 self.weights[name] = value

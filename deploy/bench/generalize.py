@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +140,7 @@ def run(
     keep: Path | None = None,
     stem: str = DISTILLED_STEM,
     average_decay: float = 0.995,
+    trunk_lr_scale: tuple[tuple[str, float], ...] = (),
 ) -> dict[str, Any]:
     """``keep``: also write each left-out camera's student there (``student-without-CAMERA.onnx`` and
     its ``.weights.npz``), a start model for ``bench loop`` on a camera that model never saw.
@@ -162,8 +163,10 @@ def run(
             stem=stem,
         )
         init = with_distilled_stem(config, never_scored(examples), cache, progress) if stem == DISTILLED_STEM else None
-        settings = JobSettings(policy=StalenessPolicy(lr=0.002, average_decay=average_decay), augment=Augment.strong(), batch_size=8,
-                               updates=updates, workers=2, mode="async", eval_every=0)  # fmt: skip
+        policy = StalenessPolicy(lr=0.002, average_decay=average_decay, lr_scale_by_prefix=trunk_lr_scale)
+        settings = JobSettings(
+            policy=policy, augment=Augment.strong(), batch_size=8, updates=updates, workers=2, mode="async", eval_every=0
+        )
         probe = held_out_frames(sequence, camera.frames or (1, sequence.length), max(camera.every * 4, 4))
 
         def on_progress(p: Any, name: str = camera.sequence) -> None:
@@ -208,6 +211,8 @@ def run(
                     "trunk_stride": trunk_stride,
                     "stem": stem,
                     "average_decay": average_decay,
+                    "lr_scale_by_prefix": dict(trunk_lr_scale),
+                    "augment": asdict(settings.augment),
                     **({"stem_distilled_on": STEM_SOURCES} if stem == DISTILLED_STEM else {}),
                     "int8_calibration": f"{len(calibration_picks(n_examples))} of its training images",
                 },

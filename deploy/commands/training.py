@@ -19,6 +19,7 @@ from streams.mot import MotSequence
 from trainer.cluster import DEFAULT_BASE_PORT
 
 AVERAGE_DECAY_HELP = "ship a moving average of the weights, updated after each applied gradient with this decay (0: the last weights)"
+TRUNK_LR_SCALE_HELP = "learning-rate multiplier of the pretrained trunk's weights (1: as fast as the head; 0: frozen)"
 
 
 def _input_size(text: str) -> tuple[int, int]:
@@ -57,12 +58,21 @@ def student_config(args: argparse.Namespace) -> Any:
     )
 
 
+def trunk_lr_scale(scale: float) -> tuple[tuple[str, float], ...]:
+    """The policy's learning-rate multipliers for ``--trunk-lr-scale``: the pretrained trunk's weights
+    are named ``trunk.*`` (its frozen stem gets no gradients at all)."""
+    if not 0.0 <= scale <= 1.0:
+        raise PedstreamError(f"--trunk-lr-scale must be in [0, 1], not {scale}")
+    return () if scale == 1.0 else (("trunk.", scale),)
+
+
 def job_settings(args: argparse.Namespace, **overrides: Any) -> Any:
     from trainer.data import Augment
     from trainer.job import JobSettings
     from trainer.ps import StalenessPolicy
 
-    policy = StalenessPolicy(lr=args.lr, optimizer=args.optimizer, staleness_bound=args.staleness_bound, average_decay=args.average_decay)
+    policy = StalenessPolicy(lr=args.lr, optimizer=args.optimizer, staleness_bound=args.staleness_bound, average_decay=args.average_decay,
+                             lr_scale_by_prefix=trunk_lr_scale(args.trunk_lr_scale))  # fmt: skip
     values: dict[str, Any] = dict(
         policy=policy,
         augment=Augment(enabled=False) if args.no_augment else (Augment.strong() if args.augment == "strong" else Augment()),
@@ -213,6 +223,7 @@ def add_job_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=0.002)
     p.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")
     p.add_argument("--average-decay", type=float, default=0.0, help=AVERAGE_DECAY_HELP)
+    p.add_argument("--trunk-lr-scale", type=float, default=1.0, help=TRUNK_LR_SCALE_HELP)
     p.add_argument("--staleness-bound", type=int, default=8, help="drop gradients staler than this many versions")
     p.add_argument("--no-augment", action="store_true", help="no flips, crops or photometric jitter")
     p.add_argument("--seed", type=int, default=0)
@@ -323,7 +334,7 @@ def cmd_bench_generalize(args: argparse.Namespace) -> int:
             progress=lambda m: print(f"[bench generalize] {m}", file=sys.stderr, flush=True),
             input_size=_input_size(args.input_size), head_stride=args.head_stride, trunk_stride=args.trunk_stride,
             cameras=_left_out(args.left_out), keep=Path(args.keep) if args.keep else None, stem=args.stem,
-            average_decay=args.average_decay,
+            average_decay=args.average_decay, trunk_lr_scale=trunk_lr_scale(args.trunk_lr_scale),
         )  # fmt: skip
     print(json.dumps(result, indent=2))
     return 0
@@ -365,6 +376,7 @@ def register_bench(bench_sub: Any, flags: Flags) -> None:
                    help="distilled (v1.1's): a cheaper stem distilled from the trunk's first blocks (trainer/stem.py); "
                    "mobilenetv2: those blocks themselves")  # fmt: skip
     g.add_argument("--average-decay", type=float, default=0.995, help=AVERAGE_DECAY_HELP + "; v1.2's 0.995 by default")
+    g.add_argument("--trunk-lr-scale", type=float, default=1.0, help=TRUNK_LR_SCALE_HELP)
     g.add_argument("--left-out", default="PETS09-S2L1,TUD-Campus", help="which labelled cameras to leave out, one at a time")
     g.add_argument("--keep", metavar="DIR", help="also write each left-out camera's student there "
                    "(student-without-CAMERA.onnx + .weights.npz: a start model for `bench loop` on that camera)")  # fmt: skip

@@ -160,3 +160,14 @@ def test_fine_tuning_keeps_the_start_models_batch_norm_statistics() -> None:
         assert means and grads
         unchanged = all(np.array_equal(buffers[n], start[n]) for n in means)
         assert unchanged == freeze
+
+
+def test_weights_named_by_a_prefix_learn_at_their_own_rate() -> None:
+    # the pretrained trunk (trunk.*) at a tenth of the head's rate; Adam's first step moves by lr
+    policy = StalenessPolicy(lr=0.01, lr_scale_by_prefix=(("trunk.", 0.1),))
+    ps = ParameterServer({"trunk.conv": np.zeros(2, np.float32), "heatmap.conv": np.zeros(2, np.float32)}, policy)
+    ps.push({"trunk.conv": np.ones(2, np.float32), "heatmap.conv": np.ones(2, np.float32)}, based_on=0)
+    np.testing.assert_allclose(ps.weights["trunk.conv"], -0.001, rtol=1e-4)
+    np.testing.assert_allclose(ps.weights["heatmap.conv"], -0.01, rtol=1e-4)
+    with pytest.raises(ValueError, match="lr_scale_by_prefix"):
+        StalenessPolicy(lr_scale_by_prefix=(("trunk.", 2.0),))
