@@ -16,8 +16,8 @@ from detectors.detector import BUNDLED_MODELS, Detector, with_version
 from detectors.model_updates import ModelUpdater
 from detectors.serving import ServedModels
 from streams.model_channel import ModelReader
+from streams.polling import wait_until
 from streams.signing import PUBLIC_NAME, Verifier
-from tests.integration.test_model_registry import _wait_for as _wait
 from tests.integration.test_model_registry import keys, registry  # noqa: F401 - fixtures
 from trainer.compiling import compile_version, declared_targets
 from trainer.registry import Registry
@@ -40,13 +40,13 @@ def test_trainer_compiles_for_the_declared_target_and_the_agent_loads_it_without
 
     try:
         declares = lambda: "edge-1" in registry.agents() and registry.agents()["edge-1"].get("tvm_target")  # noqa: E731
-        _wait(declares, 60, "the agent to declare its target")
+        wait_until(declares, 60, "the agent to declare its target")
         declared = declared_targets(registry)
         assert list(declared) == [registry.agents()["edge-1"]["tvm_target"]["id"]]
         monkeypatch.setattr(TvmBackend, "_compile_into_cache", no_compiling_at_the_edge)
         approved = registry.publish(with_version(STUDENT.read_bytes(), "s-tvm-1"))
         updater.on_announcement(approved)
-        _wait(lambda: "s-tvm-1" in updater.backend_choices, 60, "the new version to be served")
+        wait_until(lambda: "s-tvm-1" in updater.backend_choices, 60, "the new version to be served")
         served = models.served("*")
         assert served.version == "s-tvm-1" and served.detector.backend.name == "ort"  # live at once, on ONNX Runtime
         assert "never compile while serving" in updater.backend_choices["s-tvm-1"]["reason"]
@@ -57,7 +57,7 @@ def test_trainer_compiles_for_the_declared_target_and_the_agent_loads_it_without
         assert published["size_bytes"] > 10_000 and published["layout"] == "NHWC" and published["approval_to_published_s"] > 0
         assert compile_version(registry, "s-tvm-1", declared)["skipped"] == {published["target_id"]: "already published"}
         monkeypatch.setattr(TvmBackend, "_compile_into_cache", no_compiling_at_the_edge)
-        _wait(lambda: models.served("*").detector.backend.name == "tvm", 60, "the agent to switch to the compiled library")
+        wait_until(lambda: models.served("*").detector.backend.name == "tvm", 60, "the agent to switch to the compiled library")
         assert updater.backend_choices["s-tvm-1"]["backend"] == "tvm"
         status = registry.agents()["edge-1"]
         assert status["backends"]["s-tvm-1"]["backend"] == "tvm" and status["cameras"]["*"]["backend"] == "tvm"
@@ -76,7 +76,7 @@ def test_trainer_compiles_for_the_declared_target_and_the_agent_loads_it_without
         registry.client.set(key, registry.client.get(key)[:-4] + b"evil")  # type: ignore[index]
         monkeypatch.setattr(TvmBackend, "_compile_into_cache", no_compiling_at_the_edge)
         updater.on_announcement(second)
-        _wait(lambda: "s-tvm-2" in updater.backend_choices, 60, "the second version to be served")
+        wait_until(lambda: "s-tvm-2" in updater.backend_choices, 60, "the second version to be served")
         assert models.served("*").version == "s-tvm-2" and models.served("*").detector.backend.name == "ort"
         assert "refused" in updater.backend_choices["s-tvm-2"]["reason"] and "sha256" in updater.backend_choices["s-tvm-2"]["reason"]
     finally:
