@@ -4,8 +4,8 @@ uint8 activations) calibrated on the camera's own frames.
 Measured on the bundled student v1 (2 cores, ORT, PETS09-S2L1 frames 398-795 every 2nd, never
 trained on, calibrated on 20 of frames 1-397): AP50 0.800 float -> 0.808 int8, 109 -> 149 fps; the
 stock SSDLite 0.671 at 79 fps in the same run. The quantized model keeps the adapter, inputs and
-outputs of the original and says so in its metadata (``precision``), under its own version
-(``<version>-int8``: a registry can hold both, and detection records say which one served).
+outputs of the original and says so in its metadata (``precision``); ``pedstream quantize`` gives it
+its own version (``<version>-int8``: a registry can hold both, and detection records say which served).
 """
 
 from __future__ import annotations
@@ -83,7 +83,14 @@ def quantize_int8(model_bytes: bytes, calibration_images: Iterable[np.ndarray]) 
         )
         out = quantized.read_bytes()
     metadata = onnx_metadata(model_bytes)  # quantize_static keeps the graph, not always the metadata
-    int8 = {PRECISION_METADATA_KEY: "int8", "calibration_frames": str(len(batches))}
-    if metadata.get(VERSION_METADATA_KEY):  # its own version: a registry holds both, records say which served
-        int8[VERSION_METADATA_KEY] = f"{metadata[VERSION_METADATA_KEY]}-int8"
-    return with_metadata(out, **{**metadata, **int8})
+    return with_metadata(out, **{**metadata, PRECISION_METADATA_KEY: "int8", "calibration_frames": str(len(batches))})
+
+
+def with_int8_version(int8_bytes: bytes) -> bytes:
+    """The int8 model under its own version, ``<version>-int8``, beside the float model it came from
+    (``pedstream quantize``): a registry holds both, and detection records say which one served. A
+    retraining cycle's int8 candidate has no float twin and keeps the version it was given."""
+    version = onnx_metadata(int8_bytes).get(VERSION_METADATA_KEY)
+    if not version or version.endswith("-int8"):
+        return int8_bytes
+    return with_metadata(int8_bytes, **{VERSION_METADATA_KEY: f"{version}-int8"})

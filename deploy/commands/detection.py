@@ -162,7 +162,7 @@ def _tiling(text: str | None, overlap: int, full_frame: bool) -> Tiling | None:
 
 def cmd_quantize(args: argparse.Namespace) -> int:
     from detectors.detector import model_path, read_model
-    from detectors.quantize import calibration_picks, quantize_int8
+    from detectors.quantize import calibration_picks, quantize_int8, with_int8_version
 
     sequence = MotSequence.load(find_sequence(args.calibration))
     start, stop = parse_frame_range(args.frames, sequence.length)
@@ -170,7 +170,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     images = [image for _, image in sequence.picked_frames(picked)]
     print(f"[quantize] calibrating on {len(images)} frames of {sequence.name} {start}-{stop}", file=sys.stderr, flush=True)
     out = Path(args.out)
-    out.write_bytes(quantize_int8(read_model(find_model(args.model)), images))
+    out.write_bytes(with_int8_version(quantize_int8(read_model(find_model(args.model)), images)))
     print_json(
         {
             "model": str(model_path(find_model(args.model))),

@@ -10,7 +10,7 @@ import pytest
 from detectors.backends.onnx_graph import load_model
 from detectors.boxes import box_iou
 from detectors.detector import Detector, read_model, weights_path
-from detectors.quantize import image_convolutions, quantize_int8
+from detectors.quantize import image_convolutions, quantize_int8, with_int8_version
 from streams.errors import PedstreamError
 from streams.mot import MotSequence
 
@@ -21,7 +21,10 @@ def test_the_int8_student_keeps_its_contract_and_finds_the_same_people(shared_da
     int8_bytes = quantize_int8(read_model("student-float"), calibration)
     floats = Detector.from_bytes(read_model("student-float"), name="float", threads=1)
     int8 = Detector.from_bytes(int8_bytes, name="int8", threads=1)
-    assert int8.info.format == "student" and int8.version == f"{floats.version}-int8"
+    assert int8.info.format == "student" and int8.version == floats.version
+    # `pedstream quantize` names it apart from the float model (a retraining candidate keeps its name)
+    assert Detector.from_bytes(with_int8_version(int8_bytes), name="named", threads=1).version == f"{floats.version}-int8"
+    assert with_int8_version(with_int8_version(int8_bytes)) == with_int8_version(int8_bytes)
     # the bundled `--model student` is this int8 network; `--model student-float` the float one
     bundled = Detector.from_bytes(read_model("student"), name="bundled", threads=1)
     assert bundled.info.metadata["precision"] == "int8" and bundled.version == f"{floats.version}-int8"
