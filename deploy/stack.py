@@ -134,14 +134,14 @@ def _is_zombie(pid: int) -> bool:
 
 
 def _wait_until(check: Callable[[], bool], timeout_s: float, what: str, log_path: Path | None = None) -> None:
+    """``wait_until``, failing as a StackError with the last lines of the process's log."""
     try:
-        return wait_until(check, timeout_s, what, interval_s=0.1)
+        wait_until(check, timeout_s, what, interval_s=0.1)
     except TimeoutError:
-        pass
-    tail = ""
-    if log_path is not None and log_path.exists():
-        tail = "\n" + "\n".join(log_path.read_text(errors="replace").splitlines()[-10:])
-    raise StackError(f"{what} did not come up within {timeout_s:.0f}s{tail}")
+        tail = ""
+        if log_path is not None and log_path.exists():
+            tail = "\n" + "\n".join(log_path.read_text(errors="replace").splitlines()[-10:])
+        raise StackError(f"{what} did not come up within {timeout_s:.0f}s{tail}") from None
 
 
 @dataclass

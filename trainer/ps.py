@@ -34,7 +34,7 @@ class StalenessPolicy:
     optimizer: str = "adam"  # or "sgd"
     betas: tuple[float, float] = (0.9, 0.999)
     # the server also keeps an exponential moving average of the weights (YOLOX's "EMA"), updated after
-    # every applied gradient with this decay (ramped up over the first updates); the job ships the
+    # every applied gradient with this decay (bias-corrected, see _update_average); the job ships the
     # average. 0: no average, the job ships the last weights
     average_decay: float = 0.0
     # learning-rate multipliers by weight-name prefix, first match wins (("trunk.", 0.1): the
@@ -124,18 +124,19 @@ class ParameterServer:
         step = self.applied + 1
         for name, grad in grads.items():
             grad = grad * scale
+            name_lr = lr * self.policy.scale_of(name)
             if self.policy.optimizer == "sgd":
                 v = self.velocity.get(name)
                 v = grad if v is None else self.policy.momentum * v + grad
                 self.velocity[name] = v
-                self.weights[name] = self.weights[name] - lr * self.policy.scale_of(name) * v
+                self.weights[name] = self.weights[name] - name_lr * v
             else:
                 b1, b2 = self.policy.betas
                 m = b1 * self.velocity.get(name, 0.0) + (1 - b1) * grad
                 v = b2 * self.second_moment.get(name, 0.0) + (1 - b2) * grad * grad
                 self.velocity[name], self.second_moment[name] = m, v
                 update = (m / (1 - b1**step)) / (np.sqrt(v / (1 - b2**step)) + 1e-8)
-                self.weights[name] = (self.weights[name] - lr * self.policy.scale_of(name) * update).astype(self.weights[name].dtype)
+                self.weights[name] = (self.weights[name] - name_lr * update).astype(self.weights[name].dtype)
         for name, value in (buffers or {}).items():
             if name in self.weights:
                 self.weights[name] = value
