@@ -17,7 +17,7 @@ from streams.errors import PedstreamError
 from streams.mot import MotSequence, parse_frame_range
 from trainer.data import Example, LabelCache, label_frames, shrink
 from trainer.job import HeldOut
-from trainer.labels import ORACLE_SOURCE, TEACHER_WITH_UNSURE_SOURCE, UNSURE_FROM, Labels, OracleLabeler, TeacherLabeler
+from trainer.labels import ORACLE_SOURCE, TEACHERS, UNSURE_FROM, Labels, OracleLabeler, TeacherLabeler, with_unsure_source
 
 LABELERS = ("teacher", "oracle")
 STORAGE_WIDTH = 576  # examples are kept at this width (1.5x the student's input) to save memory
@@ -37,8 +37,9 @@ def labelled_examples(
     cache_dir: Path | None,
     every: int = 1,
     progress: Callable[[int, int], None] | None = None,
+    teachers: tuple[str, ...] = TEACHERS,
 ) -> list[Example]:
-    """Examples from ``frames`` of ``sequence``, labelled by the teacher ensemble or the oracle."""
+    """Examples from ``frames`` of ``sequence``, labelled by the teacher ensemble (``teachers``) or the oracle."""
     if labeler not in LABELERS:
         raise PedstreamError(f"labeler: must be one of {LABELERS}, not {labeler!r}")
     start, stop = frames
@@ -47,7 +48,7 @@ def labelled_examples(
         if models_dir is None:
             raise PedstreamError("the teacher labeller needs the models folder (set PEDSTREAM_MODELS)")
         refs = ((f"{sequence.name}#{n}", image) for n, image in sequence.frames(start, stop, every))
-        examples = _teacher_labelled(refs, models_dir, cache_dir, (lambda done: progress(done, total)) if progress else None)
+        examples = _teacher_labelled(refs, models_dir, cache_dir, (lambda done: progress(done, total)) if progress else None, teachers)
     else:
         oracle = OracleLabeler()
         examples = []
@@ -79,6 +80,7 @@ def training_split(
     held_frames_text: str | None = None,
     held_every: int = 1,
     progress: Callable[[int, int], None] | None = None,
+    teachers: tuple[str, ...] = TEACHERS,
 ) -> tuple[list[Example], HeldOut]:
     """The labelled training examples and the held-out frames of one job. Held-out frames come from
     ``held_sequence`` (default: the training sequence) and must not overlap the training frames of
@@ -91,7 +93,7 @@ def training_split(
             f"--holdout-frames {held_range[0]}:{held_range[1]} overlap the training frames "
             f"{frames[0]}:{frames[1]}: held-out AP must be measured on frames not trained on"
         )
-    examples = labelled_examples(sequence, frames, labeler, models_dir, cache_dir, every, progress)
+    examples = labelled_examples(sequence, frames, labeler, models_dir, cache_dir, every, progress, teachers)
     return examples, held_out_frames(held, held_range, held_every)
 
 
@@ -120,10 +122,16 @@ class ReplaySet:
 
 
 def video_examples(
-    video: Path, every: int, models_dir: Path, cache_dir: Path | None, progress: Callable[[int, int], None] | None = None
+    video: Path,
+    every: int,
+    models_dir: Path,
+    cache_dir: Path | None,
+    progress: Callable[[int, int], None] | None = None,
+    teachers: tuple[str, ...] = TEACHERS,
 ) -> list[Example]:
     """Every ``every``-th frame of a video file labelled by the teacher ensemble (labels cached,
-    keyed by the file's content and the frame index, so a renamed copy is not labelled again)."""
+    keyed by the file's content, the frame index and the ensemble, so a renamed copy is not
+    labelled again)."""
     capture = cv2.VideoCapture(str(video))
     if not capture.isOpened():
         raise PedstreamError(f"{video}: cannot open the video")
@@ -140,12 +148,16 @@ def video_examples(
         index += 1
     capture.release()
     count = len(frames) or total // every
-    examples = _teacher_labelled(frames, models_dir, cache_dir, (lambda done: progress(done, count)) if progress else None)
+    examples = _teacher_labelled(frames, models_dir, cache_dir, (lambda done: progress(done, count)) if progress else None, teachers)
     return [shrink(e, STORAGE_WIDTH) for e in examples]
 
 
 def _teacher_labelled(
-    frames: Iterable[tuple[str, np.ndarray]], models_dir: Path, cache_dir: Path | None, progress: Callable[[int], None] | None
+    frames: Iterable[tuple[str, np.ndarray]],
+    models_dir: Path,
+    cache_dir: Path | None,
+    progress: Callable[[int], None] | None,
+    teachers: tuple[str, ...] = TEACHERS,
 ) -> list[Example]:
     """(ref, image) frames labelled for training by the teachers, unsure boxes kept (see
     ``UNSURE_FROM``); the teachers are loaded only when a frame is not cached."""
@@ -153,10 +165,10 @@ def _teacher_labelled(
 
     def label(image: np.ndarray) -> Labels:
         if not teacher_holder:
-            teacher_holder.append(TeacherLabeler(models_dir, min_score=UNSURE_FROM))
+            teacher_holder.append(TeacherLabeler(models_dir, min_score=UNSURE_FROM, teachers=teachers))
         return teacher_holder[0].label(image)
 
-    return label_frames(frames, label, TEACHER_WITH_UNSURE_SOURCE, LabelCache(cache_dir) if cache_dir else None, progress)
+    return label_frames(frames, label, with_unsure_source(teachers), LabelCache(cache_dir) if cache_dir else None, progress)
 
 
 def dataset_examples(path: Path, every: int = 1) -> tuple[list[Example], dict[str, object]]:

@@ -37,6 +37,7 @@ from streams.mot import MotSequence
 from trainer.cluster import DEFAULT_BASE_PORT, RayPorts, ray_session
 from trainer.data import Augment, Example
 from trainer.job import JobSettings, TrainingJob, with_distilled_stem
+from trainer.labels import TEACHERS
 from trainer.ps import StalenessPolicy
 from trainer.sources import dataset_examples, held_out_frames, labelled_examples, video_examples
 from trainer.stem import DISTILLED_STEM
@@ -62,9 +63,10 @@ CLIP_EVERY = 5  # every 5th frame of each unlabelled clip (teacher labels): ~600
 
 
 def training_set(
-    data: Path, models: Path, cache: Path, left_out: str, say: Callable[[str], None]
+    data: Path, models: Path, cache: Path, left_out: str, say: Callable[[str], None], teachers: tuple[str, ...] = TEACHERS
 ) -> tuple[list[Example], list[dict[str, Any]]]:
-    """Every labelled and teacher-labellable source in the data folder except the left-out camera."""
+    """Every labelled and teacher-labellable source in the data folder except the left-out camera
+    (``teachers``: the ensemble that labels the videos)."""
     examples: list[Example] = []
     summary: list[dict[str, Any]] = []
     for name in LABELLED_SEQUENCES:
@@ -81,9 +83,9 @@ def training_set(
     videos = [(data / "Market-cam6" / "Market-cam6.mp4", 10)] + [(clip, CLIP_EVERY) for clip in sorted((data / "unlabelled").glob("*.mp4"))]
     for video, every in videos:
         say(f"teacher labels for {video.name} (every {every}th frame; cached)")
-        found = video_examples(video, every, models, cache)
+        found = video_examples(video, every, models, cache, teachers=teachers)
         examples += found
-        summary.append({"name": video.name, "every": every, "labels": "teacher", "images": len(found)})
+        summary.append({"name": video.name, "every": every, "labels": "teacher", "teachers": list(teachers), "images": len(found)})
     return examples, summary
 
 
@@ -141,6 +143,7 @@ def run(
     stem: str = DISTILLED_STEM,
     average_decay: float = 0.995,
     trunk_lr_scale: tuple[tuple[str, float], ...] = (),
+    teachers: tuple[str, ...] = TEACHERS,
 ) -> dict[str, Any]:
     """``keep``: also write each left-out camera's student there (``student-without-CAMERA.onnx`` and
     its ``.weights.npz``), a start model for ``bench loop`` on a camera that model never saw.
@@ -153,7 +156,7 @@ def run(
     for camera in [c for c in CAMERAS if cameras is None or c.sequence in cameras]:
         sequence = MotSequence.load(data / camera.sequence)
         progress(f"{camera.sequence} left out: assembling the training set")
-        examples, trained_on = training_set(data, models, cache, camera.sequence, progress)
+        examples, trained_on = training_set(data, models, cache, camera.sequence, progress, teachers)
         config = StudentConfig(
             input_width=input_size[0],
             input_height=input_size[1],
@@ -212,6 +215,7 @@ def run(
                     "stem": stem,
                     "average_decay": average_decay,
                     "lr_scale_by_prefix": dict(trunk_lr_scale),
+                    "teachers": list(teachers),
                     "augment": asdict(settings.augment),
                     **({"stem_distilled_on": STEM_SOURCES} if stem == DISTILLED_STEM else {}),
                     "int8_calibration": f"{len(calibration_picks(n_examples))} of its training images",

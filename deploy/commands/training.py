@@ -20,6 +20,20 @@ from trainer.cluster import DEFAULT_BASE_PORT
 
 AVERAGE_DECAY_HELP = "ship a moving average of the weights, updated after each applied gradient with this decay (0: the last weights)"
 TRUNK_LR_SCALE_HELP = "learning-rate multiplier of the pretrained trunk's weights (1: as fast as the head; 0: frozen)"
+TEACHERS_HELP = (
+    "the teacher ensemble that labels videos, comma-separated, boxes fused (from the models folder: nanodet, centernet, "
+    "ssdlite = the stock SSDLite)"
+)
+
+
+def teacher_ensemble(text: str) -> tuple[str, ...]:
+    """``--teachers``: the ensemble's model names (refused with the flag named)."""
+    from trainer.labels import parse_teachers
+
+    try:
+        return parse_teachers(text)
+    except ValueError as error:
+        raise PedstreamError(f"--{error}") from None
 
 
 def _input_size(text: str) -> tuple[int, int]:
@@ -93,6 +107,7 @@ def load_training_data(args: argparse.Namespace, teachers: Path | None) -> tuple
     describe (the split is trainer.sources'), with the --dataset and --teacher-video examples added."""
     from trainer.sources import dataset_examples, default_label_cache, training_split, video_examples
 
+    ensemble = teacher_ensemble(args.teachers)
     bar = ProgressBar(f"label {args.labels}")
     sequence = MotSequence.load(find_sequence(args.sequence))
     examples, held_out = training_split(
@@ -106,9 +121,12 @@ def load_training_data(args: argparse.Namespace, teachers: Path | None) -> tuple
         args.holdout_frames,
         args.holdout_every,
         lambda done, total: bar.update(done, total),
+        ensemble,
     )
     kind = {"oracle": "human", "teacher": "teacher"}[args.labels]
     data_summary: list[dict[str, Any]] = [{"name": sequence.name, "labels": kind, "frames": args.frames, "images": len(examples)}]
+    if args.labels == "teacher":
+        data_summary[0]["teachers"] = list(ensemble)
     for path in args.dataset or []:
         extra, summary = dataset_examples(Path(path))
         examples += extra
@@ -120,9 +138,9 @@ def load_training_data(args: argparse.Namespace, teachers: Path | None) -> tuple
             teachers = models_dir(args.data)
         clip = Path(path).expanduser()
         video_bar = ProgressBar(f"label {clip.name}")
-        extra = video_examples(clip, every, teachers, default_label_cache(), video_bar.update)
+        extra = video_examples(clip, every, teachers, default_label_cache(), video_bar.update, ensemble)
         examples += extra
-        data_summary.append({"name": clip.name, "labels": "teacher", "every": every, "images": len(extra)})
+        data_summary.append({"name": clip.name, "labels": "teacher", "teachers": list(ensemble), "every": every, "images": len(extra)})
     return examples, held_out, data_summary
 
 
@@ -249,6 +267,7 @@ def add_job_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--teacher-video", action="append", metavar="VIDEO[:EVERY]",
                    help="add every EVERY-th frame (default 10) of a video, labelled by the teachers (repeatable)")  # fmt: skip
+    p.add_argument("--teachers", default="nanodet,centernet", help=TEACHERS_HELP)
     p.add_argument("--augment", choices=("default", "strong"), default="default",
                    help="strong: zoom in and out without stretching, night, blur, noise, JPEG (for unseen cameras)")  # fmt: skip
     p.add_argument("--ray-address", help="join this Ray cluster (127.0.0.1:PORT) instead of starting one")
@@ -335,6 +354,7 @@ def cmd_bench_generalize(args: argparse.Namespace) -> int:
             input_size=_input_size(args.input_size), head_stride=args.head_stride, trunk_stride=args.trunk_stride,
             cameras=_left_out(args.left_out), keep=Path(args.keep) if args.keep else None, stem=args.stem,
             average_decay=args.average_decay, trunk_lr_scale=trunk_lr_scale(args.trunk_lr_scale),
+            teachers=teacher_ensemble(args.teachers),
         )  # fmt: skip
     print(json.dumps(result, indent=2))
     return 0
@@ -377,6 +397,7 @@ def register_bench(bench_sub: Any, flags: Flags) -> None:
                    "mobilenetv2: those blocks themselves")  # fmt: skip
     g.add_argument("--average-decay", type=float, default=0.995, help=AVERAGE_DECAY_HELP + "; v1.2's 0.995 by default")
     g.add_argument("--trunk-lr-scale", type=float, default=1.0, help=TRUNK_LR_SCALE_HELP)
+    g.add_argument("--teachers", default="nanodet,centernet", help=TEACHERS_HELP)
     g.add_argument("--left-out", default="PETS09-S2L1,TUD-Campus", help="which labelled cameras to leave out, one at a time")
     g.add_argument("--keep", metavar="DIR", help="also write each left-out camera's student there "
                    "(student-without-CAMERA.onnx + .weights.npz: a start model for `bench loop` on that camera)")  # fmt: skip

@@ -9,6 +9,9 @@ import pytest
 
 from deploy.bench import generalize
 from trainer.data import Example
+from trainer.labels import TEACHERS
+
+ENSEMBLE = ("nanodet", "centernet", "ssdlite")  # what the test asks the videos to be labelled by
 
 
 @pytest.fixture
@@ -16,8 +19,9 @@ def teacherless(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
     """Teacher-labelled videos stand in as one empty example each (the teachers are not under test)."""
     asked: list[tuple[str, int]] = []
 
-    def one_example(video: Path, every: int, _models: Path, _cache: Path | None) -> list[Example]:
+    def one_example(video: Path, every: int, _models: Path, _cache: Path | None, teachers: tuple[str, ...] = TEACHERS) -> list[Example]:
         asked.append((video.name, every))
+        assert teachers == ENSEMBLE
         image = np.zeros((24, 32, 3), np.uint8)
         return [Example(image, np.empty((0, 4), np.float32), np.empty(0, np.float32), "teacher", f"{video.stem}@0#0")]
 
@@ -27,12 +31,13 @@ def teacherless(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
 
 @pytest.mark.parametrize("left_out", ["PETS09-S2L1", "TUD-Campus"])
 def test_the_left_out_camera_never_enters_training(shared_data: Path, tmp_path: Path, teacherless: list, left_out: str) -> None:
-    examples, trained_on = generalize.training_set(shared_data, tmp_path, tmp_path, left_out, lambda _m: None)
+    examples, trained_on = generalize.training_set(shared_data, tmp_path, tmp_path, left_out, lambda _m: None, ENSEMBLE)
     names = [source["name"] for source in trained_on]
     assert left_out not in names and not any(e.ref.startswith(left_out) for e in examples)
     other = next(name for name in generalize.LABELLED_SEQUENCES if name != left_out)
     assert other in names and any(e.ref.startswith(other) for e in examples)  # the other labelled camera is trained on
     assert "coco128-person" in names
+    assert all(source["teachers"] == list(ENSEMBLE) for source in trained_on if source["labels"] == "teacher")  # the JSON says who labelled
     clips = sorted(p.name for p in (shared_data / "unlabelled").glob("*.mp4"))
     assert sorted(name for name, every in teacherless if every == generalize.CLIP_EVERY) == clips
     # the stem is distilled on neither labelled camera's frames, whichever is left out

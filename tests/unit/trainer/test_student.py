@@ -99,6 +99,27 @@ def test_box_fusion_rewards_agreement() -> None:
     np.testing.assert_allclose(fused.xyxy[both], [(0 * 0.9 + 1 * 0.7) / 1.6, 0, (10 * 0.9 + 11 * 0.7) / 1.6, 20], rtol=1e-5)
     assert min(fused.scores) == pytest.approx(0.4)  # found by one model of two
     assert len(weighted_box_fusion([BoxArray.empty(), BoxArray.empty()])) == 0
+    # three models, the best two vote: a box two agree on keeps their mean, one found by one model half its score
+    c = BoxArray.of([[50, 50, 60, 70], [100, 100, 120, 140]], [0.6, 0.9])
+    three = weighted_box_fusion([a, b, c], votes=2)
+    by_x = {round(float(box[0])): float(score) for box, score in zip(three.xyxy, three.scores, strict=True)}
+    assert by_x[0] == pytest.approx((0.9 + 0.7) / 2) and by_x[50] == pytest.approx((0.8 + 0.6) / 2) and by_x[100] == pytest.approx(0.45)
+    assert weighted_box_fusion([a, b, c]).scores.max() == pytest.approx((0.9 + 0.7) / 3)  # every model votes
+
+
+def test_a_teacher_ensemble_is_named_in_its_labels_source_and_checked() -> None:
+    from trainer.labels import TEACHER_SOURCE, parse_teachers, teacher_source, with_unsure_source
+
+    assert teacher_source() == TEACHER_SOURCE == "teacher: nanodet + centernet, weighted box fusion"  # cached labels stay valid
+    three = parse_teachers(" nanodet, centernet,ssdlite ")
+    assert three == ("nanodet", "centernet", "ssdlite")
+    assert with_unsure_source(three) != with_unsure_source() and "ssdlite" in with_unsure_source(three)  # a separate cache key
+    with pytest.raises(ValueError, match="yolo"):
+        parse_teachers("nanodet,yolo")
+    with pytest.raises(ValueError, match="twice"):
+        parse_teachers("nanodet,nanodet")
+    with pytest.raises(ValueError, match="none given"):
+        parse_teachers(" , ")
 
 
 def test_dark_frames_are_normalised_for_the_teachers_only() -> None:
