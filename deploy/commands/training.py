@@ -346,6 +346,7 @@ def cmd_bench_generalize(args: argparse.Namespace) -> int:
     from trainer.sources import default_label_cache
 
     threads = _thread_settings(args.threads)
+    teachers = teacher_ensemble(args.teachers)
     with tempfile.TemporaryDirectory(prefix="pedstream-generalize-") as work:
         result = generalize.run(
             data_dir(args.data), models_dir(args.data), default_label_cache(), Path(work), updates=args.updates,
@@ -354,7 +355,7 @@ def cmd_bench_generalize(args: argparse.Namespace) -> int:
             input_size=_input_size(args.input_size), head_stride=args.head_stride, trunk_stride=args.trunk_stride,
             cameras=_left_out(args.left_out), keep=Path(args.keep) if args.keep else None, stem=args.stem,
             average_decay=args.average_decay, trunk_lr_scale=trunk_lr_scale(args.trunk_lr_scale),
-            teachers=teacher_ensemble(args.teachers),
+            teachers=teachers,
         )  # fmt: skip
     print(json.dumps(result, indent=2))
     return 0

@@ -130,3 +130,11 @@ def test_bench_generalize_names_a_bad_thread_setting_before_training(threads: st
     assert cli.main(["bench", "generalize", "--threads", threads, "--left-out", "TUD-Campus"]) == 2
     err = capsys.readouterr().err
     assert f"--threads {threads!r}" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("teachers", ["nanodet,yolo", "ssdlite,ssdlite", ","])
+def test_bench_generalize_names_a_bad_teacher_ensemble_before_training(teachers: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["bench", "generalize", "--teachers", teachers, "--left-out", "TUD-Campus"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("--teachers") == 1 and "Traceback" not in err
+    assert "choose from nanodet, centernet, ssdlite" in err or "names a model twice" in err
