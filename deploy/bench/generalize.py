@@ -144,6 +144,7 @@ def run(
     average_decay: float = 0.995,
     trunk_lr_scale: tuple[tuple[str, float], ...] = (),
     teachers: tuple[str, ...] = TEACHERS,
+    lr: float = 0.002,
 ) -> dict[str, Any]:
     """``keep``: also write each left-out camera's student there (``student-without-CAMERA.onnx`` and
     its ``.weights.npz``), a start model for ``bench loop`` on a camera that model never saw.
@@ -166,7 +167,7 @@ def run(
             stem=stem,
         )
         init = with_distilled_stem(config, never_scored(examples), cache, progress) if stem == DISTILLED_STEM else None
-        policy = StalenessPolicy(lr=0.002, average_decay=average_decay, lr_scale_by_prefix=trunk_lr_scale)
+        policy = StalenessPolicy(lr=lr, average_decay=average_decay, lr_scale_by_prefix=trunk_lr_scale)
         settings = JobSettings(
             policy=policy, augment=Augment.strong(), batch_size=8, updates=updates, workers=2, mode="async", eval_every=0
         )
@@ -213,6 +214,7 @@ def run(
                     "head_stride": head_stride,
                     "trunk_stride": trunk_stride,
                     "stem": stem,
+                    "lr": lr,
                     "average_decay": average_decay,
                     "lr_scale_by_prefix": dict(trunk_lr_scale),
                     "teachers": list(teachers),
