@@ -63,10 +63,17 @@ CLIP_EVERY = 5  # every 5th frame of each unlabelled clip (teacher labels): ~600
 
 
 def training_set(
-    data: Path, models: Path, cache: Path, left_out: str, say: Callable[[str], None], teachers: tuple[str, ...] = TEACHERS
+    data: Path,
+    models: Path,
+    cache: Path,
+    left_out: str,
+    say: Callable[[str], None],
+    teachers: tuple[str, ...] = TEACHERS,
+    photo_repeats: int = 1,
 ) -> tuple[list[Example], list[dict[str, Any]]]:
     """Every labelled and teacher-labellable source in the data folder except the left-out camera
-    (``teachers``: the ensemble that labels the videos)."""
+    (``teachers``: the ensemble that labels the videos; ``photo_repeats``: coco128-person's
+    human-labelled photos are listed that many times, so trainers draw them that much more often)."""
     examples: list[Example] = []
     summary: list[dict[str, Any]] = []
     for name in LABELLED_SEQUENCES:
@@ -77,9 +84,11 @@ def training_set(
         found = labelled_examples(sequence, (1, sequence.length), "oracle", None, None, every)
         examples += found
         summary.append({"name": name, "frames": f"1:{sequence.length}", "every": every, "labels": "human", "images": len(found)})
+    if photo_repeats < 1:
+        raise ValueError(f"photo_repeats: must be >= 1, not {photo_repeats}")
     coco, described = dataset_examples(data / "coco128-person")
-    examples += coco
-    summary.append(described)
+    examples += coco * photo_repeats
+    summary.append({**described, "repeats": photo_repeats})
     videos = [(data / "Market-cam6" / "Market-cam6.mp4", 10)] + [(clip, CLIP_EVERY) for clip in sorted((data / "unlabelled").glob("*.mp4"))]
     for video, every in videos:
         say(f"teacher labels for {video.name} (every {every}th frame; cached)")
@@ -95,7 +104,8 @@ STEM_SOURCES = "coco128-person, Market-cam6 and the unlabelled clips (images onl
 def never_scored(examples: list[Example]) -> list[Example]:
     """The training images of neither labelled camera: what the stem is distilled on, so that one
     stem (cached) serves every left-out camera."""
-    return [e for e in examples if not any(e.ref.startswith(name) for name in LABELLED_SEQUENCES)]
+    unique = list({e.ref: e for e in examples}.values())  # a repeated photo once, in first-seen order
+    return [e for e in unique if not any(e.ref.startswith(name) for name in LABELLED_SEQUENCES)]
 
 
 def _wait_for_children_to_exit(timeout_s: float = 30.0) -> None:
@@ -145,6 +155,7 @@ def run(
     trunk_lr_scale: tuple[tuple[str, float], ...] = (),
     teachers: tuple[str, ...] = TEACHERS,
     lr: float = 0.002,
+    photo_repeats: int = 1,
 ) -> dict[str, Any]:
     """``keep``: also write each left-out camera's student there (``student-without-CAMERA.onnx`` and
     its ``.weights.npz``), a start model for ``bench loop`` on a camera that model never saw.
@@ -157,7 +168,7 @@ def run(
     for camera in [c for c in CAMERAS if cameras is None or c.sequence in cameras]:
         sequence = MotSequence.load(data / camera.sequence)
         progress(f"{camera.sequence} left out: assembling the training set")
-        examples, trained_on = training_set(data, models, cache, camera.sequence, progress, teachers)
+        examples, trained_on = training_set(data, models, cache, camera.sequence, progress, teachers, photo_repeats)
         config = StudentConfig(
             input_width=input_size[0],
             input_height=input_size[1],

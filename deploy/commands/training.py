@@ -355,7 +355,7 @@ def cmd_bench_generalize(args: argparse.Namespace) -> int:
             input_size=_input_size(args.input_size), head_stride=args.head_stride, trunk_stride=args.trunk_stride,
             cameras=_left_out(args.left_out), keep=Path(args.keep) if args.keep else None, stem=args.stem,
             average_decay=args.average_decay, trunk_lr_scale=trunk_lr_scale(args.trunk_lr_scale),
-            teachers=teachers, lr=args.lr,
+            teachers=teachers, lr=args.lr, photo_repeats=args.photo_repeats,
         )  # fmt: skip
     print(json.dumps(result, indent=2))
     return 0
@@ -399,6 +399,8 @@ def register_bench(bench_sub: Any, flags: Flags) -> None:
     g.add_argument("--average-decay", type=float, default=0.995, help=AVERAGE_DECAY_HELP + "; v1.2's 0.995 by default")
     g.add_argument("--trunk-lr-scale", type=float, default=1.0, help=TRUNK_LR_SCALE_HELP)
     g.add_argument("--teachers", default="nanodet,centernet", help=TEACHERS_HELP)
+    g.add_argument("--photo-repeats", type=int, choices=range(1, 11), default=1, metavar="N",
+                   help="list coco128-person's human-labelled photos N times (1-10), so trainers draw them N times as often")  # fmt: skip
     g.add_argument("--lr", type=float, default=0.002, help="peak learning rate (Adam; warm-up, then cosine decay to 5%%)")
     g.add_argument("--left-out", default="PETS09-S2L1,TUD-Campus", help="which labelled cameras to leave out, one at a time")
     g.add_argument("--keep", metavar="DIR", help="also write each left-out camera's student there "

@@ -42,3 +42,14 @@ def test_the_left_out_camera_never_enters_training(shared_data: Path, tmp_path: 
     assert sorted(name for name, every in teacherless if every == generalize.CLIP_EVERY) == clips
     # the stem is distilled on neither labelled camera's frames, whichever is left out
     assert not any(e.ref.startswith(generalize.LABELLED_SEQUENCES) for e in generalize.never_scored(examples))
+
+
+def test_repeated_photos_are_drawn_more_often_but_distilled_on_once(shared_data: Path, tmp_path: Path, teacherless: list) -> None:
+    once, _ = generalize.training_set(shared_data, tmp_path, tmp_path, "TUD-Campus", lambda _m: None, ENSEMBLE)
+    thrice, trained_on = generalize.training_set(shared_data, tmp_path, tmp_path, "TUD-Campus", lambda _m: None, ENSEMBLE, 3)
+    photos = sum(1 for e in once if e.ref.startswith("coco128-person"))
+    assert photos > 0 and len(thrice) == len(once) + 2 * photos
+    assert next(s for s in trained_on if s["name"] == "coco128-person")["repeats"] == 3  # the JSON says so
+    assert [e.ref for e in generalize.never_scored(thrice)] == [e.ref for e in generalize.never_scored(once)]  # one stem serves both
+    with pytest.raises(ValueError, match="photo_repeats"):
+        generalize.training_set(shared_data, tmp_path, tmp_path, "TUD-Campus", lambda _m: None, ENSEMBLE, 0)
