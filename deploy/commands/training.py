@@ -21,8 +21,8 @@ from trainer.cluster import DEFAULT_BASE_PORT
 AVERAGE_DECAY_HELP = "ship a moving average of the weights, updated after each applied gradient with this decay (0: the last weights)"
 TRUNK_LR_SCALE_HELP = "learning-rate multiplier of the pretrained trunk's weights (1: as fast as the head; 0: frozen)"
 TEACHERS_HELP = (
-    "the teacher ensemble that labels videos, comma-separated, boxes fused (from the models folder: nanodet, centernet, "
-    "ssdlite = the stock SSDLite)"
+    "the teacher ensemble that labels frames (teacher labels and videos), comma-separated, boxes fused, the best two "
+    "voting (from the models folder: nanodet, centernet, ssdlite = the stock SSDLite)"
 )
 
 
