@@ -274,7 +274,7 @@ class ClosedLoop:
         retrainer = Retrainer(
             store,
             registry,
-            TeacherLabeler(self.models_dir).label,
+            TeacherLabeler(self.models_dir),
             LabelCache(self.label_cache),
             policy,
             base_examples=self._replay_examples(start_bytes),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import cv2
 import numpy as np
@@ -115,6 +116,14 @@ def normalize_exposure(image_bgr: np.ndarray) -> np.ndarray:
     gained = np.clip(image_bgr.astype(np.float32) * (TARGET_MEAN / max(mean, 1.0)), 0, 255).astype(np.uint8)
     smoothed: np.ndarray = cv2.GaussianBlur(gained, (5, 5), 0)
     return smoothed
+
+
+class Labeller(Protocol):
+    """What labels images for training: ``source`` says who did (and keys the label cache)."""
+
+    source: str
+
+    def label(self, image_bgr: np.ndarray) -> Labels: ...
 
 
 class TeacherLabeler:

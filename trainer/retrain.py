@@ -31,7 +31,7 @@ from trainer.data import Example, LabelCache, shrink
 from trainer.gate import GatePolicy, combine, judge
 from trainer.input_size import fitted_config
 from trainer.job import JobSettings, TrainingJob
-from trainer.labels import TEACHER_SOURCE, Labels
+from trainer.labels import Labeller, Labels
 from trainer.ps import StalenessPolicy
 from trainer.registry import Lineage, Registry
 from trainer.sources import STORAGE_WIDTH
@@ -99,7 +99,7 @@ class Retrainer:
         self,
         store: HardExampleStore,
         registry: Registry,
-        teacher: Callable[[np.ndarray], Labels],
+        teacher: Labeller,
         label_cache: LabelCache,
         policy: RetrainPolicy = RetrainPolicy(),
         config: StudentConfig | None = None,
@@ -120,18 +120,18 @@ class Retrainer:
     # --- labels and scores -----------------------------------------------------------------------
 
     def label(self, example: StoredExample) -> Labels:
-        cached = self.cache.get(example.sha256, TEACHER_SOURCE)
+        cached = self.cache.get(example.sha256, self.teacher.source)
         if cached is not None:
-            return Labels(BoxArray.of(*cached), TEACHER_SOURCE)
-        labels = self.teacher(_decode(example))
-        self.cache.put(example.sha256, TEACHER_SOURCE, labels.boxes.xyxy, labels.boxes.scores)
+            return Labels(BoxArray.of(*cached), self.teacher.source)
+        labels = self.teacher.label(_decode(example))
+        self.cache.put(example.sha256, self.teacher.source, labels.boxes.xyxy, labels.boxes.scores)
         return labels
 
     def to_training(self, examples: list[StoredExample], max_width: int = STORAGE_WIDTH) -> list[Example]:
         out = []
         for e in examples:
             labels = self.label(e)
-            out.append(shrink(Example(_decode(e), labels.boxes.xyxy, labels.boxes.scores, TEACHER_SOURCE, e.sha256), max_width))
+            out.append(shrink(Example(_decode(e), labels.boxes.xyxy, labels.boxes.scores, self.teacher.source, e.sha256), max_width))
         return out
 
     def _as_served(self, candidate_onnx: bytes, parent_onnx: bytes, fresh: list[Example]) -> bytes:
@@ -249,7 +249,7 @@ class Retrainer:
                     timing.detect_all("served", served_detector, held[camera]),
                     timing.detect_all("candidate", candidate, held[camera]),
                     truths,
-                    TEACHER_SOURCE.split(":")[0],  # "teacher": what labelled the gate frames (the lineage names the models)
+                    self.teacher.source.split(":")[0],  # "teacher": what labelled the gate frames (the lineage names the models)
                     self.policy.gate,
                 )
             )
@@ -263,7 +263,7 @@ class Retrainer:
         lineage = Lineage(
             parent=parent,
             data={"new": len(fresh), "replay": len(replay)},
-            labels=TEACHER_SOURCE,
+            labels=self.teacher.source,
             notes=f"cameras {', '.join(targets)}; input {config.input_width}x{config.input_height}",
         )
         gate_report = {"verdict": verdict, "reason": reason, "cameras": [g.as_dict() for g in gates], "policy": asdict(self.policy.gate)}

@@ -561,7 +561,7 @@ def trainer_killed(rig: FaultRig) -> ScenarioResult:
         policy = RetrainPolicy(  # any verdict will do: the scenario asks whether the cycle ends, not what it decides
             min_new_examples=10**9, gate=GatePolicy(min_frames=1, margin=-1.0), job=fine_tune_settings(updates=rig.cycle_updates, workers=2)
         )
-        retrainer = Retrainer(store, registry, TeacherLabeler(rig.models_dir).label, LabelCache(work / "labels"), policy,
+        retrainer = Retrainer(store, registry, TeacherLabeler(rig.models_dir), LabelCache(work / "labels"), policy,
                               models_dir=rig.models_dir)  # fmt: skip
 
         def kill_a_trainer() -> None:

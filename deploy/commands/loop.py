@@ -63,7 +63,7 @@ def cmd_trainer(args: argparse.Namespace) -> int:
     retrainer = Retrainer(
         store,
         registry,
-        teacher.label,
+        teacher,
         LabelCache(default_label_cache()),
         policy,
         base_examples=_replay_set(args, teachers, say),

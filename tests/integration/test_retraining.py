@@ -93,7 +93,7 @@ def test_service_stores_hard_examples_ships_a_passing_candidate_and_keeps_a_fail
     store = HardExampleStore(tmp_path / "store")
     job = JobSettings(updates=12, workers=2, batch_size=4, eval_every=0, warmup=2)
     lenient = RetrainPolicy(min_new_examples=1000, gate=GatePolicy(min_frames=5, margin=-1.0, resamples=200), job=job)
-    retrainer = Retrainer(store, registry, TeacherLabeler(shared_models).label, LabelCache(tmp_path / "labels"), lenient, SMALL)
+    retrainer = Retrainer(store, registry, TeacherLabeler(shared_models), LabelCache(tmp_path / "labels"), lenient, SMALL)
     service = TrainerService(broker, topics, client, store, retrainer, auto=False, check_every_s=1.0)
     thread = threading.Thread(target=service.run, daemon=True)
     thread.start()
@@ -170,16 +170,16 @@ def test_triggers_fire_on_many_new_examples_or_low_agreement(
     teacher = TeacherLabeler(shared_models)
     registry = Registry(connect_redis(redis_url), ModelKeys(f"t{uuid.uuid4().hex[:8]}:models"))
     gate = GatePolicy(min_frames=5)  # frames 1-19 are gate frames (7 of these 20)
-    waiting = Retrainer(store, registry, teacher.label, LabelCache(tmp_path / "labels"), RetrainPolicy(min_new_examples=5))
+    waiting = Retrainer(store, registry, teacher, LabelCache(tmp_path / "labels"), RetrainPolicy(min_new_examples=5))
     assert waiting.due() == {}  # 7 gate frames, fewer than the default 30: a candidate could not be judged yet
-    many = Retrainer(store, registry, teacher.label, LabelCache(tmp_path / "labels"), RetrainPolicy(min_new_examples=5, gate=gate))
+    many = Retrainer(store, registry, teacher, LabelCache(tmp_path / "labels"), RetrainPolicy(min_new_examples=5, gate=gate))
     assert "new hard examples" in many.due()["pets"]
     # the mined detections are empty, so the edge model's agreement with the teacher is 0
     low = Retrainer(
-        store, registry, teacher.label, LabelCache(tmp_path / "labels"), RetrainPolicy(min_new_examples=1000, min_agreement=0.5, gate=gate)
+        store, registry, teacher, LabelCache(tmp_path / "labels"), RetrainPolicy(min_new_examples=1000, min_agreement=0.5, gate=gate)
     )
     assert low.estimated_accuracy("pets") == 0.0 and "estimated accuracy 0.00" in low.due()["pets"]
     strict = Retrainer(
-        store, registry, teacher.label, LabelCache(tmp_path / "labels"), RetrainPolicy(min_new_examples=1000, min_agreement=0.0, gate=gate)
+        store, registry, teacher, LabelCache(tmp_path / "labels"), RetrainPolicy(min_new_examples=1000, min_agreement=0.0, gate=gate)
     )
     assert strict.due() == {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any, cast
 
 import cv2
 import numpy as np
@@ -11,7 +12,10 @@ import numpy as np
 from detectors.results import BoxArray
 from streams.mot import GroundTruth
 from streams.records import Box, HardExample
+from trainer.data import LabelCache
 from trainer.gate import GatePolicy, combine, judge
+from trainer.labels import Labels
+from trainer.retrain import Retrainer
 from trainer.store import HardExampleStore
 
 
@@ -79,3 +83,31 @@ def test_gate_ships_a_confident_gain_rejects_noise_and_waits_for_frames() -> Non
     assert wait.verdict == "wait" and "10 gate frames on night, fewer than 30" in wait.reason
     assert combine([ship, wait])[0] == "wait" and combine([ship, reject])[0] == "reject" and combine([ship])[0] == "ship"
     assert combine([])[0] == "wait"
+
+
+class CountingLabeller:
+    """A labeller that boxes the whole frame and counts how often it really ran."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.calls = 0
+
+    def label(self, image_bgr: np.ndarray) -> Labels:
+        self.calls += 1
+        h, w = image_bgr.shape[:2]
+        return Labels(BoxArray.of([[0, 0, w, h]], [0.9]), self.source)
+
+
+def test_retrainer_caches_labels_under_its_own_labellers_source(tmp_path: Path) -> None:
+    store = HardExampleStore(tmp_path / "store")
+    store.add(example("a", 25, 40))  # frame 25: a training frame, not a gate block's
+    [stored] = store.new_examples()
+    cache = LabelCache(tmp_path / "labels")
+    first, other = CountingLabeller("teacher: a + b"), CountingLabeller("teacher: a + b + c")
+    no_registry = cast(Any, None)  # labelling never touches the registry
+    for labeller in (first, first, other):
+        labels = Retrainer(store, no_registry, labeller, cache).label(stored)
+        assert labels.source == labeller.source
+    assert (first.calls, other.calls) == (1, 1)  # the second ensemble did not get the first one's cached labels
+    [training] = Retrainer(store, no_registry, other, cache).to_training([stored])
+    assert training.source == "teacher: a + b + c" and other.calls == 1
