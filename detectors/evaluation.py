@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -158,3 +158,27 @@ def evaluate_sequence(
     sized = average_precision(within_labelled_sizes(found, truths), truths)
     fps = len(found) / spent if spent else 0.0
     return EvalResult(score.ap50, score.recall, fps, len(found), score.positives, score.detections, sized.ap50)
+
+
+def interleaved_fps(
+    detectors: Mapping[str, Callable[[list[np.ndarray]], list[BoxArray]]], frames: list[np.ndarray], rounds: int = 3, warmup: int = 3
+) -> dict[str, float]:
+    """Frames per second of each detector over the same frames (one at a time), timed in ``rounds``
+    interleaved rounds: every detector once per round, the order rotating, and each one's fps taken
+    from its median round. On a shared machine a burst of load then slows one round of every detector
+    instead of all of one detector's timing, so the ratios between them hold within a run."""
+    if not frames or not detectors or rounds < 1:
+        raise ValueError("interleaved_fps needs frames, detectors and at least one round")
+    names = list(detectors)
+    for name in names:
+        for _ in range(warmup):
+            detectors[name]([frames[0]])
+    seconds: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            detect = detectors[name]
+            t0 = time.perf_counter()
+            for frame in frames:
+                detect([frame])
+            seconds[name].append(time.perf_counter() - t0)
+    return {name: len(frames) / float(np.median(spent)) for name, spent in seconds.items()}

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 
-from detectors.evaluation import average_precision, within_labelled_sizes
+from detectors.evaluation import average_precision, interleaved_fps, within_labelled_sizes
 from detectors.results import BoxArray
 from streams.mot import GroundTruth
 
@@ -96,3 +98,27 @@ def test_labelled_sizes_drop_only_boxes_too_short_to_match_a_labelled_person() -
     plain, sized = average_precision(detections, truths), average_precision([kept], truths)
     assert sized.ap50 > plain.ap50 and sized.recall == plain.recall
     assert within_labelled_sizes(detections, [truth()]) == detections  # nothing labelled: nothing to go by
+
+
+def test_interleaved_fps_keeps_the_ratio_through_a_burst_of_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    import detectors.evaluation as evaluation
+
+    clock = {"now": 0.0, "detect_calls": 0}
+    monkeypatch.setattr(evaluation.time, "perf_counter", lambda: clock["now"])
+    frames = [np.zeros((4, 4, 3), np.uint8)] * 10
+    warmup_calls = 2 * 3
+
+    def model(seconds_per_frame: float) -> Callable[[list[np.ndarray]], list[BoxArray]]:
+        def detect(images: list[np.ndarray]) -> list[BoxArray]:
+            clock["detect_calls"] += 1
+            timed = clock["detect_calls"] - warmup_calls  # 1-based among the timed calls
+            burst = 21 <= timed <= 30  # the machine is busy for the third timed pass (slow, in its second round)
+            clock["now"] += seconds_per_frame * (5 if burst else 1)
+            return [BoxArray.empty()]
+
+        return detect
+
+    fps = interleaved_fps({"fast": model(0.001), "slow": model(0.004)}, frames, rounds=3)
+    assert fps == pytest.approx({"fast": 1000.0, "slow": 250.0})  # the burst hit one round of one model only
+    with pytest.raises(ValueError):
+        interleaved_fps({"fast": model(0.001)}, [], rounds=3)
