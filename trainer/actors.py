@@ -104,17 +104,10 @@ class Trainer:
     constructor arguments to restart it, and large in-memory arguments do not survive a restart."""
 
     def __init__(
-        self,
-        examples_path: str,
-        config: StudentConfig,
-        batch_size: int,
-        augment: Augment,
-        seed: int,
-        freeze_batchnorm: bool = False,
-        soft_centres: bool = False,
+        self, examples_path: str, config: StudentConfig, batch_size: int, augment: Augment, seed: int, freeze_batchnorm: bool = False
     ) -> None:
         examples = load_examples(Path(examples_path))
-        self.worker = GradientWorker(examples, config, batch_size, augment, seed, freeze_batchnorm, soft_centres)
+        self.worker = GradientWorker(examples, config, batch_size, augment, seed, freeze_batchnorm)
         self.batch_size = min(batch_size, len(examples))
 
     def compute(self, weights: Weights, version: int) -> tuple[Weights, Weights, float, int, int]:

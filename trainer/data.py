@@ -191,19 +191,15 @@ def make_batch(
     rng: np.random.Generator,
     min_score: float = 0.3,
     stride: int = 4,
-    soft_centres: bool = False,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Images (N, 3, H, W) and stacked targets for a list of examples. Labels from ``min_score`` up
-    are people; the labeller's less confident boxes are ignored (neither people nor background).
-    ``soft_centres``: each person's centre is taught its label's confidence (a teacher's fused score;
-    1 for human labels), not 1, so the student ranks people as confidently as its labels did."""
+    are people; the labeller's less confident boxes are ignored (neither people nor background)."""
     images, targets = [], []
     for ex in examples:
         image, boxes, scores = prepare_scored(ex, input_w, input_h, augment, rng)
         confident = scores >= min_score
         images.append(image)
         ignored = unsure_regions(boxes[~confident], boxes[confident])
-        confidences = scores[confident] if soft_centres else None
-        targets.append(make_targets(boxes[confident], input_w, input_h, stride, ignored=ignored, confidences=confidences))
+        targets.append(make_targets(boxes[confident], input_w, input_h, stride, ignored=ignored))
     stacked = {k: torch.from_numpy(np.stack([t[k] for t in targets])) for k in targets[0]}
     return torch.from_numpy(np.stack(images)), stacked

@@ -52,7 +52,6 @@ class JobSettings:
     checkpoint_every: int = 50
     join_after: int | None = None  # add one more trainer after this many updates
     freeze_batchnorm: bool = False  # keep the start weights' batch-norm statistics (fine-tuning)
-    soft_centres: bool = False  # each centre taught its label's confidence, not 1 (trainer.data.make_batch)
     seed: int = 0
     target_loss: float | None = None  # report when the smoothed loss first reaches this
     timeout_s: float = 120.0  # the longest wait for any one gradient
@@ -211,7 +210,6 @@ class TrainingJob:
                 self.settings.augment,
                 self.settings.seed * 1000 + index + 1,
                 self.settings.freeze_batchnorm,
-                self.settings.soft_centres,
             )
         )
 

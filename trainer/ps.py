@@ -184,17 +184,9 @@ class GradientWorker:
     """A trainer: takes weights, computes the loss gradient on a mini-batch of its data shard."""
 
     def __init__(
-        self,
-        examples: list[Example],
-        config: StudentConfig,
-        batch_size: int,
-        augment: Augment,
-        seed: int,
-        freeze_batchnorm: bool = False,
-        soft_centres: bool = False,
+        self, examples: list[Example], config: StudentConfig, batch_size: int, augment: Augment, seed: int, freeze_batchnorm: bool = False
     ) -> None:
         torch.set_num_threads(1)
-        self.soft_centres = soft_centres  # centres taught at their labels' confidence (make_batch)
         self.freeze_batchnorm = freeze_batchnorm  # fine-tuning: normalise with the start model's statistics
         self.examples = examples
         self.model = Student(config)
@@ -219,7 +211,6 @@ class GradientWorker:
             self.augment,
             self.rng,
             stride=self.model.config.head_stride,
-            soft_centres=self.soft_centres,
         )
         self.model.zero_grad()
         heatmap, regression = self.model(images)

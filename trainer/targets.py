@@ -24,31 +24,21 @@ def gaussian_radius(height: float, width: float, min_overlap: float = 0.7) -> fl
 
 
 def make_targets(
-    boxes: np.ndarray,
-    input_w: int,
-    input_h: int,
-    stride: int = STRIDE,
-    ignored: np.ndarray | None = None,
-    confidences: np.ndarray | None = None,
+    boxes: np.ndarray, input_w: int, input_h: int, stride: int = STRIDE, ignored: np.ndarray | None = None
 ) -> dict[str, np.ndarray]:
     """Targets for one image from (N, 4) boxes in input pixels: heatmap (1, h, w), regression (4, h, w),
-    mask (h, w), background weight (h, w): 0 over ``ignored`` boxes (people the labeller was unsure
-    of), so the heatmap is taught neither that they are people nor that they are background, and the
-    score each centre is taught (h, w): its box's labeller confidence (1 for every box when
-    ``confidences`` is None; a human label's is 1)."""
+    mask (h, w), and background weight (h, w): 0 over ``ignored`` boxes (people the labeller was unsure
+    of), so the heatmap is taught neither that they are people nor that they are background."""
     h, w = input_h // stride, input_w // stride
     heatmap = np.zeros((1, h, w), np.float32)
     regression = np.zeros((4, h, w), np.float32)
     mask = np.zeros((h, w), np.float32)
-    centre_score = np.zeros((h, w), np.float32)
-    if confidences is None:
-        confidences = np.ones(len(boxes), np.float32)
     background_weight = np.ones((h, w), np.float32)
     for x1, y1, x2, y2 in ignored if ignored is not None else ():
         rows = slice(max(0, int(y1 // stride)), int(np.ceil(y2 / stride)))
         background_weight[rows, max(0, int(x1 // stride)) : int(np.ceil(x2 / stride))] = 0.0
     ys, xs = np.mgrid[0:h, 0:w]
-    for (x1, y1, x2, y2), confidence in zip(boxes, confidences, strict=True):
+    for x1, y1, x2, y2 in boxes:
         bw, bh = x2 - x1, y2 - y1
         if bw < 2 or bh < 2:
             continue
@@ -62,33 +52,18 @@ def make_targets(
         heatmap[0, row, col] = 1.0
         regression[:, row, col] = [np.log(bw / SIZE_UNIT), np.log(bh / SIZE_UNIT), cx - col, cy - row]
         mask[row, col] = 1.0
-        centre_score[row, col] = max(centre_score[row, col], float(confidence))
-    return {
-        "heatmap": heatmap,
-        "regression": regression,
-        "mask": mask,
-        "background_weight": background_weight,
-        "centre_score": centre_score,
-    }
+    return {"heatmap": heatmap, "regression": regression, "mask": mask, "background_weight": background_weight}
 
 
-def focal_loss(
-    pred: torch.Tensor, target: torch.Tensor, background_weight: torch.Tensor | None = None, centre_score: torch.Tensor | None = None
-) -> torch.Tensor:
+def focal_loss(pred: torch.Tensor, target: torch.Tensor, background_weight: torch.Tensor | None = None) -> torch.Tensor:
     """CenterNet's penalty-reduced focal loss, summed and divided by the number of centres.
-    ``background_weight`` (N, H, W) scales the background term per cell (0: ignored). ``centre_score``
-    (N, H, W), the score each centre should reach, makes the centres' term GFL's quality focal loss,
-    -|s - p|^2 (s log p + (1 - s) log(1 - p)), which is CenterNet's -(1 - p)^2 log p where s = 1."""
+    ``background_weight`` (N, H, W) scales the background term per cell (0: ignored)."""
     pred = pred.clamp(1e-4, 1 - 1e-4)
     positive = target.eq(1).float()
     negative_weight = (1 - target) ** 4
     if background_weight is not None:
         negative_weight = negative_weight * background_weight.unsqueeze(1)
-    if centre_score is None:
-        pos_loss = torch.log(pred) * (1 - pred) ** 2 * positive
-    else:
-        score = centre_score.unsqueeze(1)
-        pos_loss = (score * torch.log(pred) + (1 - score) * torch.log(1 - pred)) * (score - pred).abs() ** 2 * positive
+    pos_loss = torch.log(pred) * (1 - pred) ** 2 * positive
     neg_loss = torch.log(1 - pred) * pred**2 * negative_weight * (1 - positive)
     count = positive.sum().clamp(min=1.0)
     return -(pos_loss.sum() + neg_loss.sum()) / count
@@ -99,4 +74,4 @@ def detection_loss(heatmap: torch.Tensor, regression: torch.Tensor, targets: dic
     mask = targets["mask"].unsqueeze(1)
     count = mask.sum().clamp(min=1.0)
     reg = F.l1_loss(regression * mask, targets["regression"] * mask, reduction="sum") / count
-    return focal_loss(heatmap, targets["heatmap"], targets.get("background_weight"), targets.get("centre_score")) + reg
+    return focal_loss(heatmap, targets["heatmap"], targets.get("background_weight")) + reg

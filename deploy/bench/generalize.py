@@ -159,7 +159,6 @@ def run(
     teachers: tuple[str, ...] = TEACHERS,
     lr: float = 0.002,
     photo_repeats: int = 1,
-    soft_centres: bool = False,
 ) -> dict[str, Any]:
     """``keep``: also write each left-out camera's student there (``student-without-CAMERA.onnx`` and
     its ``.weights.npz``), a start model for ``bench loop`` on a camera that model never saw.
@@ -184,9 +183,8 @@ def run(
         init = with_distilled_stem(config, never_scored(examples), cache, progress) if stem == DISTILLED_STEM else None
         policy = StalenessPolicy(lr=lr, average_decay=average_decay, lr_scale_by_prefix=trunk_lr_scale)
         settings = JobSettings(
-            policy=policy, augment=Augment.strong(), batch_size=8, updates=updates, workers=2, mode="async", eval_every=0,
-            soft_centres=soft_centres,
-        )  # fmt: skip
+            policy=policy, augment=Augment.strong(), batch_size=8, updates=updates, workers=2, mode="async", eval_every=0
+        )
         probe = held_out_frames(sequence, camera.frames or (1, sequence.length), max(camera.every * 4, 4))
 
         def on_progress(p: Any, name: str = camera.sequence) -> None:
@@ -234,7 +232,6 @@ def run(
                     "average_decay": average_decay,
                     "lr_scale_by_prefix": dict(trunk_lr_scale),
                     "teachers": list(teachers),
-                    "soft_centres": soft_centres,
                     "augment": asdict(settings.augment),
                     **({"stem_distilled_on": STEM_SOURCES} if stem == DISTILLED_STEM else {}),
                     "int8_calibration": f"{len(calibration_picks(n_examples))} of its training images",

@@ -20,10 +20,6 @@ from trainer.cluster import DEFAULT_BASE_PORT
 
 AVERAGE_DECAY_HELP = "ship a moving average of the weights, updated after each applied gradient with this decay (0: the last weights)"
 TRUNK_LR_SCALE_HELP = "learning-rate multiplier of the pretrained trunk's weights (1: as fast as the head; 0: frozen)"
-SOFT_CENTRES_HELP = (
-    "teach each person's centre its label's confidence (the teachers' fused score; 1 for human labels) instead of 1 "
-    "(GFL's quality focal loss), so the student ranks people as its labels do"
-)
 TEACHERS_HELP = (
     "the teacher ensemble that labels frames (teacher labels and videos), comma-separated, boxes fused, the best two "
     "voting (from the models folder: nanodet, centernet, ssdlite = the stock SSDLite)"
@@ -98,7 +94,6 @@ def job_settings(args: argparse.Namespace, **overrides: Any) -> Any:
         batch_size=args.batch_size,
         updates=args.updates,
         target_loss=args.target_loss,
-        soft_centres=args.soft_centres,
     )
     for name in ("mode", "workers", "ps_shards", "eval_every", "join_after"):  # train has them; bench train overrides them
         if name not in overrides:
@@ -247,7 +242,6 @@ def add_job_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")
     p.add_argument("--average-decay", type=float, default=0.0, help=AVERAGE_DECAY_HELP)
     p.add_argument("--trunk-lr-scale", type=float, default=1.0, help=TRUNK_LR_SCALE_HELP)
-    p.add_argument("--soft-centres", action="store_true", help=SOFT_CENTRES_HELP)
     p.add_argument("--staleness-bound", type=int, default=8, help="drop gradients staler than this many versions")
     p.add_argument("--no-augment", action="store_true", help="no flips, crops or photometric jitter")
     p.add_argument("--seed", type=int, default=0)
@@ -361,7 +355,7 @@ def cmd_bench_generalize(args: argparse.Namespace) -> int:
             input_size=_input_size(args.input_size), head_stride=args.head_stride, trunk_stride=args.trunk_stride,
             cameras=_left_out(args.left_out), keep=Path(args.keep) if args.keep else None, stem=args.stem,
             average_decay=args.average_decay, trunk_lr_scale=trunk_lr_scale(args.trunk_lr_scale),
-            teachers=teachers, lr=args.lr, photo_repeats=args.photo_repeats, soft_centres=args.soft_centres,
+            teachers=teachers, lr=args.lr, photo_repeats=args.photo_repeats,
         )  # fmt: skip
     print(json.dumps(result, indent=2))
     return 0
@@ -404,7 +398,6 @@ def register_bench(bench_sub: Any, flags: Flags) -> None:
                    "mobilenetv2: those blocks themselves")  # fmt: skip
     g.add_argument("--average-decay", type=float, default=0.995, help=AVERAGE_DECAY_HELP + "; v1.2's 0.995 by default")
     g.add_argument("--trunk-lr-scale", type=float, default=1.0, help=TRUNK_LR_SCALE_HELP)
-    g.add_argument("--soft-centres", action="store_true", help=SOFT_CENTRES_HELP)
     g.add_argument("--teachers", default="nanodet,centernet", help=TEACHERS_HELP)
     g.add_argument("--photo-repeats", type=int, choices=range(1, 11), default=1, metavar="N",
                    help="list coco128-person's human-labelled photos N times (1-10), so trainers draw them N times as often")  # fmt: skip
