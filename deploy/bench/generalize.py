@@ -159,6 +159,7 @@ def run(
     teachers: tuple[str, ...] = TEACHERS,
     lr: float = 0.002,
     photo_repeats: int = 1,
+    mode: str = "async",
 ) -> dict[str, Any]:
     """``keep``: also write each left-out camera's student there (``student-without-CAMERA.onnx`` and
     its ``.weights.npz``), a start model for ``bench loop`` on a camera that model never saw.
@@ -182,16 +183,14 @@ def run(
         )
         init = with_distilled_stem(config, never_scored(examples), cache, progress) if stem == DISTILLED_STEM else None
         policy = StalenessPolicy(lr=lr, average_decay=average_decay, lr_scale_by_prefix=trunk_lr_scale)
-        settings = JobSettings(
-            policy=policy, augment=Augment.strong(), batch_size=8, updates=updates, workers=2, mode="async", eval_every=0
-        )
+        settings = JobSettings(policy=policy, augment=Augment.strong(), batch_size=8, updates=updates, workers=2, mode=mode, eval_every=0)
         probe = held_out_frames(sequence, camera.frames or (1, sequence.length), max(camera.every * 4, 4))
 
         def on_progress(p: Any, name: str = camera.sequence) -> None:
             if p.update % 100 == 0:
                 progress(f"{name} left out: update {p.update}/{p.total}, loss {p.loss:.3f}, {p.elapsed_s:.0f} s")
 
-        progress(f"{camera.sequence} left out: training on {len(examples)} images ({updates} updates, 2 Ray trainers)")
+        progress(f"{camera.sequence} left out: training on {len(examples)} images ({updates} {mode} updates, 2 Ray trainers)")
         with ray_session(None, RayPorts(ray_port), num_cpus=2):
             job = TrainingJob(examples, settings, config, probe, work / camera.sequence, init, on_progress,
                               model_version=f"student-v1-without-{camera.sequence}")  # fmt: skip
@@ -222,6 +221,7 @@ def run(
                 "models": models_scored,
                 "student_train": {
                     "updates": result.updates,
+                    "mode": mode,
                     "updates_per_s": round(result.updates_per_s, 2),
                     "examples": n_examples,
                     "input_size": list(input_size),

@@ -20,6 +20,7 @@ from trainer.cluster import DEFAULT_BASE_PORT
 
 AVERAGE_DECAY_HELP = "ship a moving average of the weights, updated after each applied gradient with this decay (0: the last weights)"
 TRUNK_LR_SCALE_HELP = "learning-rate multiplier of the pretrained trunk's weights (1: as fast as the head; 0: frozen)"
+TRAINING_MODES = ("async", "sync")  # trainer.job.MODES (not imported: it brings torch)
 TEACHERS_HELP = (
     "the teacher ensemble that labels frames (teacher labels and videos), comma-separated, boxes fused, the best two "
     "voting (from the models folder: nanodet, centernet, ssdlite = the stock SSDLite)"
@@ -284,7 +285,7 @@ def _prepare(args: argparse.Namespace) -> Path | None:
 def register(sub: Any, flags: Flags) -> None:
     p = sub.add_parser("train", help="train the student on labelled frames with an async (or sync) parameter server on Ray")
     add_job_flags(p)
-    p.add_argument("--mode", choices=("async", "sync"), default="async")
+    p.add_argument("--mode", choices=TRAINING_MODES, default="async")
     p.add_argument("--workers", type=int, default=2, help="trainer actors (data-parallel)")
     p.add_argument("--ps-shards", type=int, default=1, help="parameter-server actors, each holding a share of the parameters")
     p.add_argument("--updates", type=int, default=3000, help="parameter-server updates in all")
@@ -355,7 +356,7 @@ def cmd_bench_generalize(args: argparse.Namespace) -> int:
             input_size=_input_size(args.input_size), head_stride=args.head_stride, trunk_stride=args.trunk_stride,
             cameras=_left_out(args.left_out), keep=Path(args.keep) if args.keep else None, stem=args.stem,
             average_decay=args.average_decay, trunk_lr_scale=trunk_lr_scale(args.trunk_lr_scale),
-            teachers=teachers, lr=args.lr, photo_repeats=args.photo_repeats,
+            teachers=teachers, lr=args.lr, photo_repeats=args.photo_repeats, mode=args.mode,
         )  # fmt: skip
     print(json.dumps(result, indent=2))
     return 0
@@ -402,6 +403,9 @@ def register_bench(bench_sub: Any, flags: Flags) -> None:
     g.add_argument("--photo-repeats", type=int, choices=range(1, 11), default=1, metavar="N",
                    help="list coco128-person's human-labelled photos N times (1-10), so trainers draw them N times as often")  # fmt: skip
     g.add_argument("--lr", type=float, default=0.002, help="peak learning rate (Adam; warm-up, then cosine decay to 5%%)")
+    g.add_argument("--mode", choices=TRAINING_MODES, default="async",
+                   help="async: each trainer's gradient applied as it arrives; sync: the two trainers' gradients averaged into one "
+                   "update (a batch of 16; take half the --updates for the same images seen)")  # fmt: skip
     g.add_argument("--left-out", default="PETS09-S2L1,TUD-Campus", help="which labelled cameras to leave out, one at a time")
     g.add_argument("--keep", metavar="DIR", help="also write each left-out camera's student there "
                    "(student-without-CAMERA.onnx + .weights.npz: a start model for `bench loop` on that camera)")  # fmt: skip

@@ -53,3 +53,10 @@ def test_repeated_photos_are_drawn_more_often_but_distilled_on_once(shared_data:
     assert [e.ref for e in generalize.never_scored(thrice)] == [e.ref for e in generalize.never_scored(once)]  # one stem serves both
     with pytest.raises(ValueError, match="photo_repeats"):
         generalize.training_set(shared_data, tmp_path, tmp_path, "TUD-Campus", lambda _m: None, ENSEMBLE, 0)
+
+
+def test_the_cli_offers_the_training_modes_the_job_runs() -> None:
+    from deploy.commands.training import TRAINING_MODES
+    from trainer.job import MODES
+
+    assert TRAINING_MODES == MODES
