@@ -126,12 +126,14 @@ def score(models: dict[str, bytes], sequence: MotSequence, camera: LeftOut, thre
     first's), all models timed in the same interleaved rounds on the same frames."""
     first, last = camera.frames or (1, sequence.length)
     frames = [image for _, image in sequence.frames(first, last, camera.every)]
+    by_threads = {
+        count: {name: Detector.from_bytes(onnx, name=name, threads=count).detect for name, onnx in models.items()} for count in threads
+    }
     scored: dict[str, dict[str, Any]] = {}
-    for name, onnx in models.items():
-        result = evaluate_sequence(Detector.from_bytes(onnx, name=name, threads=threads[0]).detect, sequence, first, last, camera.every)
+    for name, detect in by_threads[threads[0]].items():  # detections do not depend on the thread count
+        result = evaluate_sequence(detect, sequence, first, last, camera.every)
         scored[name] = {"ap50": round(result.ap50, 4), "ap50_labelled_sizes": round(result.ap50_labelled_sizes, 4), "frames": result.frames}
-    for count in threads:
-        detectors = {name: Detector.from_bytes(onnx, name=name, threads=count).detect for name, onnx in models.items()}
+    for count, detectors in by_threads.items():
         for name, fps in interleaved_fps(detectors, frames, FPS_ROUNDS).items():
             scored[name].setdefault("fps_by_threads", {})[str(count)] = round(fps, 1)
     for entry in scored.values():
