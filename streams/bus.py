@@ -22,7 +22,7 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError
 from streams.errors import RecordError
 from streams.kafka_settings import TopicReplication, admin_settings, consumer_settings, producer_settings
 from streams.metrics import DEAD_LETTERS
-from streams.outage import closing_quietly
+from streams.outage import OutageLog, closing_quietly
 from streams.records import CameraStatus, Frame, HardExample, ModelAnnouncement, Record
 from streams.topics import Topics, TopicSpec
 from streams.wire import Headers, WireMessage, decode, encode, header_value
@@ -289,10 +289,23 @@ class RecordSubscriber(Generic[R]):
         self._own_producer = dead_letters is None
         self.dead_letters = dead_letters or DeadLetterPublisher(make_producer(bootstrap), topics, group_id)
         self.dead_lettered = 0
+        self.broker = OutageLog(f"broker (reading {topic.name})", log)
         self._closed = False
 
     def poll(self, timeout_s: float = 1.0) -> list[Delivered[R]]:
-        batches = self.consumer.poll(timeout_ms=int(timeout_s * 1000))
+        """What arrived within ``timeout_s``. While the broker is unreachable (kafka-python raises a
+        retriable error such as ECONNREFUSED from ``poll`` when a reconnect fails) this returns nothing
+        after waiting ``timeout_s``, logs once per outage, and the consumer picks up where it was when
+        the broker is back: no caller's loop dies with a broker restart."""
+        try:
+            batches = self.consumer.poll(timeout_ms=int(timeout_s * 1000))
+        except KafkaError as exc:
+            if not exc.retriable:
+                raise
+            self.broker.failed(str(exc))
+            time.sleep(timeout_s)
+            return []
+        self.broker.recovered()
         out: list[Delivered[R]] = []
         for tp, messages in batches.items():
             for msg in messages:
