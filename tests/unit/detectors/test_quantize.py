@@ -30,6 +30,8 @@ def test_the_int8_student_keeps_its_contract_and_finds_the_same_people(shared_da
     assert bundled.info.metadata["precision"] == "int8" and bundled.version == f"{floats.version}-int8"
     assert weights_path("student") == weights_path("student-float") is not None
     assert int8.info.metadata["precision"] == "int8" and int8.info.metadata["calibration_frames"] == str(len(calibration))
+    # 7-bit weights (no 16-bit saturation on CPUs without VNNI), the bundled student's too
+    assert int8.info.metadata["weight_bits"] == bundled.info.metadata["weight_bits"] == "7"
     # every confident box of either (score >= 0.4) has a close twin in the other (score >= 0.25: scores
     # move a little under int8), on frames it was not calibrated on (4-8 people each)
     best: list[float] = []
