@@ -28,12 +28,13 @@ from streams.errors import PedstreamError
 from streams.mot import GroundTruth
 from trainer import metrics
 from trainer.actors import ParameterShard, Trainer, save_examples, save_weights, split_into_shards
+from trainer.choices import TRAINING_MODES
 from trainer.data import Augment, Example
 from trainer.ps import StalenessPolicy, Weights, load_weights, model_weights
 from trainer.stem import distill_stem
 from trainer.student import Student, StudentConfig, export_onnx
 
-MODES = ("async", "sync")
+MODES = TRAINING_MODES
 
 
 @dataclass(frozen=True)

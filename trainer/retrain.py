@@ -27,6 +27,7 @@ from detectors.results import BoxArray
 from streams.errors import PedstreamError
 from streams.mot import GroundTruth
 from trainer import metrics
+from trainer.choices import PERSON_PX
 from trainer.data import Example, LabelCache, shrink
 from trainer.gate import GatePolicy, combine, judge
 from trainer.input_size import fitted_config
@@ -61,7 +62,7 @@ class RetrainPolicy:
     # the camera's own model gets a larger input when its people are small (trainer.input_size): the
     # median teacher-labelled person at least this many pixels tall at the model's input (None: keep
     # the served model's size), up to this width
-    person_px: float | None = 48.0
+    person_px: float | None = PERSON_PX
     max_input_width: int = 640
 
 

@@ -29,9 +29,7 @@ from trainer.pretrained import SSDLITE_STRIDE4, SSDLITE_STRIDE8, OnnxTrunk, cut_
 
 STEM_CHANNELS = (16, 32)  # after the first and the second stride-2 conv
 STEM_OUTPUT_CHANNELS = 24  # the trunk's stride-4 features
-DISTILLED_STEM = "distilled"  # StudentConfig.stem: this stem instead of MobileNetV2 blocks 0-2
 STEM_VERSION = 2  # of the stem's layers: part of the cache key
-MOBILENETV2_STEM = "mobilenetv2"  # StudentConfig.stem: the trunk's own blocks 0-2
 
 
 class DistilledStem(nn.Module):

@@ -24,6 +24,7 @@ from detectors.adapters.student import INPUT_NAME, OUTPUT_HEATMAP, OUTPUT_REGRES
 from detectors.detector import VERSION_METADATA_KEY, onnx_metadata
 from detectors.frame_input import with_frame_input
 from streams.errors import PedstreamError
+from trainer.choices import DISTILLED_STEM, MOBILENETV2_STEM
 from trainer.pretrained import (
     SSDLITE_STRIDE4,
     SSDLITE_STRIDE8,
@@ -34,7 +35,7 @@ from trainer.pretrained import (
     ssdlite_trunk,
     to_trunk_input,
 )
-from trainer.stem import DISTILLED_STEM, MOBILENETV2_STEM, StemTrunk
+from trainer.stem import StemTrunk
 
 
 @dataclass(frozen=True)

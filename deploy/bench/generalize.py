@@ -34,13 +34,13 @@ from detectors.detector import TRAINED_ON_METADATA_KEY, Detector, read_model, wi
 from detectors.evaluation import evaluate_sequence, interleaved_fps
 from detectors.quantize import calibration_picks, quantize_int8
 from streams.mot import MotSequence
+from trainer.choices import DISTILLED_STEM
 from trainer.cluster import DEFAULT_BASE_PORT, RayPorts, ray_session
 from trainer.data import Augment, Example
 from trainer.job import JobSettings, TrainingJob, with_distilled_stem
 from trainer.labels import TEACHERS
 from trainer.ps import StalenessPolicy
 from trainer.sources import dataset_examples, held_out_frames, labelled_examples, video_examples
-from trainer.stem import DISTILLED_STEM
 from trainer.student import StudentConfig
 
 STOCK = {"ssdlite": "ssdlite_pedestrian.onnx", "nanodet": "nanodet.onnx", "centernet": "centernet.onnx"}

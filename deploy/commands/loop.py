@@ -12,12 +12,13 @@ from typing import Any
 
 from deploy.commands.common import Flags, data_dir, models_dir
 from streams.errors import PedstreamError
+from trainer.choices import PERSON_PX
 from trainer.cluster import DEFAULT_BASE_PORT
 
 STORE_ENV = "PEDSTREAM_STORE"
 PERSON_PX_HELP = (
     "a camera's own model gets a larger input (up to --max-input-width wide) until the median person the teacher "
-    "labelled on that camera is this many pixels tall at it (default 48; 0: keep the served model's size)"
+    f"labelled on that camera is this many pixels tall at it (default {PERSON_PX:g}; 0: keep the served model's size)"
 )
 START_MODEL_HELP = "the student the loop starts from (its NAME.weights.npz beside NAME.onnx); default the bundled one"
 
@@ -188,7 +189,7 @@ def register(sub: Any, flags: Flags) -> None:
     p.add_argument("--updates", type=int, default=300, help="parameter-server updates per cycle")
     p.add_argument("--workers", type=int, default=2, help="Ray trainers per cycle")
     p.add_argument("--lr", type=float, default=5e-4, help="fine-tuning learning rate (Adam)")
-    p.add_argument("--person-px", type=float, default=48.0, help=PERSON_PX_HELP)
+    p.add_argument("--person-px", type=float, default=PERSON_PX, help=PERSON_PX_HELP)
     p.add_argument("--max-input-width", type=int, default=640, help="the widest input a camera's own model may get")
     p.add_argument(
         "--replay-sequence",

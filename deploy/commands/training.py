@@ -16,11 +16,11 @@ from typing import Any
 from deploy.commands.common import Flags, ProgressBar, data_dir, find_sequence, models_dir
 from streams.errors import PedstreamError
 from streams.mot import MotSequence
+from trainer.choices import DISTILLED_STEM, MOBILENETV2_STEM, STEMS, TRAINING_MODES
 from trainer.cluster import DEFAULT_BASE_PORT
 
 AVERAGE_DECAY_HELP = "ship a moving average of the weights, updated after each applied gradient with this decay (0: the last weights)"
 TRUNK_LR_SCALE_HELP = "learning-rate multiplier of the pretrained trunk's weights (1: as fast as the head; 0: frozen)"
-TRAINING_MODES = ("async", "sync")  # trainer.job.MODES (not imported: it brings torch)
 TEACHERS_HELP = (
     "the teacher ensemble that labels frames (teacher labels and videos), comma-separated, boxes fused, the best two "
     "voting (from the models folder: nanodet, centernet, ssdlite = the stock SSDLite)"
@@ -66,7 +66,7 @@ def student_config(args: argparse.Namespace) -> Any:
         extra["trunk"] = str(trunk)
     if args.trunk_stride == 32 and not args.trunk:
         raise PedstreamError("--trunk-stride 32 needs a pretrained trunk (--trunk ssdlite)")
-    if args.stem == "distilled" and not args.trunk:
+    if args.stem == DISTILLED_STEM and not args.trunk:
         raise PedstreamError("--stem distilled needs a pretrained trunk (--trunk ssdlite)")
     return StudentConfig(
         input_width=width, input_height=height, head_stride=args.head_stride, trunk_stride=args.trunk_stride, stem=args.stem, **extra
@@ -160,7 +160,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         RayPorts(args.ray_port).check_free()  # before the labelling work, not after it
     examples, held_out, data_summary = load_training_data(args, teachers)
     init = read_weights(Path(args.init)) if args.init else None
-    if init is None and config.stem == "distilled":  # student_config refuses it without a trunk
+    if init is None and config.stem == DISTILLED_STEM:  # student_config refuses it without a trunk
         init = with_distilled_stem(config, examples, default_label_cache(), lambda m: print(f"[train] {m}", file=sys.stderr, flush=True))
     bar = ProgressBar(f"train {settings.mode} x{settings.workers}")
     last_ap: list[float] = []
@@ -251,7 +251,7 @@ def add_job_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--trunk-stride", type=int, choices=(16, 32), default=16, help="with --trunk: 32 adds the trunk's stride-32 features (large people)"
     )
-    p.add_argument("--stem", choices=("mobilenetv2", "distilled"), default="mobilenetv2",
+    p.add_argument("--stem", choices=STEMS, default=MOBILENETV2_STEM,
                    help="with --trunk: distilled replaces the trunk's first blocks with a cheaper stem distilled from them "
                    "on the training images (trainer/stem.py; cached)")  # fmt: skip
     p.add_argument("--widths", help="student backbone channel widths W1,W2,W3,W4 (default: the student's)")
@@ -313,11 +313,10 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
     teachers = _prepare(args)
     from deploy.bench import train as bench_train
     from trainer.cluster import RayPorts, ray_session
-    from trainer.job import MODES
 
     workers = _int_list(args.workers, "--workers")
     modes = [m.strip() for m in args.mode.split(",") if m.strip()]
-    bad = [m for m in modes if m not in MODES]
+    bad = [m for m in modes if m not in TRAINING_MODES]
     if bad or not modes:
         raise PedstreamError(f"--mode {args.mode!r}: use async, sync or async,sync")
     config = student_config(args)
@@ -394,7 +393,7 @@ def register_bench(bench_sub: Any, flags: Flags) -> None:
     g.add_argument("--input-size", default="320x240", help="student input WIDTHxHEIGHT (the bundled v1's by default)")
     g.add_argument("--head-stride", type=int, choices=(4, 8), default=8, help="student head stride (8: v1's; 4 for small people)")
     g.add_argument("--trunk-stride", type=int, choices=(16, 32), default=16, help="32: the trunk's stride-32 features in the neck too")
-    g.add_argument("--stem", choices=("mobilenetv2", "distilled"), default="distilled",
+    g.add_argument("--stem", choices=STEMS, default=DISTILLED_STEM,
                    help="distilled (v1.1's): a cheaper stem distilled from the trunk's first blocks (trainer/stem.py); "
                    "mobilenetv2: those blocks themselves")  # fmt: skip
     g.add_argument("--average-decay", type=float, default=0.995, help=AVERAGE_DECAY_HELP + "; v1.2's 0.995 by default")

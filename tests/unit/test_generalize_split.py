@@ -55,8 +55,16 @@ def test_repeated_photos_are_drawn_more_often_but_distilled_on_once(shared_data:
         generalize.training_set(shared_data, tmp_path, tmp_path, "TUD-Campus", lambda _m: None, ENSEMBLE, 0)
 
 
-def test_the_cli_offers_the_training_modes_the_job_runs() -> None:
-    from deploy.commands.training import TRAINING_MODES
-    from trainer.job import MODES
+def test_the_cli_offers_the_training_choices_the_trainer_runs_without_importing_torch() -> None:
+    """The flags' choices come from trainer.choices, which the torch-free CLI can import; the trainer
+    uses the same names."""
+    import subprocess
+    import sys
 
-    assert TRAINING_MODES == MODES
+    probe = "import sys, trainer.choices; assert not {'torch', 'ray'} & set(sys.modules), sorted(sys.modules)"
+    subprocess.run([sys.executable, "-c", probe], check=True, timeout=60)
+    from trainer.choices import PERSON_PX, TRAINING_MODES
+    from trainer.job import MODES
+    from trainer.retrain import RetrainPolicy
+
+    assert MODES == TRAINING_MODES and RetrainPolicy().person_px == PERSON_PX

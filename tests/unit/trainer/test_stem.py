@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from trainer.choices import DISTILLED_STEM
 from trainer.data import Example
 from trainer.pretrained import SSDLITE_STRIDE4, SSDLITE_STRIDE8, SSDLITE_STRIDE16, ssdlite_trunk
-from trainer.stem import DISTILLED_STEM, DistilledStem, DistillSettings, StemTrunk, distill_stem
+from trainer.stem import DistilledStem, DistillSettings, StemTrunk, distill_stem
 from trainer.student import Student, StudentConfig, config_of, export_onnx
 
 OUTPUTS = (SSDLITE_STRIDE4, SSDLITE_STRIDE8, SSDLITE_STRIDE16)

@@ -1,0 +1,12 @@
+"""The trainer's named choices and defaults that the CLI offers as flags: kept free of torch and Ray, so
+that ``pedstream --help`` and the edge roles, which must run without either, can show them."""
+
+from __future__ import annotations
+
+TRAINING_MODES = ("async", "sync")  # trainer.job: asynchronous parameter-server updates, or synchronous rounds
+MOBILENETV2_STEM = "mobilenetv2"  # StudentConfig.stem: the pretrained trunk's own blocks 0-2
+DISTILLED_STEM = "distilled"  # StudentConfig.stem: a cheaper stem distilled from those blocks (trainer.stem)
+STEMS = (MOBILENETV2_STEM, DISTILLED_STEM)
+# a camera's own model gets a larger input until the median teacher-labelled person is this many pixels
+# tall at it (trainer.input_size; RetrainPolicy.person_px)
+PERSON_PX = 48.0
