@@ -60,6 +60,7 @@ from streams.bus import RecordWatch, ensure_topics, make_producer, read_dead_let
 from streams.kafka_settings import DURABLE_FETCH_MAX_WAIT_MS, FETCH_MAX_WAIT_ENV, consumer_settings
 from streams.model_channel import ModelKeys, connect_redis
 from streams.outage import closing_quietly
+from streams.polling import poll_for
 from streams.records import Detections, Frame, HardExample, ModelAnnouncement
 from streams.signing import PRIVATE_NAME, PUBLIC_NAME, Signer, init_keys
 from streams.topics import Topics, TopicSpec, camera_ids_on_distinct_partitions
@@ -157,13 +158,12 @@ def _agents(
 
 def _drain(tally: _Tally, sent: set[tuple[str, int]], timeout_s: float) -> None:
     """Wait until every sent frame is accounted for, or the timeout."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+
+    def all_answered() -> bool | None:
         with tally.lock:
-            missing = sent - tally.inferred - tally.shed
-        if not missing:
-            return
-        time.sleep(0.5)
+            return True if sent <= tally.inferred | tally.shed else None
+
+    poll_for(all_answered, timeout_s, 0.5)
 
 
 def _lost(tally: _Tally, sent: set[tuple[str, int]], dead: set[tuple[str, int]]) -> set[tuple[str, int]]:
@@ -389,14 +389,14 @@ def _read_back(
 def _wait_until_served(agent: AgentProcess, version: str, timeout_s: float) -> float | None:
     """Seconds until the agent reports serving ``version`` (its metrics), or None."""
     started = time.monotonic()
-    while time.monotonic() - started < timeout_s:
+
+    def served() -> float | None:
         try:
-            if agent.served_model().get("version") == version:
-                return round(time.monotonic() - started, 2)
-        except OSError:
-            pass
-        time.sleep(0.2)
-    return None
+            return round(time.monotonic() - started, 2) if agent.served_model().get("version") == version else None
+        except OSError:  # its metrics endpoint not answering yet
+            return None
+
+    return poll_for(served, timeout_s, 0.2)
 
 
 BAD_MODELS = ("tampered-bytes", "signed-by-another-key", "rejected-unsigned", "replayed-old-order")
@@ -450,23 +450,21 @@ def bad_models(rig: FaultRig) -> ScenarioResult:
 
 def _wait_for_serial(registry: Registry, serial: int, timeout_s: float) -> None:
     """Until some agent reports serving the general model under order ``serial``."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if any((s.get("cameras") or {}).get("*", {}).get("serial") == serial for s in registry.agents().values()):
-            return
-        time.sleep(0.2)
+
+    def reported() -> bool | None:
+        return True if any((s.get("cameras") or {}).get("*", {}).get("serial") == serial for s in registry.agents().values()) else None
+
+    poll_for(reported, timeout_s, 0.2)
 
 
 def _wait_until_refused(registry: Registry, version: str, timeout_s: float) -> str:
     """The reason the agent gave for refusing ``version`` (its status in the registry), or ''."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        for status in registry.agents().values():
-            refused = status.get("refused") or {}
-            if refused.get("version") == version:
-                return str(refused.get("reason"))
-        time.sleep(0.2)
-    return ""
+
+    def reason() -> str | None:
+        refusals = [status.get("refused") or {} for status in registry.agents().values()]
+        return next((str(r.get("reason")) for r in refusals if r.get("version") == version), None)
+
+    return poll_for(reason, timeout_s, 0.2) or ""
 
 
 BAD_INPUTS = ("corrupt-jpeg", "truncated-header", "unknown-schema", "oversized-frame")

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from streams.polling import wait_until
+from streams.polling import poll_for, wait_until
 
 
 def test_wait_until_returns_once_the_condition_holds_and_names_what_timed_out() -> None:
@@ -22,3 +22,12 @@ def test_wait_until_returns_once_the_condition_holds_and_names_what_timed_out() 
     with pytest.raises(TimeoutError, match="timed out after 0 s waiting for the broker"):
         wait_until(lambda: False, timeout_s=0.2, what="the broker", interval_s=0.01)
     assert time.monotonic() - started >= 0.2
+
+
+def test_poll_for_returns_the_first_answer_or_none_after_the_timeout() -> None:
+    answers = iter([None, None, "serving v2", "later"])
+    assert poll_for(lambda: next(answers), timeout_s=5, interval_s=0.01) == "serving v2"
+    started = time.monotonic()
+    assert poll_for(lambda: None, timeout_s=0.2, interval_s=0.01) is None
+    assert time.monotonic() - started >= 0.2
+    assert poll_for(lambda: 0, timeout_s=0) == 0  # a falsy answer is still an answer
