@@ -11,8 +11,9 @@ Weights use 7 of their 8 bits (``reduce_range``): ONNX Runtime's uint8 x int8 ke
 without VNNI (AVX2's vpmaddubsw) add pairs of products into 16 bits and saturate there. Measured on
 the bundled student, PETS09-S2L1 frames 398-795 every 2nd, 1 thread: on an AMD EPYC without VNNI full
 8-bit weights scored AP50 0.841 (float 0.888), 7-bit 0.878 at the same speed; on a Xeon with VNNI 8-bit
-0.885, 7-bit 0.878 (on TUD-Campus, a camera it was trained on, 0.870 vs 0.873). One setting for every CPU, because a model file moves
-between machines: the most a VNNI CPU loses is under a point, where the other would lose five.
+0.885, 7-bit 0.878 (on TUD-Campus, a camera it was trained on, 0.870 vs 0.873). One setting for every
+CPU, because a model file moves between machines: the most a VNNI CPU loses is under a point, where
+the other would lose five.
 """
 
 from __future__ import annotations

@@ -34,8 +34,6 @@ from trainer.ps import StalenessPolicy, Weights, load_weights, model_weights
 from trainer.stem import distill_stem
 from trainer.student import Student, StudentConfig, export_onnx
 
-MODES = TRAINING_MODES
-
 
 @dataclass(frozen=True)
 class JobSettings:
@@ -58,8 +56,8 @@ class JobSettings:
     timeout_s: float = 120.0  # the longest wait for any one gradient
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise PedstreamError(f"mode: must be one of {MODES}, not {self.mode!r}")
+        if self.mode not in TRAINING_MODES:
+            raise PedstreamError(f"mode: must be one of {TRAINING_MODES}, not {self.mode!r}")
         for name in ("workers", "ps_shards", "updates", "batch_size"):
             if getattr(self, name) < 1:
                 raise PedstreamError(f"{name}: must be >= 1")

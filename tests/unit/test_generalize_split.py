@@ -63,8 +63,12 @@ def test_the_cli_offers_the_training_choices_the_trainer_runs_without_importing_
 
     probe = "import sys, trainer.choices; assert not {'torch', 'ray'} & set(sys.modules), sorted(sys.modules)"
     subprocess.run([sys.executable, "-c", probe], check=True, timeout=60)
+    from streams.errors import PedstreamError
     from trainer.choices import PERSON_PX, TRAINING_MODES
-    from trainer.job import MODES
+    from trainer.job import JobSettings
     from trainer.retrain import RetrainPolicy
 
-    assert MODES == TRAINING_MODES and RetrainPolicy().person_px == PERSON_PX
+    assert [JobSettings(mode=mode).mode for mode in TRAINING_MODES] == list(TRAINING_MODES)
+    with pytest.raises(PedstreamError, match="mode: must be one of"):
+        JobSettings(mode="hogwild")
+    assert RetrainPolicy().person_px == PERSON_PX
