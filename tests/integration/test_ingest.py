@@ -22,14 +22,16 @@ from streams.wire import META_HEADER, RECORD_HEADER, encode
 pytestmark = pytest.mark.integration
 
 
-def consume(bootstrap: str, topics: Topics, record_type, group: str, expect: int, timeout_s: float = 30.0) -> list:  # type: ignore[no-untyped-def]
-    """Read ``expect`` records (or until timeout) with a fresh consumer in ``group``."""
+def consume(  # type: ignore[no-untyped-def]
+    bootstrap: str, topics: Topics, record_type, group: str, expect: int, timeout_s: float = 30.0, enough=None
+) -> list:
+    """Read ``expect`` records, or until ``enough(records)`` holds, or until timeout, with a fresh consumer in ``group``."""
     spec = topics.frames if record_type is Frame else topics.camera_status
     sub = RecordSubscriber(bootstrap, topics, spec, record_type, group)
-    out = []
+    out: list = []
     deadline = time.monotonic() + timeout_s
     try:
-        while len(out) < expect and time.monotonic() < deadline:
+        while len(out) < expect and time.monotonic() < deadline and not (enough and enough(out)):
             out.extend(d.record for d in sub.poll(0.5))
         sub.commit()
     finally:
@@ -98,8 +100,16 @@ def test_dead_rtsp_and_corrupt_video_are_reported_and_retried_while_others_publi
     for cid in ("dead-rtsp", "corrupt"):
         assert stats[cid]["published"] == 0 and int(stats[cid]["attempts"]) >= 3, stats[cid]
 
-    statuses = consume(broker, topics, CameraStatus, "status-reader", 1000, timeout_s=6)
-    retries = {cid: [s for s in statuses if s.camera_id == cid and s.state == "retrying"] for cid in ("dead-rtsp", "corrupt")}
+    def retries_of(statuses: list[CameraStatus]) -> dict[str, list[CameraStatus]]:
+        return {cid: [s for s in statuses if s.camera_id == cid and s.state == "retrying"] for cid in ("dead-rtsp", "corrupt")}
+
+    def all_seen(statuses: list[CameraStatus]) -> bool:  # a fresh group may take seconds to get every partition
+        seen = retries_of(statuses)
+        good_running = any(s.camera_id == "good" and s.state == "running" for s in statuses)
+        return good_running and all(len(r) >= int(stats[cid]["attempts"]) for cid, r in seen.items())
+
+    statuses = consume(broker, topics, CameraStatus, "status-reader", 1000, timeout_s=30, enough=all_seen)
+    retries = retries_of(statuses)
     assert len(retries["dead-rtsp"]) >= 3 and "cannot open" in (retries["dead-rtsp"][0].reason or "")
     assert len(retries["corrupt"]) >= 3 and retries["corrupt"][0].reason
     assert [r.attempt for r in retries["corrupt"][:3]] == [1, 2, 3]
