@@ -224,7 +224,7 @@ class ModelWatcher:
         backoff = 0.2
         while not self._stop.is_set():
             client = connect_redis(self.url)
-            pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+            pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call, unused-ignore]  # typed from redis 8.2
             try:
                 pubsub.subscribe(self.keys.channel)
                 in_force = read_orders(client, self.keys)  # after subscribing: nothing published in between is missed
