@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -135,15 +135,17 @@ def evaluate_sequence(
     every: int = 1,
     progress: Callable[[int], None] | None = None,
     warmup: int = 3,
+    frames: Iterable[tuple[int, np.ndarray]] | None = None,
 ) -> EvalResult:
     """Run ``detect`` one frame at a time over a range of a sequence and score it; fps counts detection
     only, in steady state: the first frame is detected ``warmup`` times, untimed, before anything is
     timed (a fresh ONNX Runtime session's first runs are several times slower, which on a short
-    sequence such as TUD-Campus's 71 frames halved the measured fps)."""
+    sequence such as TUD-Campus's 71 frames halved the measured fps). ``frames``: those
+    ``(number, image)`` pairs of the range, already read (to score several models on frames read once)."""
     found: list[BoxArray] = []
     truths: list[GroundTruth] = []
     spent = 0.0
-    for number, image in sequence.frames(start, stop, every):
+    for number, image in sequence.frames(start, stop, every) if frames is None else frames:
         if not found:
             for _ in range(warmup):
                 detect([image])

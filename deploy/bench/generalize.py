@@ -125,16 +125,16 @@ def score(models: dict[str, bytes], sequence: MotSequence, camera: LeftOut, thre
     """Every model's AP50 on the camera's frames, and its fps at each thread setting (``fps``: the
     first's), all models timed in the same interleaved rounds on the same frames."""
     first, last = camera.frames or (1, sequence.length)
-    frames = [image for _, image in sequence.frames(first, last, camera.every)]
+    numbered = list(sequence.frames(first, last, camera.every))  # read once, for every model's score and timing
     by_threads = {
         count: {name: Detector.from_bytes(onnx, name=name, threads=count).detect for name, onnx in models.items()} for count in threads
     }
     scored: dict[str, dict[str, Any]] = {}
     for name, detect in by_threads[threads[0]].items():  # detections do not depend on the thread count
-        result = evaluate_sequence(detect, sequence, first, last, camera.every)
+        result = evaluate_sequence(detect, sequence, first, last, camera.every, frames=numbered)
         scored[name] = {"ap50": round(result.ap50, 4), "ap50_labelled_sizes": round(result.ap50_labelled_sizes, 4), "frames": result.frames}
     for count, detectors in by_threads.items():
-        for name, fps in interleaved_fps(detectors, frames, FPS_ROUNDS).items():
+        for name, fps in interleaved_fps(detectors, [image for _, image in numbered], FPS_ROUNDS).items():
             scored[name].setdefault("fps_by_threads", {})[str(count)] = round(fps, 1)
     for entry in scored.values():
         entry["fps"] = entry["fps_by_threads"][str(threads[0])]
@@ -147,7 +147,7 @@ def run(
     cache: Path,
     work: Path,
     updates: int = 2000,
-    threads: tuple[int, ...] = (1, 2),
+    threads: tuple[int, ...] = (1,),
     ray_port: int = DEFAULT_BASE_PORT,
     progress: Callable[[str], None] = print,
     input_size: tuple[int, int] = (320, 240),

@@ -387,8 +387,9 @@ def register_bench(bench_sub: Any, flags: Flags) -> None:
         "generalize", help="leave one labelled camera out, train the student on the rest, score it beside the stock models there"
     )
     g.add_argument("--updates", type=int, default=2000, help="parameter-server updates per left-out camera (v1 has 2500)")
-    g.add_argument("--threads", default="1,2", help="ONNX Runtime thread settings to time every model at, the same for all "
-                   "(the first is each model's fps; 1 is the detector agent's)")  # fmt: skip
+    g.add_argument("--threads", default="1", help="ONNX Runtime thread settings to time every model at, the same for all, "
+                   "comma-separated (the first is each model's fps; 1, the default, is the detector agent's; "
+                   "1,2 adds a second timing at 2 threads, about a minute more)")  # fmt: skip
     g.add_argument("--ray-port", type=int, default=DEFAULT_BASE_PORT, help="base of the pinned Ray port range (base .. base+119)")
     g.add_argument("--input-size", default="320x240", help="student input WIDTHxHEIGHT (the bundled v1's by default)")
     g.add_argument("--head-stride", type=int, choices=(4, 8), default=8, help="student head stride (8: v1's; 4 for small people)")
