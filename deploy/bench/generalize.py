@@ -4,7 +4,7 @@ Leave one labelled camera out at a time, train the student (v1.1 recipe: the sto
 pretrained MobileNetV2 trunk behind a stem distilled from its first blocks, strong augmentation) on
 everything else, and score it on the left-out camera beside the stock SSDLite and both teachers, on
 the same frames, with one thread setting for all (``fps``: 1 thread, as the detector agent serves;
-``fps_by_threads`` also gives 2).
+``--threads 1,2`` adds a timing at 2 threads to ``fps_by_threads``).
 The student is scored twice: as trained (float) and as a CPU edge would serve it (``student_int8``:
 ``pedstream quantize``'s int8, calibrated on 20 of its own training images, none of the left-out camera).
 
