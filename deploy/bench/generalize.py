@@ -126,6 +126,7 @@ def score(models: dict[str, bytes], sequence: MotSequence, camera: LeftOut, thre
     first's), all models timed in the same interleaved rounds on the same frames."""
     first, last = camera.frames or (1, sequence.length)
     numbered = list(sequence.frames(first, last, camera.every))  # read once, for every model's score and timing
+    images = [image for _, image in numbered]
     by_threads = {
         count: {name: Detector.from_bytes(onnx, name=name, threads=count).detect for name, onnx in models.items()} for count in threads
     }
@@ -134,7 +135,7 @@ def score(models: dict[str, bytes], sequence: MotSequence, camera: LeftOut, thre
         result = evaluate_sequence(detect, sequence, first, last, camera.every, frames=numbered)
         scored[name] = {"ap50": round(result.ap50, 4), "ap50_labelled_sizes": round(result.ap50_labelled_sizes, 4), "frames": result.frames}
     for count, detectors in by_threads.items():
-        for name, fps in interleaved_fps(detectors, [image for _, image in numbered], FPS_ROUNDS).items():
+        for name, fps in interleaved_fps(detectors, images, FPS_ROUNDS).items():
             scored[name].setdefault("fps_by_threads", {})[str(count)] = round(fps, 1)
     for entry in scored.values():
         entry["fps"] = entry["fps_by_threads"][str(threads[0])]
