@@ -61,6 +61,8 @@ class JobSettings:
         for name in ("workers", "ps_shards", "updates", "batch_size"):
             if getattr(self, name) < 1:
                 raise PedstreamError(f"{name}: must be >= 1")
+        if self.warmup < 0:
+            raise PedstreamError(f"warmup: must be >= 0, not {self.warmup}")
 
     def lr_scale(self, update: int) -> float:
         if update < self.warmup:

@@ -163,6 +163,7 @@ def run(
     lr: float = 0.002,
     photo_repeats: int = 1,
     mode: str = "async",
+    warmup: int = 20,
 ) -> dict[str, Any]:
     """``keep``: also write each left-out camera's student there (``student-without-CAMERA.onnx`` and
     its ``.weights.npz``), a start model for ``bench loop`` on a camera that model never saw.
@@ -186,7 +187,8 @@ def run(
         )
         init = with_distilled_stem(config, never_scored(examples), cache, progress) if stem == DISTILLED_STEM else None
         policy = StalenessPolicy(lr=lr, average_decay=average_decay, lr_scale_by_prefix=trunk_lr_scale)
-        settings = JobSettings(policy=policy, augment=Augment.strong(), batch_size=8, updates=updates, workers=2, mode=mode, eval_every=0)
+        settings = JobSettings(policy=policy, augment=Augment.strong(), batch_size=8, updates=updates, workers=2, mode=mode, eval_every=0,
+                               warmup=warmup)  # fmt: skip
         probe = held_out_frames(sequence, camera.frames or (1, sequence.length), max(camera.every * 4, 4))
 
         def on_progress(p: Any, name: str = camera.sequence) -> None:
@@ -232,6 +234,7 @@ def run(
                     "trunk_stride": trunk_stride,
                     "stem": stem,
                     "lr": lr,
+                    "warmup": warmup,
                     "average_decay": average_decay,
                     "lr_scale_by_prefix": dict(trunk_lr_scale),
                     "teachers": list(teachers),

@@ -356,6 +356,7 @@ def cmd_bench_generalize(args: argparse.Namespace) -> int:
             cameras=_left_out(args.left_out), keep=Path(args.keep) if args.keep else None, stem=args.stem,
             average_decay=args.average_decay, trunk_lr_scale=trunk_lr_scale(args.trunk_lr_scale),
             teachers=teachers, lr=args.lr, photo_repeats=args.photo_repeats, mode=args.mode,
+            warmup=args.warmup,
         )  # fmt: skip
     print(json.dumps(result, indent=2))
     return 0
@@ -403,6 +404,8 @@ def register_bench(bench_sub: Any, flags: Flags) -> None:
     g.add_argument("--photo-repeats", type=int, choices=range(1, 11), default=1, metavar="N",
                    help="list coco128-person's human-labelled photos N times (1-10), so trainers draw them N times as often")  # fmt: skip
     g.add_argument("--lr", type=float, default=0.002, help="peak learning rate (Adam; warm-up, then cosine decay to 5%%)")
+    g.add_argument("--warmup", type=int, default=20, metavar="N",
+                   help="updates of linear learning-rate warm-up before the cosine decay (v1.2: 20)")  # fmt: skip
     g.add_argument("--mode", choices=TRAINING_MODES, default="async",
                    help="async: each trainer's gradient applied as it arrives; sync: the two trainers' gradients averaged into one "
                    "update (a batch of 16; take half the --updates for the same images seen)")  # fmt: skip

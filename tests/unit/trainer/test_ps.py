@@ -137,6 +137,8 @@ def test_learning_rate_warms_up_then_decays() -> None:
     assert s.lr_scale(10) == pytest.approx(1.0) and s.lr_scale(99) < 0.1 and s.lr_scale(55) == pytest.approx(0.525, abs=0.01)
     with pytest.raises(PedstreamError, match="mode"):
         JobSettings(mode="fast")
+    with pytest.raises(PedstreamError, match="warmup"):
+        JobSettings(updates=100, warmup=-1)
 
 
 def test_fine_tuning_keeps_the_start_models_batch_norm_statistics() -> None:
