@@ -347,6 +347,8 @@ def cmd_bench_generalize(args: argparse.Namespace) -> int:
 
     threads = _thread_settings(args.threads)
     teachers = teacher_ensemble(args.teachers)
+    if args.warmup < 0:
+        raise PedstreamError(f"--warmup {args.warmup}: give a number of updates >= 0")
     with tempfile.TemporaryDirectory(prefix="pedstream-generalize-") as work:
         result = generalize.run(
             data_dir(args.data), models_dir(args.data), default_label_cache(), Path(work), updates=args.updates,

@@ -138,3 +138,9 @@ def test_bench_generalize_names_a_bad_teacher_ensemble_before_training(teachers:
     err = capsys.readouterr().err
     assert err.count("--teachers") == 1 and "Traceback" not in err
     assert "choose from nanodet, centernet, ssdlite" in err or "names a model twice" in err
+
+
+def test_bench_generalize_refuses_a_negative_warmup_before_training(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["bench", "generalize", "--warmup", "-5", "--left-out", "TUD-Campus"]) == 2
+    err = capsys.readouterr().err
+    assert "--warmup -5" in err and "Traceback" not in err
