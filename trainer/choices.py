@@ -10,3 +10,4 @@ STEMS = (MOBILENETV2_STEM, DISTILLED_STEM)
 # a camera's own model gets a larger input until the median teacher-labelled person is this many pixels
 # tall at it (trainer.input_size; RetrainPolicy.person_px)
 PERSON_PX = 48.0
+WARMUP_UPDATES = 20  # JobSettings.warmup: updates of linear learning-rate warm-up before the cosine decay

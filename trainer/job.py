@@ -28,7 +28,7 @@ from streams.errors import PedstreamError
 from streams.mot import GroundTruth
 from trainer import metrics
 from trainer.actors import ParameterShard, Trainer, save_examples, save_weights, split_into_shards
-from trainer.choices import TRAINING_MODES
+from trainer.choices import TRAINING_MODES, WARMUP_UPDATES
 from trainer.data import Augment, Example
 from trainer.ps import StalenessPolicy, Weights, load_weights, model_weights
 from trainer.stem import distill_stem
@@ -45,7 +45,7 @@ class JobSettings:
     updates: int = 600
     batch_size: int = 8
     policy: StalenessPolicy = StalenessPolicy()
-    warmup: int = 20  # updates of linear learning-rate warm-up, then cosine decay to 5%
+    warmup: int = WARMUP_UPDATES  # updates of linear learning-rate warm-up, then cosine decay to 5%
     augment: Augment = Augment()
     eval_every: int = 100  # updates between held-out evaluations (0: only at the end)
     checkpoint_every: int = 50

@@ -163,7 +163,7 @@ def run(
     lr: float = 0.002,
     photo_repeats: int = 1,
     mode: str = "async",
-    warmup: int = 20,
+    warmup: int = JobSettings.warmup,
 ) -> dict[str, Any]:
     """``keep``: also write each left-out camera's student there (``student-without-CAMERA.onnx`` and
     its ``.weights.npz``), a start model for ``bench loop`` on a camera that model never saw.

@@ -16,7 +16,7 @@ from typing import Any
 from deploy.commands.common import Flags, ProgressBar, data_dir, find_sequence, models_dir
 from streams.errors import PedstreamError
 from streams.mot import MotSequence
-from trainer.choices import DISTILLED_STEM, MOBILENETV2_STEM, STEMS, TRAINING_MODES
+from trainer.choices import DISTILLED_STEM, MOBILENETV2_STEM, STEMS, TRAINING_MODES, WARMUP_UPDATES
 from trainer.cluster import DEFAULT_BASE_PORT
 
 AVERAGE_DECAY_HELP = "ship a moving average of the weights, updated after each applied gradient with this decay (0: the last weights)"
@@ -406,8 +406,8 @@ def register_bench(bench_sub: Any, flags: Flags) -> None:
     g.add_argument("--photo-repeats", type=int, choices=range(1, 11), default=1, metavar="N",
                    help="list coco128-person's human-labelled photos N times (1-10), so trainers draw them N times as often")  # fmt: skip
     g.add_argument("--lr", type=float, default=0.002, help="peak learning rate (Adam; warm-up, then cosine decay to 5%%)")
-    g.add_argument("--warmup", type=int, default=20, metavar="N",
-                   help="updates of linear learning-rate warm-up before the cosine decay (v1.2: 20)")  # fmt: skip
+    g.add_argument("--warmup", type=int, default=WARMUP_UPDATES, metavar="N",
+                   help=f"updates of linear learning-rate warm-up before the cosine decay (v1.2: {WARMUP_UPDATES})")  # fmt: skip
     g.add_argument("--mode", choices=TRAINING_MODES, default="async",
                    help="async: each trainer's gradient applied as it arrives; sync: the two trainers' gradients averaged into one "
                    "update (a batch of 16; take half the --updates for the same images seen)")  # fmt: skip
