@@ -13,6 +13,8 @@ from detectors.results import BoxArray
 from streams.mot import GroundTruth, MotSequence
 
 LABELLED_SIZE_FRACTION = 0.5  # see within_labelled_sizes
+ERRORS_AT_SCORE = 0.3  # the detector agent's default publish threshold: errors are counted among what it would publish
+NEAR_IOU = 0.1  # a false positive overlapping a labelled person at least this much (but under the match IoU) is "misplaced"
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,46 @@ def score_matches(frames: list[FrameMatches]) -> Score:
     return Score(_all_point_ap(recall, precision), float(recall.max()) if recall.size else 0.0, positives, len(scores))
 
 
+@dataclass(frozen=True)
+class ErrorCounts:
+    """What a detector gets wrong among its boxes scored ``min_score`` or more, over many frames:
+    ``misplaced`` overlaps a labelled person but too little to match (a part of a person, or a box
+    beside one), ``duplicate`` matches a person already matched by a better box, ``background``
+    overlaps no labelled person (background, or a person the labels leave out); ``missed``: labelled
+    people no box of that score matches."""
+
+    min_score: float
+    hits: int
+    misplaced: int
+    duplicate: int
+    background: int
+    missed: int
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {"min_score": self.min_score, "hits": self.hits, "misplaced": self.misplaced, "duplicate": self.duplicate,
+                "background": self.background, "missed": self.missed}  # fmt: skip
+
+
+def count_errors(
+    detections: list[BoxArray], truths: list[GroundTruth], min_score: float = ERRORS_AT_SCORE, iou_threshold: float = 0.5
+) -> ErrorCounts:
+    """Hits and the kinds of error among the detections scored ``min_score`` or more (matched as
+    ``match_frame`` does; a box on an ignored person counts as nothing)."""
+    hits = misplaced = duplicate = background = missed = 0
+    for found, truth in zip(detections, truths, strict=True):
+        kept = found[found.scores >= min_score]
+        matches = match_frame(kept, truth, iou_threshold)
+        order = np.argsort(-kept.scores, kind="stable")
+        best = box_iou(kept.xyxy, truth.xyxy).max(axis=1)[order] if len(truth.xyxy) else np.zeros(len(kept))
+        false = matches.fp.astype(bool)
+        hits += int(matches.tp.sum())
+        duplicate += int((false & (best >= iou_threshold)).sum())
+        misplaced += int((false & (best >= NEAR_IOU) & (best < iou_threshold)).sum())
+        background += int((false & (best < NEAR_IOU)).sum())
+        missed += matches.positives - int(matches.tp.sum())
+    return ErrorCounts(min_score, hits, misplaced, duplicate, background, missed)
+
+
 def average_precision(detections: list[BoxArray], truths: list[GroundTruth], iou_threshold: float = 0.5) -> Score:
     """VOC all-point AP over frames. A detection whose best-overlapping truth is flagged not to be
     considered is neither a hit nor a false positive (as VOC treats 'difficult' boxes)."""
@@ -114,8 +156,9 @@ class EvalResult:
     positives: int
     detections: int
     ap50_labelled_sizes: float  # detections that cannot match a labelled person by height left out
+    errors: ErrorCounts  # among the boxes the detector agent would publish
 
-    def as_dict(self) -> dict[str, float | int]:
+    def as_dict(self) -> dict[str, object]:
         return {
             "ap50": round(self.ap50, 4),
             "ap50_labelled_sizes": round(self.ap50_labelled_sizes, 4),
@@ -124,6 +167,7 @@ class EvalResult:
             "frames": self.frames,
             "positives": self.positives,
             "detections": self.detections,
+            "errors": self.errors.as_dict(),
         }
 
 
@@ -159,7 +203,8 @@ def evaluate_sequence(
     score = average_precision(found, truths)
     sized = average_precision(within_labelled_sizes(found, truths), truths)
     fps = len(found) / spent if spent else 0.0
-    return EvalResult(score.ap50, score.recall, fps, len(found), score.positives, score.detections, sized.ap50)
+    errors = count_errors(found, truths)
+    return EvalResult(score.ap50, score.recall, fps, len(found), score.positives, score.detections, sized.ap50, errors)
 
 
 def interleaved_fps(

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from detectors.detector import TRAINED_ON_METADATA_KEY, Detector, read_model, with_metadata
-from detectors.evaluation import evaluate_sequence, interleaved_fps
+from detectors.evaluation import ERRORS_AT_SCORE, evaluate_sequence, interleaved_fps
 from detectors.quantize import calibration_picks, quantize_int8
 from streams.mot import MotSequence
 from trainer.choices import DISTILLED_STEM
@@ -133,7 +133,10 @@ def score(models: dict[str, bytes], sequence: MotSequence, camera: LeftOut, thre
     scored: dict[str, dict[str, Any]] = {}
     for name, detect in by_threads[threads[0]].items():  # detections do not depend on the thread count
         result = evaluate_sequence(detect, sequence, first, last, camera.every, frames=numbered)
-        scored[name] = {"ap50": round(result.ap50, 4), "ap50_labelled_sizes": round(result.ap50_labelled_sizes, 4), "frames": result.frames}
+        scored[name] = {
+            "ap50": round(result.ap50, 4), "ap50_labelled_sizes": round(result.ap50_labelled_sizes, 4), "frames": result.frames,
+            "errors": result.errors.as_dict(),
+        }  # fmt: skip
     for count, detectors in by_threads.items():
         for name, fps in interleaved_fps(detectors, images, FPS_ROUNDS).items():
             scored[name].setdefault("fps_by_threads", {})[str(count)] = round(fps, 1)
@@ -255,4 +258,8 @@ def run(
         "ap50_labelled_sizes_note": "a diagnostic beside ap50, not instead of it: detections under half the height of "
         "the camera's smallest labelled person left out (they cannot match one at IoU 0.5); TUD-Campus labels no one "
         "under 129 px, though smaller people are in view",
+        "errors_note": f"among each model's boxes scored {ERRORS_AT_SCORE} or more (what the detector agent publishes): "
+        "misplaced = overlaps a labelled person but under IoU 0.5 (a part of a person, or a box beside one), "
+        "duplicate = a person already found by a better box, background = on no labelled person (TUD-Campus leaves "
+        "out people behind the hedge and cut by the frame's edge), missed = labelled people not found",
     }

@@ -217,6 +217,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
             f"({result.ap50_labelled_sizes:.3f} at labelled sizes), best recall {result.recall:.3f}, "
             f"{result.fps:.1f} fps ({detector.backend.name})"
         )
+        e = result.errors
+        print(
+            f"  at score >= {e.min_score}: {e.hits} people found, {e.missed} missed; false boxes: {e.misplaced} misplaced "
+            f"(part of a person or beside one), {e.duplicate} duplicates, {e.background} on no labelled person"
+        )
     return 0
 
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from detectors.evaluation import average_precision, interleaved_fps, within_labelled_sizes
+from detectors.evaluation import average_precision, count_errors, interleaved_fps, within_labelled_sizes
 from detectors.results import BoxArray
 from streams.mot import GroundTruth
 
@@ -122,3 +122,18 @@ def test_interleaved_fps_keeps_the_ratio_through_a_burst_of_load(monkeypatch: py
     assert fps == pytest.approx({"fast": 1000.0, "slow": 250.0})  # the burst hit one round of one model only
     with pytest.raises(ValueError):
         interleaved_fps({"fast": model(0.001)}, [], rounds=3)
+
+
+def test_errors_are_told_apart_among_the_boxes_a_detector_would_publish() -> None:
+    upper_half_of_a = [0.0, 0.0, 100.0, 40.0]  # IoU 0.4 with A: a part of a person
+    frame_1 = found((A, 0.9), (A, 0.8), (upper_half_of_a, 0.5), (NOWHERE, 0.4), (B, 0.2))  # B's box under 0.3
+    frame_2 = found((B, 0.7), (NOWHERE, 0.6))
+    errors = count_errors([frame_1, frame_2], [truth(A, B), truth(A, B, ignored=(0,))])
+    assert (errors.hits, errors.duplicate, errors.misplaced, errors.background) == (2, 1, 1, 2)
+    assert errors.missed == 1  # frame 1's B, found only at 0.2; frame 2's A is ignored, not missed
+    assert errors.min_score == 0.3
+
+
+def test_a_box_on_an_ignored_person_is_no_error() -> None:
+    errors = count_errors([found((A, 0.9))], [truth(A, ignored=(0,))])
+    assert (errors.hits, errors.duplicate, errors.misplaced, errors.background, errors.missed) == (0, 0, 0, 0, 0)
