@@ -1,4 +1,4 @@
-"""`bench generalize`'s training sets: the left-out camera never enters training, nor its stem."""
+"""`bench generalize`'s training sets (the left-out camera never enters training, nor its stem) and its scoring."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 
 from deploy.bench import generalize
+from detectors.detector import read_model
+from streams.mot import MotSequence
 from trainer.data import Example
 from trainer.labels import TEACHERS
 
@@ -72,3 +74,15 @@ def test_the_cli_offers_the_training_choices_the_trainer_runs_without_importing_
     with pytest.raises(PedstreamError, match="mode: must be one of"):
         JobSettings(mode="hogwild")
     assert RetrainPolicy().person_px == PERSON_PX
+
+
+def test_every_model_is_scored_with_its_errors_on_the_left_out_frames(shared_data: Path, shared_models: Path) -> None:
+    sequence = MotSequence.load(shared_data / "TUD-Campus")
+    camera = generalize.LeftOut("TUD-Campus", (1, 4), 1)
+    scored = generalize.score({"ssdlite": read_model(shared_models / "ssdlite_pedestrian.onnx")}, sequence, camera, (1,))
+    entry = scored["ssdlite"]
+    assert entry["frames"] == 4 and entry["fps"] > 0 and entry["fps_by_threads"] == {"1": entry["fps"]}
+    errors = entry["errors"]
+    labelled = sum(int(sequence.gt(n).consider.sum()) for n in range(1, 5))
+    assert errors["hits"] + errors["missed"] == labelled and errors["hits"] > 0
+    assert errors["min_score"] == 0.3 and {"misplaced", "duplicate", "background"} <= set(errors)
