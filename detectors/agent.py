@@ -33,7 +33,7 @@ from detectors.faust_transport import broker_url
 from detectors.mining import HardExampleMiner, MiningPolicy
 from detectors.model_updates import ModelUpdater
 from detectors.pipeline import DetectionPipeline, WorkItem
-from detectors.results import BoxArray
+from detectors.results import PUBLISH_THRESHOLD, BoxArray
 from detectors.serving import ServedModels
 from detectors.tiling import merge_in_frame
 from detectors.tracker import IouTracker
@@ -63,7 +63,7 @@ class AgentSettings:
     agent_id: str = field(default_factory=lambda: f"detector-{os.getpid()}")
     max_batch: int = 4
     max_wait_ms: float = 0.0  # greedy micro-batching: only frames already queued join a batch
-    publish_threshold: float = 0.3  # boxes below this are not published
+    publish_threshold: float = PUBLISH_THRESHOLD  # boxes below this are not published
     track_threshold: float = 0.5  # boxes at or above this feed the tracker and the alert rules
     data_dir: Path = field(default_factory=lambda: Path(os.environ.get("PEDSTREAM_HOME") or Path.home() / ".pedstream") / "faust")
     dedupe_window: int = 4096

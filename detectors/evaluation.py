@@ -1,4 +1,5 @@
-"""Scoring detections against MOT ground truth: VOC all-point AP at IoU 0.5, ignored boxes honoured."""
+"""Scoring detections against MOT ground truth: VOC all-point AP at IoU 0.5 (ignored boxes honoured),
+the kinds of error among the boxes an agent would publish, and fps timed in interleaved rounds."""
 
 from __future__ import annotations
 
@@ -9,11 +10,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from detectors.boxes import box_iou
-from detectors.results import BoxArray
+from detectors.results import PUBLISH_THRESHOLD, BoxArray
 from streams.mot import GroundTruth, MotSequence
 
 LABELLED_SIZE_FRACTION = 0.5  # see within_labelled_sizes
-ERRORS_AT_SCORE = 0.3  # the detector agent's default publish threshold: errors are counted among what it would publish
+ERRORS_AT_SCORE = PUBLISH_THRESHOLD  # errors are counted among the boxes a detector agent would publish
 NEAR_IOU = 0.1  # a false positive overlapping a labelled person at least this much (but under the match IoU) is "misplaced"
 
 

@@ -9,6 +9,7 @@ import numpy as np
 from streams.records import Box
 
 PERSON = 0
+PUBLISH_THRESHOLD = 0.3  # a detector agent publishes boxes scored this or more (its default; --publish-threshold)
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from pydantic import ValidationError as PydanticValidationError
 from deploy.commands.common import MODELS_ENV, Flags, find_model, find_sequence, print_json, stop_on_signals
 from deploy.commands.registry import default_public_key
 from detectors.backends.selection import BACKEND_CHOICES
+from detectors.results import PUBLISH_THRESHOLD
 from streams.cameras.config import Tiling
 from streams.endpoints import resolve
 from streams.errors import PedstreamError
@@ -274,7 +275,7 @@ def register(sub: Any, flags: Flags) -> None:
         help="after a rebalance (a broker restart causes one), publish the detections of the last this-many seconds "
         "again, in case the broker lost writes it had acknowledged (0: off; consumers keep one per camera and seq)",
     )
-    p.add_argument("--publish-threshold", type=float, default=0.3, help="publish boxes at or above this score")
+    p.add_argument("--publish-threshold", type=float, default=PUBLISH_THRESHOLD, help="publish boxes at or above this score")
     p.add_argument("--score-threshold", type=float, default=0.5, help="boxes that count for tracking and alerts")
     p.add_argument(
         "--public-key",
