@@ -29,12 +29,14 @@ class Score:
 @dataclass(frozen=True)
 class FrameMatches:
     """One frame's detections matched to its truths at an IoU threshold: each detection's score and
-    whether it is a hit (tp) or a false positive (fp; neither when it falls on an ignored box)."""
+    whether it is a hit (tp) or a false positive (fp; neither when it falls on an ignored box), and
+    its best IoU with any truth (0 where the frame has none); all in descending score order."""
 
     scores: np.ndarray
     tp: np.ndarray
     fp: np.ndarray
     positives: int
+    best_iou: np.ndarray
 
 
 def match_frame(found: BoxArray, truth: GroundTruth, iou_threshold: float = 0.5) -> FrameMatches:
@@ -58,7 +60,8 @@ def match_frame(found: BoxArray, truth: GroundTruth, iou_threshold: float = 0.5)
         else:
             matched[j] = True
             tp[k] = 1
-    return FrameMatches(found.scores[order].astype(float), tp, fp, int(truth.consider.sum()))
+    best_iou = ious.max(axis=1)[order] if len(truth.xyxy) else np.zeros(len(order))
+    return FrameMatches(found.scores[order].astype(float), tp, fp, int(truth.consider.sum()), best_iou)
 
 
 def score_matches(frames: list[FrameMatches]) -> Score:
@@ -104,9 +107,7 @@ def count_errors(
     for found, truth in zip(detections, truths, strict=True):
         kept = found[found.scores >= min_score]
         matches = match_frame(kept, truth, iou_threshold)
-        order = np.argsort(-kept.scores, kind="stable")
-        best = box_iou(kept.xyxy, truth.xyxy).max(axis=1)[order] if len(truth.xyxy) else np.zeros(len(kept))
-        false = matches.fp.astype(bool)
+        best, false = matches.best_iou, matches.fp.astype(bool)
         hits += int(matches.tp.sum())
         duplicate += int((false & (best >= iou_threshold)).sum())
         misplaced += int((false & (best >= NEAR_IOU) & (best < iou_threshold)).sum())
