@@ -7,6 +7,8 @@ The cut runs from ``Preprocessor/sub:0`` (the image already scaled to [-1, 1], N
 (TF's asymmetric "SAME" padding included) instead of converting with onnx2torch, which needs
 torchvision, and torchvision does not import beside this project's torch 2.13.0 CPU build.
 ``tests/unit/trainer/test_pretrained.py`` checks the rebuilt trunk against ONNX Runtime.
+Features that are never trained (the teacher the stem is distilled from) run in ONNX Runtime
+itself (``FrozenTrunk``): the same numbers, several times faster than the rebuilt modules on a CPU.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import torch
 import torch.nn.functional as F
 from onnx import numpy_helper, shape_inference, utils
@@ -111,6 +114,32 @@ def ssdlite_trunk(model_path: Path, outputs: tuple[str, ...] = (SSDLITE_STRIDE8,
     """The stock SSDLite's MobileNetV2 trunk up to ``outputs``, expecting RGB scaled to [-1, 1], NCHW."""
     cut = cut_onnx(model_path, [SSDLITE_INPUT], list(outputs))
     return OnnxTrunk(cut.graph, list(outputs))
+
+
+class FrozenTrunk:
+    """The trunk up to ``outputs`` run by ONNX Runtime, for features that are never trained: the
+    teacher of the stem's distillation. Takes and gives torch tensors like ``OnnxTrunk``, for any
+    batch and image size; about 5x faster than ``OnnxTrunk`` on 2 cores (16 crops of 160x120: 20 ms
+    against 95), equal to 1e-4."""
+
+    def __init__(self, model_path: Path, outputs: tuple[str, ...], threads: int = 0) -> None:
+        cut = cut_onnx(model_path, [SSDLITE_INPUT], list(outputs))
+        # the cut keeps the shapes inferred for the stock input size: leave the sizes free
+        del cut.graph.value_info[:]
+        for value in list(cut.graph.input) + list(cut.graph.output):
+            for dim in value.type.tensor_type.shape.dim[:1] + value.type.tensor_type.shape.dim[2:]:
+                dim.ClearField("dim_value")
+                dim.dim_param = "any"
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.log_severity_level = 3  # the cut's unused initialisers are not worth a warning each
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # its threads would spin into the torch work after it
+        self.session = ort.InferenceSession(cut.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        self.outputs = list(outputs)
+
+    def __call__(self, images: torch.Tensor) -> list[torch.Tensor]:
+        found = self.session.run(self.outputs, {SSDLITE_INPUT: images.detach().numpy()})
+        return [torch.from_numpy(np.asarray(f)) for f in found]
 
 
 def freeze_before(trunk: OnnxTrunk, output: str) -> int:

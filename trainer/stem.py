@@ -25,7 +25,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from trainer.data import Augment, Example, prepare
-from trainer.pretrained import SSDLITE_STRIDE4, SSDLITE_STRIDE8, OnnxTrunk, cut_onnx, ssdlite_trunk, to_trunk_input
+from trainer.pretrained import SSDLITE_STRIDE4, SSDLITE_STRIDE8, FrozenTrunk, OnnxTrunk, cut_onnx, to_trunk_input
 
 STEM_CHANNELS = (16, 32)  # after the first and the second stride-2 conv
 STEM_OUTPUT_CHANNELS = 24  # the trunk's stride-4 features
@@ -146,9 +146,9 @@ def distill_stem(
     started = time.perf_counter()
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
-    teacher = ssdlite_trunk(trunk_file, (SSDLITE_STRIDE4, SSDLITE_STRIDE8)).eval()
+    teacher = FrozenTrunk(trunk_file, (SSDLITE_STRIDE4, SSDLITE_STRIDE8))  # never trained: ONNX Runtime runs it
     rest = OnnxTrunk(cut_onnx(trunk_file, [SSDLITE_STRIDE4], [SSDLITE_STRIDE8]).graph, [SSDLITE_STRIDE8]).eval()
-    for parameter in list(teacher.parameters()) + list(rest.parameters()):
+    for parameter in rest.parameters():
         parameter.requires_grad_(False)
     stem = DistilledStem(batchnorm=True)
     optimizer = torch.optim.Adam(stem.parameters(), lr=settings.lr)
@@ -160,15 +160,14 @@ def distill_stem(
         rendered = (prepare(examples[i], settings.input_width, settings.input_height, augment, rng)[0] for i in picks)
         batch = np.stack([_crop(image, settings, rng) for image in rendered])
         images = to_trunk_input(torch.from_numpy(batch))
-        with torch.no_grad():
-            want4, want8 = teacher(images)
+        want4, want8 = teacher(images)
         got4 = stem(images)
         [got8] = rest(got4)
         rel4 = F.mse_loss(got4, want4) / want4.var().clamp(min=1e-6)
         rel8 = F.mse_loss(got8, want8) / want8.var().clamp(min=1e-6)
         loss = rel4 + rel8
         optimizer.zero_grad()
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         optimizer.step()
         schedule.step()
         err4 = 0.9 * err4 + 0.1 * rel4.item() if step > 1 else rel4.item()

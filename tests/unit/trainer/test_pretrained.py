@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from streams.errors import PedstreamError
-from trainer.pretrained import SSDLITE_INPUT, SSDLITE_STRIDE8, SSDLITE_STRIDE16, cut_onnx, ssdlite_trunk
+from trainer.pretrained import SSDLITE_INPUT, SSDLITE_STRIDE4, SSDLITE_STRIDE8, SSDLITE_STRIDE16, FrozenTrunk, cut_onnx, ssdlite_trunk
 
 
 def test_the_rebuilt_trunk_matches_onnx_runtime(shared_models: Path) -> None:
@@ -29,6 +29,19 @@ def test_the_rebuilt_trunk_matches_onnx_runtime(shared_models: Path) -> None:
         np.testing.assert_allclose(ours.numpy(), theirs, atol=1e-4, rtol=1e-4)
     assert sum(p.numel() for p in trunk.parameters()) == 534_464  # every conv weight and bias (the 2 more of the cut are the ReLU6 bounds)
     assert len(trunk.convs) == 39
+
+
+def test_the_frozen_trunk_in_onnx_runtime_matches_the_rebuilt_one_at_any_size(shared_models: Path) -> None:
+    # the stem's distillation teacher: batches of 160x120 crops, not the stock model's input size
+    model = shared_models / "ssdlite_pedestrian.onnx"
+    outputs = (SSDLITE_STRIDE4, SSDLITE_STRIDE8)
+    images = torch.from_numpy(np.random.default_rng(1).uniform(-1, 1, (3, 3, 120, 160)).astype(np.float32))
+    frozen = FrozenTrunk(model, outputs)(images)
+    with torch.no_grad():
+        rebuilt = ssdlite_trunk(model, outputs).eval()(images)
+    assert [tuple(f.shape) for f in frozen] == [(3, 24, 30, 40), (3, 32, 15, 20)]
+    for theirs, ours in zip(frozen, rebuilt, strict=True):
+        np.testing.assert_allclose(theirs.numpy(), ours.numpy(), atol=1e-4, rtol=1e-4)
 
 
 def test_its_weights_train(shared_models: Path) -> None:
