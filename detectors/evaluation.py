@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -159,6 +159,8 @@ class EvalResult:
     detections: int
     ap50_labelled_sizes: float  # detections that cannot match a labelled person by height left out
     errors: ErrorCounts  # among the boxes the detector agent would publish
+    # each frame's detections matched at IoU 0.5 (for paired comparisons of models on the same frames)
+    matches: tuple[FrameMatches, ...] = field(default=(), repr=False, compare=False)
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -202,11 +204,12 @@ def evaluate_sequence(
         truths.append(sequence.gt(number))
         if progress is not None:
             progress(len(found))
-    score = average_precision(found, truths)
+    matches = tuple(match_frame(boxes, truth) for boxes, truth in zip(found, truths, strict=True))
+    score = score_matches(list(matches))
     sized = average_precision(within_labelled_sizes(found, truths), truths)
     fps = len(found) / spent if spent else 0.0
     errors = count_errors(found, truths)
-    return EvalResult(score.ap50, score.recall, fps, len(found), score.positives, score.detections, sized.ap50, errors)
+    return EvalResult(score.ap50, score.recall, fps, len(found), score.positives, score.detections, sized.ap50, errors, matches)
 
 
 def interleaved_fps(

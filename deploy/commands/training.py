@@ -358,7 +358,7 @@ def cmd_bench_generalize(args: argparse.Namespace) -> int:
             cameras=_left_out(args.left_out), keep=Path(args.keep) if args.keep else None, stem=args.stem,
             average_decay=args.average_decay, trunk_lr_scale=trunk_lr_scale(args.trunk_lr_scale),
             teachers=teachers, lr=args.lr, photo_repeats=args.photo_repeats, mode=args.mode,
-            warmup=args.warmup,
+            warmup=args.warmup, neck=args.neck,
         )  # fmt: skip
     print(json.dumps(result, indent=2))
     return 0
@@ -411,6 +411,7 @@ def register_bench(bench_sub: Any, flags: Flags) -> None:
     g.add_argument("--mode", choices=TRAINING_MODES, default="async",
                    help="async: each trainer's gradient applied as it arrives; sync: the two trainers' gradients averaged into one "
                    "update (a batch of 16; take half the --updates for the same images seen)")  # fmt: skip
+    g.add_argument("--neck", type=int, metavar="C", help="channels of the student's neck and head (v1.2's 32 by default)")
     g.add_argument("--left-out", default="PETS09-S2L1,TUD-Campus", help="which labelled cameras to leave out, one at a time")
     g.add_argument("--keep", metavar="DIR", help="also write each left-out camera's student there "
                    "(student-without-CAMERA.onnx + .weights.npz: a start model for `bench loop` on that camera)")  # fmt: skip

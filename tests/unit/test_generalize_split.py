@@ -79,10 +79,52 @@ def test_the_cli_offers_the_training_choices_the_trainer_runs_without_importing_
 def test_every_model_is_scored_with_its_errors_on_the_left_out_frames(shared_data: Path, shared_models: Path) -> None:
     sequence = MotSequence.load(shared_data / "TUD-Campus")
     camera = generalize.LeftOut("TUD-Campus", (1, 4), 1)
-    scored = generalize.score({"ssdlite": read_model(shared_models / "ssdlite_pedestrian.onnx")}, sequence, camera, (1,))
+    scored, matches = generalize.score({"ssdlite": read_model(shared_models / "ssdlite_pedestrian.onnx")}, sequence, camera, (1,))
     entry = scored["ssdlite"]
+    assert len(matches["ssdlite"]) == 4  # one per frame, for the paired comparisons
     assert entry["frames"] == 4 and entry["fps"] > 0 and entry["fps_by_threads"] == {"1": entry["fps"]}
     errors = entry["errors"]
     labelled = sum(int(sequence.gt(n).consider.sum()) for n in range(1, 5))
     assert errors["hits"] + errors["missed"] == labelled and errors["hits"] > 0
     assert errors["min_score"] == 0.3 and {"misplaced", "duplicate", "background"} <= set(errors)
+
+
+def _frames(hits_per_frame: list[int], people: int = 2) -> list:
+    """Matches of frames with ``people`` labelled each, of which the model finds the given number
+    (one sure box each) and adds one false box scored 0.2."""
+    from detectors.evaluation import match_frame
+    from detectors.results import BoxArray
+    from streams.mot import GroundTruth
+
+    truth_boxes = np.array([[10 + 40 * k, 10, 40 + 40 * k, 90] for k in range(people)], np.float32)
+    truth = GroundTruth(truth_boxes, np.arange(people), np.ones(people, bool))
+    out = []
+    for hits in hits_per_frame:
+        boxes = np.vstack([truth_boxes[:hits], [[300, 300, 330, 380]]]).astype(np.float32)
+        out.append(match_frame(BoxArray.of(boxes, np.array([0.9] * hits + [0.2], np.float32)), truth))
+    return out
+
+
+def test_the_targets_compare_the_int8_student_with_ssdlite_and_the_best_teacher_on_the_same_frames() -> None:
+    from detectors.evaluation import score_matches
+
+    found = {"student_int8": [2] * 20, "ssdlite": [1] * 20, "nanodet": [2] * 20, "centernet": [1] * 20}
+    fps = {"student_int8": 200.0, "ssdlite": 50.0, "nanodet": 20.0, "centernet": 30.0}
+    matches = {name: _frames(hits) for name, hits in found.items()}
+    scored = {name: {"ap50": round(score_matches(m).ap50, 4), "fps": fps[name]} for name, m in matches.items()}
+    targets = generalize.against_targets(scored, matches)
+    assert targets["vs_best_teacher"]["teacher"] == "nanodet"  # the higher AP50 on this camera, not the faster
+    ssd = targets["vs_ssdlite"]
+    assert ssd["ap50_gain"] > 0.3 and ssd["ap50_gain_90"][0] > 0 and ssd["fps_ratio"] == 4.0
+    assert targets["vs_best_teacher"]["fps_ratio"] == 10.0 and targets["vs_best_teacher"]["ap50_gain"] == 0.0
+    assert targets["all_met"] and targets["stretch_within_5_points_of_best_teacher"]
+
+    # a student that finds the same people as SSDLite on some frames and fewer on others: behind,
+    # with an interval that says so, and slower than 8x the best teacher: not met
+    matches["student_int8"] = _frames([1] * 10 + [0] * 10)
+    scored["student_int8"] = {"ap50": round(score_matches(matches["student_int8"]).ap50, 4), "fps": 150.0}
+    targets = generalize.against_targets(scored, matches)
+    low, high = targets["vs_ssdlite"]["ap50_gain_90"]
+    assert low <= targets["vs_ssdlite"]["ap50_gain"] <= high < 0
+    assert targets["met"] == {"ap50_at_least_ssdlite": False, "fps_at_least_2x_ssdlite": True, "fps_at_least_8x_best_teacher": False}
+    assert not targets["all_met"] and not targets["stretch_within_5_points_of_best_teacher"]
