@@ -221,6 +221,7 @@ def run(
     ``stem="distilled"``: the students start from ``trainer.stem``'s distilled stem, distilled on the
     training images of neither labelled camera (so one stem, cached, serves every left-out camera)."""
     started = time.perf_counter()
+    neck = neck or StudentConfig.neck  # None: v1.2's
     stock = {name: read_model(models / file) for name, file in STOCK.items()}
     out: list[dict[str, Any]] = []
     trained: list[tuple[LeftOut, MotSequence, Any, bytes, list[dict[str, Any]], int]] = []
@@ -235,7 +236,7 @@ def run(
             trunk=str(models / STOCK["ssdlite"]),
             trunk_stride=trunk_stride,
             stem=stem,
-            neck=neck or StudentConfig.neck,
+            neck=neck,
         )
         init = with_distilled_stem(config, never_scored(examples), cache, progress) if stem == DISTILLED_STEM else None
         policy = StalenessPolicy(lr=lr, average_decay=average_decay, lr_scale_by_prefix=trunk_lr_scale)
@@ -285,7 +286,7 @@ def run(
                     "input_size": list(input_size),
                     "head_stride": head_stride,
                     "trunk_stride": trunk_stride,
-                    "neck": neck or StudentConfig.neck,
+                    "neck": neck,
                     "stem": stem,
                     "lr": lr,
                     "warmup": warmup,

@@ -9,7 +9,9 @@ import pytest
 
 from deploy.bench import generalize
 from detectors.detector import read_model
-from streams.mot import MotSequence
+from detectors.evaluation import match_frame, score_matches
+from detectors.results import BoxArray
+from streams.mot import GroundTruth, MotSequence
 from trainer.data import Example
 from trainer.labels import TEACHERS
 
@@ -92,10 +94,6 @@ def test_every_model_is_scored_with_its_errors_on_the_left_out_frames(shared_dat
 def _frames(hits_per_frame: list[int], people: int = 2) -> list:
     """Matches of frames with ``people`` labelled each, of which the model finds the given number
     (one sure box each) and adds one false box scored 0.2."""
-    from detectors.evaluation import match_frame
-    from detectors.results import BoxArray
-    from streams.mot import GroundTruth
-
     truth_boxes = np.array([[10 + 40 * k, 10, 40 + 40 * k, 90] for k in range(people)], np.float32)
     truth = GroundTruth(truth_boxes, np.arange(people), np.ones(people, bool))
     out = []
@@ -106,8 +104,6 @@ def _frames(hits_per_frame: list[int], people: int = 2) -> list:
 
 
 def test_the_targets_compare_the_int8_student_with_ssdlite_and_the_best_teacher_on_the_same_frames() -> None:
-    from detectors.evaluation import score_matches
-
     found = {"student_int8": [2] * 20, "ssdlite": [1] * 20, "nanodet": [2] * 20, "centernet": [1] * 20}
     fps = {"student_int8": 200.0, "ssdlite": 50.0, "nanodet": 20.0, "centernet": 30.0}
     matches = {name: _frames(hits) for name, hits in found.items()}
