@@ -1,7 +1,8 @@
 """``pedstream bench generalize``: does the student work on a camera it has never seen?
 
-Leave one labelled camera out at a time, train the student (v1.1 recipe: the stock SSDLite's
-pretrained MobileNetV2 trunk behind a stem distilled from its first blocks, strong augmentation) on
+Leave one labelled camera out at a time, train the student (v1.3 recipe: the stock SSDLite's
+pretrained MobileNetV2 trunk behind a stem distilled from its first blocks, a 64-channel neck and
+head, strong augmentation) on
 everything else, and score it on the left-out camera beside the stock SSDLite and both teachers, on
 the same frames, with one thread setting for all (``fps``: 1 thread, as the detector agent serves;
 ``--threads 1,2`` adds a timing at 2 threads to ``fps_by_threads``).
@@ -34,7 +35,7 @@ from detectors.detector import TRAINED_ON_METADATA_KEY, Detector, read_model, wi
 from detectors.evaluation import ERRORS_AT_SCORE, FrameMatches, evaluate_sequence, interleaved_fps
 from detectors.quantize import calibration_picks, quantize_int8
 from streams.mot import MotSequence
-from trainer.choices import DISTILLED_STEM
+from trainer.choices import DISTILLED_STEM, RECIPE_NECK
 from trainer.cluster import DEFAULT_BASE_PORT, RayPorts, ray_session
 from trainer.data import Augment, Example
 from trainer.gate import GatePolicy, paired_bootstrap
@@ -214,14 +215,13 @@ def run(
     photo_repeats: int = 1,
     mode: str = "async",
     warmup: int = JobSettings.warmup,
-    neck: int | None = None,
+    neck: int = RECIPE_NECK,
 ) -> dict[str, Any]:
     """``keep``: also write each left-out camera's student there (``student-without-CAMERA.onnx`` and
     its ``.weights.npz``), a start model for ``bench loop`` on a camera that model never saw.
     ``stem="distilled"``: the students start from ``trainer.stem``'s distilled stem, distilled on the
     training images of neither labelled camera (so one stem, cached, serves every left-out camera)."""
     started = time.perf_counter()
-    neck = neck or StudentConfig.neck  # None: v1.2's
     stock = {name: read_model(models / file) for name, file in STOCK.items()}
     out: list[dict[str, Any]] = []
     trained: list[tuple[LeftOut, MotSequence, Any, bytes, list[dict[str, Any]], int]] = []

@@ -16,7 +16,7 @@ from typing import Any
 from deploy.commands.common import Flags, ProgressBar, data_dir, find_sequence, models_dir
 from streams.errors import PedstreamError
 from streams.mot import MotSequence
-from trainer.choices import DISTILLED_STEM, MOBILENETV2_STEM, STEMS, TRAINING_MODES, WARMUP_UPDATES
+from trainer.choices import DISTILLED_STEM, MOBILENETV2_STEM, RECIPE_NECK, STEMS, TRAINING_MODES, WARMUP_UPDATES
 from trainer.cluster import DEFAULT_BASE_PORT
 
 AVERAGE_DECAY_HELP = "ship a moving average of the weights, updated after each applied gradient with this decay (0: the last weights)"
@@ -411,7 +411,8 @@ def register_bench(bench_sub: Any, flags: Flags) -> None:
     g.add_argument("--mode", choices=TRAINING_MODES, default="async",
                    help="async: each trainer's gradient applied as it arrives; sync: the two trainers' gradients averaged into one "
                    "update (a batch of 16; take half the --updates for the same images seen)")  # fmt: skip
-    g.add_argument("--neck", type=int, metavar="C", help="channels of the student's neck and head (v1.2's 32 by default)")
+    g.add_argument("--neck", type=int, metavar="C", default=RECIPE_NECK,
+                   help=f"channels of the student's neck and head (v1.3's {RECIPE_NECK} by default; v1.2 had 32)")  # fmt: skip
     g.add_argument("--left-out", default="PETS09-S2L1,TUD-Campus", help="which labelled cameras to leave out, one at a time")
     g.add_argument("--keep", metavar="DIR", help="also write each left-out camera's student there "
                    "(student-without-CAMERA.onnx + .weights.npz: a start model for `bench loop` on that camera)")  # fmt: skip

@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from deploy import cli
 from deploy.bench import generalize
-from detectors.detector import read_model
+from detectors.detector import BUNDLED_MODELS, onnx_metadata, read_model
 from detectors.evaluation import match_frame, score_matches
 from detectors.results import BoxArray
 from streams.mot import GroundTruth, MotSequence
@@ -124,3 +125,14 @@ def test_the_targets_compare_the_int8_student_with_ssdlite_and_the_best_teacher_
     assert low <= targets["vs_ssdlite"]["ap50_gain"] <= high < 0
     assert targets["met"] == {"ap50_at_least_ssdlite": False, "fps_at_least_2x_ssdlite": True, "fps_at_least_8x_best_teacher": False}
     assert not targets["all_met"] and not targets["stretch_within_5_points_of_best_teacher"]
+
+
+def test_bench_generalize_trains_the_bundled_students_recipe() -> None:
+    """What `bench generalize` measures by default is how the bundled student was built: its input size,
+    head and trunk strides, stem and neck width (so a recipe change must be bundled, or benched, both)."""
+    args = cli.build_parser().parse_args(["bench", "generalize"])
+    bundled = onnx_metadata((BUNDLED_MODELS / "student.onnx").read_bytes())
+    width, height = (int(v) for v in args.input_size.split("x"))
+    benched = {"input_width": width, "input_height": height, "stride": args.head_stride, "trunk_stride": args.trunk_stride,
+               "neck": args.neck, "stem": args.stem}  # fmt: skip
+    assert {key: str(value) for key, value in benched.items()} == {key: bundled[key] for key in benched}
