@@ -55,10 +55,10 @@ clean:
 # `make student` rebuilds and bundles both, about 17 min):
 # the stock SSDLite's pretrained MobileNetV2 trunk behind a distilled stem at 320x240 with the light
 # stride-8 head, neck and head 64 channels wide (v1.3; `bench generalize`, PETS09-S2L1 left out: mean
-# 0.796 over 3 runs, v1.2's 32 channels 0.769 over 11; TUD-Campus 0.804 both), strong augmentation, human labels of
-# PETS09-S2L1 1-397, TUD-Campus and coco128-person, teacher labels (unsure boxes ignored) of
-# Market-cam6 and every 5th frame of the unlabelled clips, a moving average of the weights shipped;
-# scored on PETS09-S2L1 398-795, which nothing was trained on.
+# 0.796 over 3 runs, v1.2's 32 channels 0.769 over 11; TUD-Campus 0.804 both), strong augmentation,
+# human labels of PETS09-S2L1 1-397, TUD-Campus and coco128-person, teacher labels (unsure boxes
+# ignored) of Market-cam6 and every 5th frame of the unlabelled clips, a moving average of the weights
+# shipped; scored on PETS09-S2L1 398-795, which nothing was trained on.
 STUDENT_FLAGS ?= --trunk ssdlite --stem distilled --input-size 320x240 --head-stride 8 --neck 64 --augment strong --labels oracle --frames 1:397 --every 2 \
 	--holdout-frames 398:795 --holdout-every 8 \
 	--dataset $(PEDSTREAM_DATA)/TUD-Campus --dataset $(PEDSTREAM_DATA)/coco128-person \
