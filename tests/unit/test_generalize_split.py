@@ -90,6 +90,9 @@ def test_every_model_is_scored_with_its_errors_on_the_left_out_frames(shared_dat
     labelled = sum(int(sequence.gt(n).consider.sum()) for n in range(1, 5))
     assert errors["hits"] + errors["missed"] == labelled and errors["hits"] > 0
     assert errors["min_score"] == 0.3 and {"misplaced", "duplicate", "background"} <= set(errors)
+    by_height = entry["people_by_height"]  # TUD-Campus labels people 129 px and taller
+    assert sum(r["people"] for r in by_height) == labelled and all(r["height_px"][0] >= 100 for r in by_height)
+    assert all(0 <= r["found"] <= r["people"] and 0 <= r["median_best_score"] <= 1 for r in by_height)
 
 
 def _frames(hits_per_frame: list[int], people: int = 2) -> list:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from detectors.evaluation import average_precision, count_errors, interleaved_fps, within_labelled_sizes
+from detectors.evaluation import average_precision, count_errors, interleaved_fps, people_by_height, within_labelled_sizes
 from detectors.results import BoxArray
 from streams.mot import GroundTruth
 
@@ -137,3 +137,21 @@ def test_errors_are_told_apart_among_the_boxes_a_detector_would_publish() -> Non
 def test_a_box_on_an_ignored_person_is_no_error() -> None:
     errors = count_errors([found((A, 0.9))], [truth(A, ignored=(0,))])
     assert (errors.hits, errors.duplicate, errors.misplaced, errors.background, errors.missed) == (0, 0, 0, 0, 0)
+
+
+def test_people_by_height_say_how_sure_the_model_is_of_each_size() -> None:
+    tall = [400.0, 0.0, 450.0, 250.0]  # 250 px: the 200-400 range
+    short = [600.0, 0.0, 620.0, 40.0]  # 40 px: the 0-50 range
+    ignored_tall = [700.0, 0.0, 750.0, 300.0]
+    frame_1 = found((A, 0.9), (tall, 0.35), ([0.0, 0.0, 100.0, 40.0], 0.8))  # the 0.8 part box (IoU 0.4) is no one's best
+    frame_2 = found((B, 0.2), (short, 0.6), (ignored_tall, 0.95))
+    ranges = people_by_height([frame_1, frame_2], [truth(A, tall), truth(B, short, ignored_tall, ignored=(2,))])
+    by_range = {(r.low, r.high): (r.people, r.found, r.median_best_score) for r in ranges}
+    # A and B are 100 px tall; B's only box scores 0.2, under the publish threshold; the ignored person counts nowhere
+    assert by_range == {(0.0, 50.0): (1, 1, pytest.approx(0.6)), (100.0, 200.0): (2, 1, pytest.approx(0.55)),
+                        (200.0, 400.0): (1, 1, pytest.approx(0.35))}  # fmt: skip
+    assert [r.as_dict()["height_px"] for r in ranges] == [[0.0, 50.0], [100.0, 200.0], [200.0, 400.0]]
+    giant = [0.0, 0.0, 100.0, 500.0]
+    [open_ended] = people_by_height([found()], [truth(giant)])  # nothing found at all: best score 0
+    assert (open_ended.low, open_ended.high, open_ended.people, open_ended.found, open_ended.median_best_score) == (400.0, None, 1, 0, 0.0)
+    assert people_by_height([found((A, 0.9))], [truth()]) == ()
