@@ -223,14 +223,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
             f"  at score >= {e.min_score}: {e.hits} people found, {e.missed} missed; false boxes: {e.misplaced} misplaced "
             f"(part of a person or beside one), {e.duplicate} duplicates, {e.background} on no labelled person"
         )
-        print(
-            "  by height: "
-            + "; ".join(
-                f"{r.low:.0f}{'-' + format(r.high, '.0f') if r.high is not None else '+'} px: {r.found} of {r.people} found, "
-                f"median best score {r.median_best_score:.2f}"
-                for r in result.by_height
+        if result.by_height:
+            print(
+                "  by height: "
+                + "; ".join(
+                    f"{r.low:.0f}{'-' + format(r.high, '.0f') if r.high is not None else '+'} px: {r.found} of {r.people} found, "
+                    f"median best score {r.median_best_score:.2f}"
+                    for r in result.by_height
+                )
             )
-        )
     return 0
 
 
