@@ -14,7 +14,7 @@ import torch
 
 from detectors.boxes import box_area, box_intersection, clip_boxes
 from trainer.labels import Labels
-from trainer.targets import make_targets
+from trainer.targets import COARSE_PREFIX, COARSE_STRIDE, make_targets
 
 
 @dataclass(frozen=True)
@@ -191,15 +191,25 @@ def make_batch(
     rng: np.random.Generator,
     min_score: float = 0.3,
     stride: int = 4,
+    tall_from: int = 0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Images (N, 3, H, W) and stacked targets for a list of examples. Labels from ``min_score`` up
-    are people; the labeller's less confident boxes are ignored (neither people nor background)."""
+    are people; the labeller's less confident boxes are ignored (neither people nor background).
+    ``tall_from`` > 0: targets for a student with a coarse head too (``StudentConfig.tall_from``), under
+    ``COARSE_PREFIX``: the people from ``tall_from`` input px tall (every person is in the targets at ``stride``)."""
     images, targets = [], []
     for ex in examples:
         image, boxes, scores = prepare_scored(ex, input_w, input_h, augment, rng)
         confident = scores >= min_score
         images.append(image)
         ignored = unsure_regions(boxes[~confident], boxes[confident])
-        targets.append(make_targets(boxes[confident], input_w, input_h, stride, ignored=ignored))
+        people = boxes[confident]
+        if not tall_from:
+            targets.append(make_targets(people, input_w, input_h, stride, ignored=ignored))
+            continue
+        heights = people[:, 3] - people[:, 1]
+        fine = make_targets(people, input_w, input_h, stride, ignored=ignored)
+        coarse = make_targets(people[heights >= tall_from], input_w, input_h, COARSE_STRIDE, ignored=ignored)
+        targets.append(fine | {COARSE_PREFIX + key: value for key, value in coarse.items()})
     stacked = {k: torch.from_numpy(np.stack([t[k] for t in targets])) for k in targets[0]}
     return torch.from_numpy(np.stack(images)), stacked

@@ -17,7 +17,7 @@ import torch
 
 from trainer.data import Augment, Example, make_batch
 from trainer.student import Student, StudentConfig
-from trainer.targets import detection_loss
+from trainer.targets import student_loss
 
 Weights = dict[str, np.ndarray]
 
@@ -213,10 +213,10 @@ class GradientWorker:
             self.augment,
             self.rng,
             stride=self.model.config.head_stride,
+            tall_from=self.model.config.tall_from,
         )
         self.model.zero_grad()
-        heatmap, regression = self.model(images.contiguous(memory_format=torch.channels_last))
-        loss = detection_loss(heatmap, regression, targets)
+        loss = student_loss(self.model.levels(images.contiguous(memory_format=torch.channels_last)), targets)
         loss.backward()  # type: ignore[no-untyped-call]
         grads = {n: p.grad.detach().numpy().copy() for n, p in self.model.named_parameters() if p.grad is not None}
         buffers = {n: b.detach().numpy().copy() for n, b in self.model.named_buffers()}

@@ -36,6 +36,7 @@ from trainer.pretrained import (
     to_trunk_input,
 )
 from trainer.stem import StemTrunk
+from trainer.targets import COARSE_STRIDE
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,10 @@ class StudentConfig:
     # pretrained trunk only: "distilled" replaces MobileNetV2 blocks 0-2 (stride 2 and 4) with
     # ``trainer.stem``'s cheaper stem, distilled from them (about 40% less int8 inference time)
     stem: str = MOBILENETV2_STEM
+    # 0: one head. N > 0 (experimental, session 22): a second head at stride 16 (``COARSE_STRIDE``)
+    # learns the people at least N input px tall, beside the head at ``head_stride`` that learns every
+    # person; the export merges the two into one map at ``head_stride`` (``merge_levels``)
+    tall_from: int = 0
 
 
 def _separable(c_in: int, c_out: int, stride: int) -> nn.Sequential:
@@ -84,6 +89,8 @@ class Student(nn.Module):
             raise ValueError(f"trunk_stride must be 16, or 32 with a pretrained trunk, not {config.trunk_stride}")
         if config.stem not in (MOBILENETV2_STEM, DISTILLED_STEM) or (config.stem == DISTILLED_STEM and config.trunk is None):
             raise ValueError(f"stem must be {MOBILENETV2_STEM!r}, or {DISTILLED_STEM!r} with a pretrained trunk, not {config.stem!r}")
+        if config.tall_from < 0:
+            raise ValueError(f"tall_from must be 0 (one head) or a height in input pixels, not {config.tall_from}")
         if config.trunk is not None:
             outputs = (SSDLITE_STRIDE4, SSDLITE_STRIDE8, SSDLITE_STRIDE16) + ((SSDLITE_STRIDE32,) if config.trunk_stride == 32 else ())
             if config.stem == DISTILLED_STEM:
@@ -119,9 +126,18 @@ class Student(nn.Module):
         self.smooth = _separable(n, n, 1)
         self.heatmap = nn.Sequential(_separable(n, n, 1), nn.Conv2d(n, 1, 1))
         self.regression = nn.Sequential(_separable(n, n, 1), nn.Conv2d(n, 4, 1))
-        heatmap_out = self.heatmap[-1]
-        assert isinstance(heatmap_out, nn.Conv2d) and heatmap_out.bias is not None
-        nn.init.constant_(heatmap_out.bias, -2.19)  # prior 0.1 for a centre: stable focal-loss start
+        self.coarse: nn.ModuleDict | None = None
+        if self.config.tall_from:
+            self.coarse = nn.ModuleDict(
+                {
+                    "smooth": _separable(n, n, 1),
+                    "heatmap": nn.Sequential(_separable(n, n, 1), nn.Conv2d(n, 1, 1)),
+                    "regression": nn.Sequential(_separable(n, n, 1), nn.Conv2d(n, 4, 1)),
+                }
+            )
+        for heatmap_out in [self.heatmap[-1]] + ([self.coarse["heatmap"][-1]] if self.coarse is not None else []):  # type: ignore[index]
+            assert isinstance(heatmap_out, nn.Conv2d) and heatmap_out.bias is not None
+            nn.init.constant_(heatmap_out.bias, -2.19)  # prior 0.1 for a centre: stable focal-loss start
 
     def load_stem(self, weights: dict[str, np.ndarray]) -> None:
         """Start from a distilled stem (``trainer.stem.distill_stem``'s weights)."""
@@ -130,6 +146,14 @@ class Student(nn.Module):
         self.trunk.stem.load_state_dict({name: torch.from_numpy(value) for name, value in weights.items()})
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Heatmap and regression at ``head_stride`` (with a coarse head: both heads' merged)."""
+        levels = self.levels(images)
+        if len(levels) == 1:
+            return levels[0]
+        return merge_levels(levels[0], levels[1], COARSE_STRIDE // self.config.head_stride)
+
+    def levels(self, images: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Each head's (heatmap, regression): the one at ``head_stride``, then the coarse one if any."""
         x32: torch.Tensor | None = None
         if self.trunk is not None:
             features = self.trunk(to_trunk_input(images))
@@ -147,7 +171,30 @@ class Student(nn.Module):
         if self.config.head_stride == 4:
             p = self.up(p) + self.lateral4(x4)
         p = self.smooth(p)
-        return torch.sigmoid(self.heatmap(p)), self.regression(p)
+        levels = [(torch.sigmoid(self.heatmap(p)), self.regression(p))]
+        if self.coarse is not None:
+            q = self.coarse["smooth"](p16)
+            levels.append((torch.sigmoid(self.coarse["heatmap"](q)), self.coarse["regression"](q)))
+        return levels
+
+
+def merge_levels(
+    fine: tuple[torch.Tensor, torch.Tensor], coarse: tuple[torch.Tensor, torch.Tensor], factor: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One (heatmap, regression) at the fine head's stride from both heads': each coarse cell lands on
+    the top-left fine cell it covers (its centre offset scaled by ``factor``, the ratio of the strides),
+    and each fine cell keeps whichever head scores it higher. The edge decodes it as any student."""
+    heatmap, regression = fine
+    height, width = heatmap.shape[-2:]
+    coarse_heatmap = torch.repeat_interleave(torch.repeat_interleave(coarse[0], factor, dim=2), factor, dim=3)
+    coarse_regression = torch.repeat_interleave(torch.repeat_interleave(coarse[1], factor, dim=2), factor, dim=3)
+    coarse_heatmap, coarse_regression = coarse_heatmap[..., :height, :width], coarse_regression[..., :height, :width]
+    top_left = torch.zeros(1, 1, height, width, dtype=heatmap.dtype)
+    top_left[..., ::factor, ::factor] = 1.0
+    coarse_heatmap = coarse_heatmap * top_left
+    coarse_regression = torch.cat([coarse_regression[:, :2], coarse_regression[:, 2:] * factor], dim=1)
+    from_coarse = coarse_heatmap > heatmap
+    return torch.maximum(heatmap, coarse_heatmap), torch.where(from_coarse, coarse_regression, regression)
 
 
 TRUNK_METADATA_KEY = "trunk_file"  # the pretrained trunk's ONNX file name, looked up in the models folder
@@ -178,6 +225,7 @@ def config_of(model_onnx: bytes, models_dir: Path) -> StudentConfig:
         head_stride=int(metadata.get("stride", defaults.head_stride)),
         trunk_stride=int(metadata.get("trunk_stride", defaults.trunk_stride)),
         stem=metadata.get("stem", defaults.stem),
+        tall_from=int(metadata.get("tall_from", defaults.tall_from)),
     )
 
 
@@ -244,6 +292,7 @@ def export_onnx(model: Student, version: str, extra_metadata: dict[str, str] | N
         "neck": str(cfg.neck),
         "trunk_stride": str(cfg.trunk_stride),
         "stem": cfg.stem,
+        "tall_from": str(cfg.tall_from),
         "backbone": (f"mobilenetv2 from {Path(cfg.trunk).name} (pretrained)" + (", distilled stem" if cfg.stem == DISTILLED_STEM else ""))
         if cfg.trunk
         else "scratch",

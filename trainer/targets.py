@@ -8,6 +8,12 @@ import torch.nn.functional as F
 
 from detectors.adapters.student import SIZE_UNIT, STRIDE
 
+COARSE_STRIDE = 16  # the stride of a student's second head, for tall people (``StudentConfig.tall_from``)
+# the coarse head's loss counts a quarter: at full weight (its few tall people each weigh as much as
+# the fine head's many) it pulled the shared neck its way: the fine head lost ~5 points AP50 (session 22)
+COARSE_LOSS_WEIGHT = 0.25
+COARSE_PREFIX = "coarse_"  # a coarse head's targets, beside the fine head's in one batch (``trainer.data.make_batch``)
+
 
 def gaussian_radius(height: float, width: float, min_overlap: float = 0.7) -> float:
     """CenterNet's radius: how far a centre may move while a box keeps IoU >= ``min_overlap``."""
@@ -75,3 +81,13 @@ def detection_loss(heatmap: torch.Tensor, regression: torch.Tensor, targets: dic
     count = mask.sum().clamp(min=1.0)
     reg = F.l1_loss(regression * mask, targets["regression"] * mask, reduction="sum") / count
     return focal_loss(heatmap, targets["heatmap"], targets.get("background_weight")) + reg
+
+
+def student_loss(levels: list[tuple[torch.Tensor, torch.Tensor]], targets: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``detection_loss`` of each of the student's heads (``Student.levels``) against its own targets."""
+    fine = {key: value for key, value in targets.items() if not key.startswith(COARSE_PREFIX)}
+    loss = detection_loss(*levels[0], fine)
+    if len(levels) > 1:
+        coarse = {key.removeprefix(COARSE_PREFIX): value for key, value in targets.items() if key.startswith(COARSE_PREFIX)}
+        loss = loss + COARSE_LOSS_WEIGHT * detection_loss(*levels[1], coarse)
+    return loss

@@ -216,6 +216,7 @@ def run(
     mode: str = "async",
     warmup: int = JobSettings.warmup,
     neck: int = RECIPE_NECK,
+    tall_from: int = 0,
 ) -> dict[str, Any]:
     """``keep``: also write each left-out camera's student there (``student-without-CAMERA.onnx`` and
     its ``.weights.npz``), a start model for ``bench loop`` on a camera that model never saw.
@@ -237,6 +238,7 @@ def run(
             trunk_stride=trunk_stride,
             stem=stem,
             neck=neck,
+            tall_from=tall_from,
         )
         init = with_distilled_stem(config, never_scored(examples), cache, progress) if stem == DISTILLED_STEM else None
         policy = StalenessPolicy(lr=lr, average_decay=average_decay, lr_scale_by_prefix=trunk_lr_scale)
@@ -287,6 +289,7 @@ def run(
                     "head_stride": head_stride,
                     "trunk_stride": trunk_stride,
                     "neck": neck,
+                    "tall_from": tall_from,
                     "stem": stem,
                     "lr": lr,
                     "warmup": warmup,

@@ -15,8 +15,8 @@ from detectors.results import BoxArray
 from streams.errors import PedstreamError
 from trainer.data import Augment, Example, make_batch, prepare, unsure_regions
 from trainer.labels import weighted_box_fusion
-from trainer.student import Student, StudentConfig, config_of, count_parameters, export_onnx, gflops
-from trainer.targets import detection_loss, focal_loss, make_targets
+from trainer.student import Student, StudentConfig, config_of, count_parameters, export_onnx, gflops, merge_levels
+from trainer.targets import detection_loss, focal_loss, make_targets, student_loss
 
 
 def network_input(frames: np.ndarray) -> torch.Tensor:
@@ -210,3 +210,29 @@ def test_the_edge_adapter_decodes_targets_at_either_head_stride(stride: int) -> 
     found = detector.adapter.decode([t["heatmap"][None], t["regression"][None]], 0, metas[0])
     best = found.xyxy[np.argsort(-found.scores)[:2]]
     np.testing.assert_allclose(best[np.argsort(best[:, 0])], boxes, atol=0.5)
+
+
+def test_a_coarse_head_for_tall_people_merges_into_one_map_the_edge_decodes() -> None:
+    """Every person taught at stride 8, the tall ones at stride 16 too: targets fed through ``merge_levels``
+    as if both heads had output them decode to each person once; the export stays one heatmap and regression."""
+    boxes = np.array([[100, 40, 120, 90], [230, 20, 300, 260], [31, 70, 96, 220]], np.float32)  # 50, 240 and 150 px tall
+    images, targets = make_batch(
+        [Example(np.zeros((288, 384, 3), np.uint8), boxes, np.ones(3, np.float32), "hand-made", "hand-made#1")],
+        384, 288, Augment(enabled=False), np.random.default_rng(0), stride=8, tall_from=100,
+    )  # fmt: skip
+    assert targets["mask"].sum() == 3 and targets["coarse_mask"].sum() == 2  # 150 and 240 px: on both heads
+    merged = merge_levels((targets["heatmap"], targets["regression"]), (targets["coarse_heatmap"], targets["coarse_regression"]), 2)
+    assert merged[0].shape == targets["heatmap"].shape
+    model = Student(StudentConfig(head_stride=8, tall_from=100))
+    assert [level[0].shape[-1] for level in model.levels(images)] == [48, 24]
+    with torch.no_grad():
+        assert float(student_loss(model.levels(images), targets)) > float(student_loss(model.levels(images)[:1], targets))
+    detector = Detector.from_bytes(export_onnx(model, "coarse"), name="s")
+    assert detector.info.metadata["tall_from"] == "100"
+    assert config_of(export_onnx(model, "coarse"), Path("/nonexistent")).tall_from == 100  # fine-tuning rebuilds both heads
+    with pytest.raises(ValueError, match="tall_from"):
+        Student(StudentConfig(tall_from=-1))
+    _, metas = detector.preprocess([np.zeros((288, 384, 3), np.uint8)])
+    found = detector.adapter.decode([merged[0].numpy(), merged[1].numpy()], 0, metas[0])
+    best = found.xyxy[np.argsort(-found.scores)[:3]]
+    np.testing.assert_allclose(best[np.argsort(best[:, 0])], boxes[np.argsort(boxes[:, 0])], atol=0.5)
