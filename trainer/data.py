@@ -204,12 +204,11 @@ def make_batch(
         images.append(image)
         ignored = unsure_regions(boxes[~confident], boxes[confident])
         people = boxes[confident]
-        if not tall_from:
-            targets.append(make_targets(people, input_w, input_h, stride, ignored=ignored))
-            continue
-        heights = people[:, 3] - people[:, 1]
-        fine = make_targets(people, input_w, input_h, stride, ignored=ignored)
-        coarse = make_targets(people[heights >= tall_from], input_w, input_h, COARSE_STRIDE, ignored=ignored)
-        targets.append(fine | {COARSE_PREFIX + key: value for key, value in coarse.items()})
+        target = make_targets(people, input_w, input_h, stride, ignored=ignored)
+        if tall_from:
+            tall = people[(people[:, 3] - people[:, 1]) >= tall_from]
+            coarse = make_targets(tall, input_w, input_h, COARSE_STRIDE, ignored=ignored)
+            target |= {COARSE_PREFIX + key: value for key, value in coarse.items()}
+        targets.append(target)
     stacked = {k: torch.from_numpy(np.stack([t[k] for t in targets])) for k in targets[0]}
     return torch.from_numpy(np.stack(images)), stacked

@@ -74,6 +74,16 @@ def _separable(c_in: int, c_out: int, stride: int) -> nn.Sequential:
     )
 
 
+def _centre_head(n: int) -> tuple[nn.Sequential, nn.Sequential]:
+    """A CenterNet head over ``n`` channels: the centre heatmap's logits (bias at a 0.1 prior, a stable
+    focal-loss start) and the 4-channel box regression."""
+    heatmap = nn.Sequential(_separable(n, n, 1), nn.Conv2d(n, 1, 1))
+    heatmap_out = heatmap[-1]
+    assert isinstance(heatmap_out, nn.Conv2d) and heatmap_out.bias is not None
+    nn.init.constant_(heatmap_out.bias, -2.19)
+    return heatmap, nn.Sequential(_separable(n, n, 1), nn.Conv2d(n, 4, 1))
+
+
 class Student(nn.Module):
     """Image (N, 3, H, W) RGB/255 in; heatmap (N, 1, H/4, W/4) and regression (N, 4, H/4, W/4) out.
 
@@ -124,20 +134,11 @@ class Student(nn.Module):
         if self.config.head_stride not in (4, 8):
             raise ValueError(f"head_stride must be 4 or 8, not {self.config.head_stride}")
         self.smooth = _separable(n, n, 1)
-        self.heatmap = nn.Sequential(_separable(n, n, 1), nn.Conv2d(n, 1, 1))
-        self.regression = nn.Sequential(_separable(n, n, 1), nn.Conv2d(n, 4, 1))
+        self.heatmap, self.regression = _centre_head(n)
         self.coarse: nn.ModuleDict | None = None
         if self.config.tall_from:
-            self.coarse = nn.ModuleDict(
-                {
-                    "smooth": _separable(n, n, 1),
-                    "heatmap": nn.Sequential(_separable(n, n, 1), nn.Conv2d(n, 1, 1)),
-                    "regression": nn.Sequential(_separable(n, n, 1), nn.Conv2d(n, 4, 1)),
-                }
-            )
-        for heatmap_out in [self.heatmap[-1]] + ([self.coarse["heatmap"][-1]] if self.coarse is not None else []):  # type: ignore[index]
-            assert isinstance(heatmap_out, nn.Conv2d) and heatmap_out.bias is not None
-            nn.init.constant_(heatmap_out.bias, -2.19)  # prior 0.1 for a centre: stable focal-loss start
+            heatmap, regression = _centre_head(n)
+            self.coarse = nn.ModuleDict({"smooth": _separable(n, n, 1), "heatmap": heatmap, "regression": regression})
 
     def load_stem(self, weights: dict[str, np.ndarray]) -> None:
         """Start from a distilled stem (``trainer.stem.distill_stem``'s weights)."""

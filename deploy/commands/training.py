@@ -59,8 +59,8 @@ def student_config(args: argparse.Namespace) -> Any:
         extra["widths"] = tuple(widths)
     if args.neck:
         extra["neck"] = args.neck
-    if _tall_from(args):
-        extra["tall_from"] = args.tall_head
+    if tall_from := _tall_from(args):
+        extra["tall_from"] = tall_from
     if args.trunk:
         trunk = models_dir(args.data) / "ssdlite_pedestrian.onnx" if args.trunk == "ssdlite" else Path(args.trunk).expanduser()
         if not trunk.is_file():
@@ -73,6 +73,12 @@ def student_config(args: argparse.Namespace) -> Any:
     return StudentConfig(
         input_width=width, input_height=height, head_stride=args.head_stride, trunk_stride=args.trunk_stride, stem=args.stem, **extra
     )
+
+
+def add_tall_head_flag(parser: Any) -> None:
+    parser.add_argument("--tall-head", type=int, metavar="PX", default=0,
+                        help="experimental: a second head at stride 16 that learns the people at least PX input px tall "
+                        "(0, the default: one head; docs/training.md, session 22)")  # fmt: skip
 
 
 def _tall_from(args: argparse.Namespace) -> int:
@@ -265,9 +271,7 @@ def add_job_flags(p: argparse.ArgumentParser) -> None:
                    "on the training images (trainer/stem.py; cached)")  # fmt: skip
     p.add_argument("--widths", help="student backbone channel widths W1,W2,W3,W4 (default: the student's)")
     p.add_argument("--neck", type=int, help="student neck/head channels (default: the student's)")
-    p.add_argument("--tall-head", type=int, metavar="PX", default=0,
-                   help="experimental: a second head at stride 16 that learns the people at least PX input px tall "
-                   "(0, the default: one head; docs/training.md, session 22)")  # fmt: skip
+    add_tall_head_flag(p)
     p.add_argument(
         "--trunk",
         help="start from pretrained features: 'ssdlite' (the MobileNetV2 trunk of $PEDSTREAM_MODELS/ssdlite_pedestrian.onnx) "
@@ -361,7 +365,7 @@ def cmd_bench_generalize(args: argparse.Namespace) -> int:
     teachers = teacher_ensemble(args.teachers)
     if args.warmup < 0:
         raise PedstreamError(f"--warmup {args.warmup}: give a number of updates >= 0")
-    _tall_from(args)
+    tall_from = _tall_from(args)
     with tempfile.TemporaryDirectory(prefix="pedstream-generalize-") as work:
         result = generalize.run(
             data_dir(args.data), models_dir(args.data), default_label_cache(), Path(work), updates=args.updates,
@@ -371,7 +375,7 @@ def cmd_bench_generalize(args: argparse.Namespace) -> int:
             cameras=_left_out(args.left_out), keep=Path(args.keep) if args.keep else None, stem=args.stem,
             average_decay=args.average_decay, trunk_lr_scale=trunk_lr_scale(args.trunk_lr_scale),
             teachers=teachers, lr=args.lr, photo_repeats=args.photo_repeats, mode=args.mode,
-            warmup=args.warmup, neck=args.neck, tall_from=args.tall_head,
+            warmup=args.warmup, neck=args.neck, tall_from=tall_from,
         )  # fmt: skip
     print(json.dumps(result, indent=2))
     return 0
@@ -426,9 +430,7 @@ def register_bench(bench_sub: Any, flags: Flags) -> None:
                    "update (a batch of 16; take half the --updates for the same images seen)")  # fmt: skip
     g.add_argument("--neck", type=int, metavar="C", default=RECIPE_NECK,
                    help=f"channels of the student's neck and head (v1.3's {RECIPE_NECK} by default; v1.2 had 32)")  # fmt: skip
-    g.add_argument("--tall-head", type=int, metavar="PX", default=0,
-                   help="experimental: a second head at stride 16 that learns the people at least PX input px tall "
-                   "(0, the default: one head; docs/training.md, session 22)")  # fmt: skip
+    add_tall_head_flag(g)
     g.add_argument("--left-out", default="PETS09-S2L1,TUD-Campus", help="which labelled cameras to leave out, one at a time")
     g.add_argument("--keep", metavar="DIR", help="also write each left-out camera's student there "
                    "(student-without-CAMERA.onnx + .weights.npz: a start model for `bench loop` on that camera)")  # fmt: skip
