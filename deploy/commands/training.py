@@ -78,7 +78,7 @@ def student_config(args: argparse.Namespace) -> Any:
 def add_tall_head_flag(parser: Any) -> None:
     parser.add_argument("--tall-head", type=int, metavar="PX", default=0,
                         help="experimental: a second head at stride 16 that learns the people at least PX input px tall "
-                        "(0, the default: one head; docs/training.md, session 22)")  # fmt: skip
+                        "(0, the default: one head; not better on TUD-Campus in three runs: docs/training.md, sessions 22-23)")  # fmt: skip
 
 
 def _tall_from(args: argparse.Namespace) -> int:
